@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Fails on banned functions (STYLE.md): atoi/atol, sprintf, strcpy, strcat, strtok, gets, and raw
+# malloc/calloc/realloc/free outside src/common/alloc.c (use kv_malloc/kv_free).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mapfile -t files < <(git ls-files 'src/*.c' 'src/*.h' 2>/dev/null; git ls-files --others --exclude-standard 'src/*.c' 'src/*.h' 2>/dev/null)
+bad=0
+for f in "${files[@]}"; do
+  [ -f "$f" ] || continue
+  if grep -nE '\b(atoi|atol|atoll|sprintf|vsprintf|strcpy|strcat|strtok|gets)\s*\(' "$f"; then
+    echo "  ^ banned function in $f"; bad=1
+  fi
+  if [ "$f" != src/common/alloc.c ] && grep -nE '(^|[^_a-z.>])(malloc|calloc|realloc|free)\s*\(' "$f" | grep -vE '^\s*[0-9]+:\s*(/\*|\*)'; then
+    echo "  ^ raw allocator call in $f (use kv_malloc/kv_free)"; bad=1
+  fi
+done
+exit $bad

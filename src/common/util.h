@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * util.h - small shared helpers: clocks, strict number and size parsing, host:port parsing.
+ * All parsers are strict: the whole string must be consumed, values are range-checked, and a
+ * failure returns KV_EINVAL or KV_ERANGE without touching the out-parameter.
+ */
+#ifndef KV_COMMON_UTIL_H
+#define KV_COMMON_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvstash/err.h"
+
+#define KV_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define KV_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define KV_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Monotonic clock. */
+KV_API int64_t kv_now_ms(void);
+KV_API int64_t kv_now_us(void);
+KV_API int64_t kv_now_ns(void);
+/* Wall clock, milliseconds since the epoch. */
+KV_API int64_t kv_wall_ms(void);
+KV_API void kv_sleep_ms(int ms);
+
+/* Decimal (or 0x hex) signed integer. */
+KV_API int kv_parse_i64(const char *s, int64_t *out);
+/* Unsigned integer; a leading '-' is rejected. */
+KV_API int kv_parse_u64(const char *s, uint64_t *out);
+/* A finite floating-point number. */
+KV_API int kv_parse_double(const char *s, double *out);
+/* "1|0|true|false|yes|no|on|off" (case-insensitive). */
+KV_API int kv_parse_bool(const char *s, bool *out);
+/* A byte size: a number with an optional unit B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB.
+ * KB/MB/... are powers of 1000, K/KiB/M/MiB/... powers of 1024 ("64MiB", "4GiB", "4096").
+ * A fraction is allowed with a unit ("1.5GiB"). */
+KV_API int kv_parse_size(const char *s, uint64_t *out);
+/* Formats bytes with a binary unit ("1.5 GiB") into buf. Returns buf. */
+KV_API const char *kv_format_size(uint64_t bytes, char *buf, size_t n);
+
+/* "HOST:PORT", "[V6]:PORT" or ":PORT" (host "0.0.0.0"). host gets at most hostlen-1 bytes. */
+KV_API int kv_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port);
+
+/* true if s starts with prefix. */
+static inline bool kv_startswith(const char *s, const char *prefix)
+{
+    while (*prefix)
+        if (*s++ != *prefix++)
+            return false;
+    return true;
+}
+
+#endif
