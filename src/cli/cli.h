@@ -21,6 +21,11 @@ int kv_cli_serve(int argc, char **argv);
 int kv_cli_metad(int argc, char **argv);
 int kv_cli_bench(int argc, char **argv);
 int kv_cli_bench_xfer(int argc, char **argv);
+int kv_cli_gateway(int argc, char **argv);
+int kv_cli_agent(int argc, char **argv);
+int kv_cli_bench_gateway(int argc, char **argv);
+int kv_cli_router(int argc, char **argv);
+int kv_cli_bench_router(int argc, char **argv);
 int kv_cli_not_built(int argc, char **argv);
 
 #endif

@@ -20,8 +20,11 @@ int kv_cli_bench(int argc, char **argv)
     }
     if (strcmp(argv[1], "xfer") == 0)
         return kv_cli_bench_xfer(argc - 1, argv + 1);
-    if (strcmp(argv[1], "store") == 0 || strcmp(argv[1], "gateway") == 0 ||
-        strcmp(argv[1], "router") == 0)
+    if (strcmp(argv[1], "gateway") == 0)
+        return kv_cli_bench_gateway(argc - 1, argv + 1);
+    if (strcmp(argv[1], "router") == 0)
+        return kv_cli_bench_router(argc - 1, argv + 1);
+    if (strcmp(argv[1], "store") == 0)
         return kv_cli_not_built(argc - 1, argv + 1);
     fprintf(stderr, "kvstash bench: unknown benchmark '%s' (xfer, store, gateway, router)\n",
             argv[1]);

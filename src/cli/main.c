@@ -27,9 +27,9 @@ static const struct subcmd subcmds[] = {
     {"ls", kv_cli_not_built, "list objects by prefix"},
     {"stat", kv_cli_not_built, "cluster statistics"},
     {"p2p", kv_cli_not_built, "P2P file distribution: publish, fetch, ls, rm, stat"},
-    {"gateway", kv_cli_not_built, "UDP engine-state gateway with an HTTP query API"},
-    {"router", kv_cli_not_built, "OpenAI-compatible request router"},
-    {"agent", kv_cli_not_built, "send engine state reports to a gateway"},
+    {"gateway", kv_cli_gateway, "UDP engine-state gateway with an HTTP query API"},
+    {"router", kv_cli_router, "OpenAI-compatible request router"},
+    {"agent", kv_cli_agent, "send engine state reports to a gateway"},
     {"bench", kv_cli_bench, "benchmarks: bench xfer|store|gateway|router"},
     {"replay", kv_cli_not_built, "replay a Mooncake request trace against a store"},
 };

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* meta_pending.c - TEMPORARY: backends not yet built. Each is removed as its file lands. */
+/* meta_pending_local.c - TEMPORARY: embedded/http backends and metad not yet built. */
 #include "meta/meta_int.h"
+#include "meta/metad.h"
 
 int kv_meta_embedded_open(struct kv_meta *m, const char *rest)
 {
@@ -14,20 +15,6 @@ int kv_meta_http_open(struct kv_meta *m, const char *url)
     (void)url;
     return KV_ENOTBUILT;
 }
-int kv_meta_etcd_open(struct kv_meta *m, const char *rest)
-{
-    (void)m;
-    (void)rest;
-    return KV_ENOTBUILT;
-}
-int kv_meta_redis_open(struct kv_meta *m, const char *rest)
-{
-    (void)m;
-    (void)rest;
-    return KV_ENOTBUILT;
-}
-
-#include "meta/metad.h"
 int kv_metad_start(const struct kv_metad_opts *opts, struct kv_metad **out)
 {
     (void)opts;
