@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * meta_embedded_int.h - private extras of the embedded backend, used by the metadata server
+ * (metad.c): store revisions, revision-stamped watches and a snapshot without leased keys.
+ *
+ * Every mutation of an embedded store (put, delete, CAS, lease revoke or expiry) takes the next
+ * store revision (1, 2, 3, ...) under the store lock, so revisions order all events of a store.
+ * All functions return KV_EINVAL when m is not an embedded handle.
+ */
+#ifndef KV_META_EMBEDDED_INT_H
+#define KV_META_EMBEDDED_INT_H
+
+#include <stdint.h>
+
+#include "meta/meta_int.h"
+
+/* Like kv_meta_watch_fn, plus the store revision of the event. */
+typedef void (*kv_meta_emb_rev_fn)(void *ud, const struct kv_meta_event *ev, uint64_t rev);
+
+/* Like kv_meta_watch() but fn also gets the revision; *start_rev gets the store revision at the
+ * moment the watch was registered (every delivered event has rev > *start_rev, and every event
+ * with rev > *start_rev under prefix is delivered). Unwatch with kv_meta_unwatch(). */
+int kv_meta_embedded_watch_rev(struct kv_meta *m, const char *prefix, kv_meta_emb_rev_fn fn,
+                               void *ud, uint64_t *id, uint64_t *start_rev);
+
+/* The store's current revision (the revision of its latest mutation, 0 if none). */
+int kv_meta_embedded_rev(struct kv_meta *m, uint64_t *rev);
+
+/* Like kv_meta_list() but only keys not bound to a lease (what a data file persists). */
+int kv_meta_embedded_list_unleased(struct kv_meta *m, const char *prefix, struct kv_meta_kv **kvs,
+                                   size_t *n);
+
+#endif

@@ -1,0 +1,1299 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * metad.c - the built-in HTTP metadata server: an embedded store served over HTTP by libevent's
+ * evhttp. Wire contract (endpoints, status codes, JSON shapes) in docs/design/meta.md; the
+ * Mooncake-compatible part is GET/PUT/DELETE /metadata?key=K.
+ *
+ * Design:
+ *  - The store is an embedded store (meta_embedded.c): shared by name with the process
+ *    (opts->embedded_name, used by `kvstash serve`) or private. The server never keeps its own
+ *    copy of the data.
+ *  - Watch: the server watches its whole store with a revision-stamped embedded watch and keeps
+ *    a bounded ring of recent events (RING_MAX_EVENTS events, RING_MAX_BYTES bytes of keys and
+ *    values). GET /watch?prefix=P&after=REV answers at once with the ring's events newer than
+ *    REV under P, or holds the request (long poll) until one arrives or timeout_ms passes.
+ *    A REV older than the ring's floor (events were dropped) or newer than the store (the server
+ *    restarted) gets 410: the client must list again and restart from a fresh revision.
+ *  - Persistence (--data-file): loaded before serving; after changes, the keys not bound to a
+ *    lease are written to FILE.tmp, fsync'ed and renamed over FILE, at most every SAVE_MS, and
+ *    once more on stop.
+ *
+ * Invariants:
+ *  1. ring holds events with consecutive store revisions (ring_floor, ring_last]; every event
+ *     with a revision > ring_floor reaches the ring (or is in the embedded worker's queue).
+ *  2. Every held poll is in d->polls with its own timer and is answered exactly once: by a
+ *     wake-up that finds events, by its timer, or with 503 at stop (before evhttp_free).
+ *
+ * Thread model: one event-loop thread ("metad") runs every HTTP handler, timer and poll; the
+ * embedded store's worker thread calls on_store_event(), which appends to the ring under d->lock
+ * and activates wake_ev (libevent is made thread-safe with evthread_use_pthreads()). The thread
+ * calling kv_metad_stop() activates stop_ev and joins the loop thread.
+ *
+ * Locks: d->lock guards ring*, dirty; leaf lock (nothing else is taken or called under it except
+ * event_active). Everything else in struct kv_metad belongs to the loop thread after start.
+ */
+#define KV_LOG_COMPONENT "metad"
+#include "meta/metad.h"
+
+#include <errno.h>
+#include <sys/queue.h> /* before keyvalq_struct.h: TAILQ_* */
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <event2/util.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "common/net.h"
+#include "common/util.h"
+#include "meta/meta_embedded_int.h"
+#include "meta/metad_int.h"
+
+#define RING_MAX_EVENTS 4096
+#define RING_MAX_BYTES (32u << 20)
+#define SAVE_MS 100
+#define MAX_POLLS 1024
+#define MAX_BODY (4u << 20) /* a CAS body holds two base64 values of up to 1 MiB */
+#define DATA_FORMAT "kvstash-metad"
+
+struct ring_ev {
+    uint64_t rev;
+    enum kv_meta_event_type type;
+    char *key;
+    char *val; /* NULL for DEL */
+    size_t len;
+};
+
+struct poll_req {
+    struct poll_req *next;
+    struct kv_metad *d;
+    struct evhttp_request *req;
+    char *prefix;
+    uint64_t after;
+    struct event *timer;
+};
+
+struct kv_metad {
+    struct kv_meta *m; /* the embedded store served */
+    char *data_file;
+    uint16_t port;
+    uint64_t wid; /* the ring's watch on m */
+
+    struct event_base *base;
+    struct evhttp *http;
+    struct event *stop_ev; /* activated by kv_metad_stop */
+    struct event *wake_ev; /* activated when the ring grows */
+    struct event *save_ev; /* SAVE_MS timer */
+    pthread_t thread;
+    bool thread_started;
+    struct poll_req *polls; /* loop thread only */
+    size_t npolls;
+
+    pthread_mutex_t lock; /* guards ring*, dirty; leaf */
+    struct ring_ev *ring; /* circular, RING_MAX_EVENTS slots */
+    size_t ring_head, ring_n, ring_bytes;
+    uint64_t ring_floor, ring_last;
+    bool dirty;
+};
+
+/* ---- pure codecs (metad_int.h) ---- */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+char *kv_metad_b64_encode(const void *p, size_t len)
+{
+    size_t n = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_ORIGINAL);
+    char *out = kv_malloc(n);
+    if (!out)
+        return NULL;
+    sodium_bin2base64(out, n, p, len, sodium_base64_VARIANT_ORIGINAL);
+    return out;
+}
+
+int kv_metad_b64_decode(const char *b64, size_t b64len, size_t max, char **out, size_t *outlen)
+{
+    size_t cap = b64len / 4 * 3 + 3;
+    if (b64len / 4 * 3 > max + 2) /* even with 2 padding bytes it decodes to more than max */
+        return KV_E2BIG;
+    char *buf = kv_malloc(cap + 1);
+    if (!buf)
+        return KV_ENOMEM;
+    size_t n = 0;
+    const char *end = NULL;
+    if (sodium_base642bin((unsigned char *)buf, cap, b64, b64len, NULL, &n, &end,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
+        end != b64 + b64len) {
+        kv_free(buf);
+        return KV_EINVAL;
+    }
+    if (n > max) {
+        kv_free(buf);
+        return KV_E2BIG;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *outlen = n;
+    return KV_OK;
+}
+
+static int check_key(const char *key, size_t len, char *err, size_t errlen)
+{
+    if (len == 0) {
+        set_err(err, errlen, "empty key");
+        return KV_EINVAL;
+    }
+    if (len >= KV_META_MAX_KEY) {
+        set_err(err, errlen, "key longer than %d bytes", KV_META_MAX_KEY - 1);
+        return KV_EINVAL;
+    }
+    if (strlen(key) != len) {
+        set_err(err, errlen, "key contains a NUL byte");
+        return KV_EINVAL;
+    }
+    return KV_OK;
+}
+
+void kv_metad_query_fini(struct kv_metad_query *q)
+{
+    if (!q)
+        return;
+    kv_free(q->key);
+    kv_free(q->prefix);
+    memset(q, 0, sizeof(*q));
+}
+
+int kv_metad_decode_query(const char *query, struct kv_metad_query *q, char *err, size_t errlen)
+{
+    struct kv_metad_query r = {.timeout_ms = KV_METAD_DEFAULT_WATCH_MS};
+    if (!query || !*query) {
+        *q = r;
+        return KV_OK;
+    }
+    if (strcasestr(query, "%00")) {
+        set_err(err, errlen, "query contains a NUL byte (%%00)");
+        return KV_EINVAL;
+    }
+    struct evkeyvalq params;
+    TAILQ_INIT(&params);
+    if (evhttp_parse_query_str(query, &params) != 0) {
+        set_err(err, errlen, "malformed query string");
+        evhttp_clear_headers(&params);
+        return KV_EINVAL;
+    }
+    int rc = KV_OK;
+    bool seen_lease = false, seen_timeout = false;
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, &params, next)
+    {
+        const char *name = kv->key, *v = kv->value;
+        if (strcmp(name, "key") == 0 || strcmp(name, "prefix") == 0) {
+            char **dst = name[0] == 'k' ? &r.key : &r.prefix;
+            if (*dst) {
+                set_err(err, errlen, "parameter '%s' given twice", name);
+                rc = KV_EINVAL;
+                goto out;
+            }
+            size_t vl = strlen(v);
+            if (name[0] == 'k') {
+                rc = check_key(v, vl, err, errlen);
+                if (rc < 0)
+                    goto out;
+            } else if (vl >= KV_META_MAX_KEY) {
+                set_err(err, errlen, "prefix longer than %d bytes", KV_META_MAX_KEY - 1);
+                rc = KV_EINVAL;
+                goto out;
+            }
+            *dst = kv_strdup(v);
+            if (!*dst) {
+                rc = KV_ENOMEM;
+                goto out;
+            }
+        } else if (strcmp(name, "lease") == 0) {
+            if (seen_lease || kv_parse_i64(v, &r.lease) < 0 || r.lease < 0) {
+                set_err(err, errlen,
+                        seen_lease ? "parameter 'lease' given twice"
+                                   : "bad lease '%s' (want a lease id >= 0)",
+                        v);
+                rc = KV_EINVAL;
+                goto out;
+            }
+            seen_lease = true;
+        } else if (strcmp(name, "after") == 0) {
+            if (r.has_after || kv_parse_u64(v, &r.after) < 0) {
+                set_err(err, errlen,
+                        r.has_after ? "parameter 'after' given twice"
+                                    : "bad after '%s' (want a revision >= 0)",
+                        v);
+                rc = KV_EINVAL;
+                goto out;
+            }
+            r.has_after = true;
+        } else if (strcmp(name, "timeout_ms") == 0) {
+            int64_t t;
+            if (seen_timeout || kv_parse_i64(v, &t) < 0 || t < 0) {
+                set_err(err, errlen,
+                        seen_timeout ? "parameter 'timeout_ms' given twice"
+                                     : "bad timeout_ms '%s' (want >= 0)",
+                        v);
+                rc = KV_EINVAL;
+                goto out;
+            }
+            r.timeout_ms = (int)KV_MIN(t, KV_METAD_MAX_WATCH_MS);
+            seen_timeout = true;
+        }
+    }
+out:
+    evhttp_clear_headers(&params);
+    if (rc < 0) {
+        kv_metad_query_fini(&r);
+        return rc;
+    }
+    *q = r;
+    return KV_OK;
+}
+
+/* Reads "key" (a UTF-8 string) or "key_b64" from o into an owned string. */
+int kv_metad_json_key(json_t *o, char **out, char *err, size_t errlen)
+{
+    json_t *k = json_object_get(o, "key");
+    json_t *kb = json_object_get(o, "key_b64");
+    char *key = NULL;
+    size_t len = 0;
+    if (k && json_is_string(k)) {
+        len = json_string_length(k);
+        key = kv_memdup0(json_string_value(k), len);
+        if (!key)
+            return KV_ENOMEM;
+    } else if (kb && json_is_string(kb)) {
+        int rc = kv_metad_b64_decode(json_string_value(kb), json_string_length(kb), KV_META_MAX_KEY,
+                                     &key, &len);
+        if (rc < 0) {
+            set_err(err, errlen, "field 'key_b64' is not valid base64");
+            return rc == KV_ENOMEM ? rc : KV_EINVAL;
+        }
+    } else {
+        set_err(err, errlen, "field 'key' missing or not a string");
+        return KV_EINVAL;
+    }
+    int rc = check_key(key, len, err, errlen);
+    if (rc < 0) {
+        kv_free(key);
+        return rc;
+    }
+    *out = key;
+    return KV_OK;
+}
+
+/* Reads a base64 field into an owned buffer. */
+int kv_metad_json_b64(json_t *o, const char *field, char **out, size_t *len, char *err,
+                      size_t errlen)
+{
+    json_t *v = json_object_get(o, field);
+    if (!v || !json_is_string(v)) {
+        set_err(err, errlen, "field '%s' missing or not a string", field);
+        return KV_EINVAL;
+    }
+    int rc = kv_metad_b64_decode(json_string_value(v), json_string_length(v), KV_META_MAX_VALUE,
+                                 out, len);
+    if (rc == KV_EINVAL)
+        set_err(err, errlen, "field '%s' is not valid base64", field);
+    else if (rc == KV_E2BIG)
+        set_err(err, errlen, "field '%s' is larger than %u bytes", field, KV_META_MAX_VALUE);
+    return rc;
+}
+
+void kv_metad_cas_fini(struct kv_metad_cas *c)
+{
+    if (!c)
+        return;
+    kv_free(c->key);
+    kv_free(c->expect);
+    kv_free(c->val);
+    memset(c, 0, sizeof(*c));
+}
+
+int kv_metad_decode_cas(const char *body, size_t len, struct kv_metad_cas *c, char *err,
+                        size_t errlen)
+{
+    json_t *o = NULL;
+    int rc = kv_json_parse(body, len, &o, err, errlen);
+    if (rc < 0)
+        return KV_EINVAL;
+    struct kv_metad_cas r = {0};
+    if (!json_is_object(o)) {
+        set_err(err, errlen, "body is not a JSON object");
+        rc = KV_EINVAL;
+        goto out;
+    }
+    rc = kv_metad_json_key(o, &r.key, err, errlen);
+    if (rc < 0)
+        goto out;
+    json_t *e = json_object_get(o, "expect");
+    if (e && !json_is_null(e)) {
+        rc = kv_metad_json_b64(o, "expect", &r.expect, &r.expect_len, err, errlen);
+        if (rc < 0)
+            goto out;
+    }
+    rc = kv_metad_json_b64(o, "value", &r.val, &r.len, err, errlen);
+    if (rc < 0)
+        goto out;
+    json_t *l = json_object_get(o, "lease");
+    if (l && !json_is_null(l)) {
+        if (!json_is_integer(l) || json_integer_value(l) < 0) {
+            set_err(err, errlen, "field 'lease' is not an integer >= 0");
+            rc = KV_EINVAL;
+            goto out;
+        }
+        r.lease = json_integer_value(l);
+    }
+out:
+    json_decref(o);
+    if (rc < 0) {
+        kv_metad_cas_fini(&r);
+        return rc;
+    }
+    *c = r;
+    return KV_OK;
+}
+
+int kv_metad_decode_lease(const char *body, size_t len, const char *field, int64_t *out, char *err,
+                          size_t errlen)
+{
+    json_t *o = NULL;
+    if (kv_json_parse(body, len, &o, err, errlen) < 0)
+        return KV_EINVAL;
+    int rc = KV_EINVAL;
+    bool ttl = strcmp(field, "ttl") == 0;
+    int64_t max = ttl ? 86400LL * 365 : INT64_MAX;
+    json_t *v = json_is_object(o) ? json_object_get(o, field) : NULL;
+    if (!json_is_object(o)) {
+        set_err(err, errlen, "body is not a JSON object");
+    } else if (!v || !json_is_integer(v)) {
+        set_err(err, errlen, "field '%s' missing or not an integer", field);
+    } else if (json_integer_value(v) < 1 || json_integer_value(v) > max) {
+        set_err(err, errlen, "field '%s' out of range (%s)", field,
+                ttl ? "1..31536000 seconds" : "a lease id > 0");
+    } else {
+        *out = json_integer_value(v);
+        rc = KV_OK;
+    }
+    json_decref(o);
+    return rc;
+}
+
+int kv_metad_parse_data(const char *buf, size_t len, struct kv_meta_kv **kvs, size_t *n, char *err,
+                        size_t errlen)
+{
+    json_t *o = NULL;
+    if (kv_json_parse(buf, len, &o, err, errlen) < 0)
+        return KV_EINVAL;
+    int rc = KV_EINVAL;
+    struct kv_meta_kv *out = NULL;
+    size_t cnt = 0;
+    json_t *fmt = json_object_get(o, "format");
+    json_t *ver = json_object_get(o, "version");
+    json_t *arr = json_object_get(o, "kvs");
+    if (!json_is_object(o) || !json_is_string(fmt) ||
+        strcmp(json_string_value(fmt), DATA_FORMAT) != 0) {
+        set_err(err, errlen, "not a kvstash metad data file (field 'format' is not '%s')",
+                DATA_FORMAT);
+        goto out;
+    }
+    if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
+        set_err(err, errlen, "unsupported data file version (want 1)");
+        goto out;
+    }
+    if (!json_is_array(arr)) {
+        set_err(err, errlen, "field 'kvs' missing or not an array");
+        goto out;
+    }
+    size_t total = json_array_size(arr);
+    if (total) {
+        out = kv_calloc(total, sizeof(*out));
+        if (!out) {
+            rc = KV_ENOMEM;
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < total; i++) {
+        json_t *e = json_array_get(arr, i);
+        char sub[200] = "";
+        if (!json_is_object(e)) {
+            set_err(err, errlen, "kvs[%zu] is not an object", i);
+            goto out;
+        }
+        rc = kv_metad_json_key(e, &out[cnt].key, sub, sizeof(sub));
+        if (rc == KV_OK)
+            rc = kv_metad_json_b64(e, "value", &out[cnt].val, &out[cnt].len, sub, sizeof(sub));
+        if (out[cnt].key)
+            cnt++;
+        if (rc < 0) {
+            set_err(err, errlen, "kvs[%zu]: %s", i, sub);
+            goto out;
+        }
+    }
+    rc = kv_meta_kvs_sort(out, cnt);
+    for (size_t i = 1; rc == KV_OK && i < cnt; i++) {
+        if (strcmp(out[i - 1].key, out[i].key) == 0) {
+            set_err(err, errlen, "key '%.200s' appears twice", out[i].key);
+            rc = KV_EINVAL;
+        }
+    }
+out:
+    json_decref(o);
+    if (rc < 0) {
+        kv_meta_kvs_free(out, cnt);
+        return rc;
+    }
+    if (!cnt) {
+        kv_free(out);
+        out = NULL;
+    }
+    *kvs = out;
+    *n = cnt;
+    return KV_OK;
+}
+
+/* Adds {"key" or "key_b64", "value"} for one pair to arr. */
+int kv_metad_json_add_kv(json_t *arr, const char *key, const char *val, size_t len)
+{
+    json_t *o = json_object();
+    if (!o)
+        return KV_ENOMEM;
+    json_t *k = json_string(key); /* NULL for a key that is not UTF-8 */
+    if (k) {
+        json_object_set_new(o, "key", k);
+    } else {
+        char *kb = kv_metad_b64_encode(key, strlen(key));
+        if (!kb)
+            goto out_nomem;
+        json_object_set_new(o, "key_b64", json_string(kb));
+        kv_free(kb);
+    }
+    if (val) {
+        char *vb = kv_metad_b64_encode(val, len);
+        if (!vb)
+            goto out_nomem;
+        json_object_set_new(o, "value", json_string(vb));
+        kv_free(vb);
+    }
+    if (json_array_append_new(arr, o) != 0)
+        return KV_ENOMEM;
+    return KV_OK;
+out_nomem:
+    json_decref(o);
+    return KV_ENOMEM;
+}
+
+int kv_metad_encode_data(const struct kv_meta_kv *kvs, size_t n, char **out)
+{
+    json_t *arr = json_array();
+    json_t *o = json_object();
+    int rc = KV_ENOMEM;
+    if (!arr || !o)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        rc = kv_metad_json_add_kv(arr, kvs[i].key, kvs[i].val, kvs[i].len);
+        if (rc < 0)
+            goto out;
+    }
+    rc = KV_ENOMEM;
+    if (json_object_set_new(o, "format", json_string(DATA_FORMAT)) != 0 ||
+        json_object_set_new(o, "version", json_integer(1)) != 0 ||
+        json_object_set(o, "kvs", arr) != 0)
+        goto out;
+    *out = kv_json_dump(o);
+    rc = *out ? KV_OK : KV_ENOMEM;
+out:
+    json_decref(arr);
+    json_decref(o);
+    return rc;
+}
+
+/* ---- data file ---- */
+
+static int load_data_file(struct kv_metad *d)
+{
+    FILE *f = fopen(d->data_file, "rb");
+    if (!f) {
+        if (errno == ENOENT) {
+            KV_LOGI("data file %s does not exist yet: starting empty", d->data_file);
+            return KV_OK;
+        }
+        KV_LOGE("cannot open data file %s: %s", d->data_file, strerror(errno));
+        return kv_err_from_errno(errno);
+    }
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = KV_OK;
+    for (;;) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 65536;
+            char *nb = kv_realloc(buf, cap);
+            if (!nb) {
+                rc = KV_ENOMEM;
+                goto out_close;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    if (ferror(f)) {
+        KV_LOGE("cannot read data file %s", d->data_file);
+        rc = KV_EIO;
+        goto out_close;
+    }
+    struct kv_meta_kv *kvs = NULL;
+    size_t n = 0;
+    char err[256] = "";
+    rc = kv_metad_parse_data(buf, len, &kvs, &n, err, sizeof(err));
+    if (rc < 0) {
+        KV_LOGE("bad data file %s: %s", d->data_file, err);
+        goto out_close;
+    }
+    for (size_t i = 0; i < n && rc == KV_OK; i++)
+        rc = kv_meta_put(d->m, kvs[i].key, kvs[i].val, kvs[i].len, 0);
+    if (rc < 0)
+        KV_LOGE("cannot load data file %s: %s", d->data_file, kv_strerror(rc));
+    else
+        KV_LOGI("loaded %zu keys from %s", n, d->data_file);
+    kv_meta_kvs_free(kvs, n);
+out_close:
+    fclose(f);
+    kv_free(buf);
+    return rc;
+}
+
+static int save_data_file(struct kv_metad *d)
+{
+    struct kv_meta_kv *kvs = NULL;
+    size_t n = 0;
+    char *text = NULL;
+    int rc = kv_meta_embedded_list_unleased(d->m, "", &kvs, &n);
+    if (rc == KV_OK)
+        rc = kv_metad_encode_data(kvs, n, &text);
+    kv_meta_kvs_free(kvs, n);
+    if (rc < 0)
+        goto out;
+    char tmp[4200];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", d->data_file);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        rc = kv_err_from_errno(errno);
+        goto out;
+    }
+    size_t left = strlen(text);
+    const char *p = text;
+    while (left && rc == KV_OK) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            rc = w < 0 ? kv_err_from_errno(errno) : KV_EIO;
+        else {
+            p += w;
+            left -= (size_t)w;
+        }
+    }
+    if (rc == KV_OK && fsync(fd) != 0)
+        rc = kv_err_from_errno(errno);
+    close(fd);
+    if (rc == KV_OK && rename(tmp, d->data_file) != 0)
+        rc = kv_err_from_errno(errno);
+    if (rc < 0)
+        unlink(tmp);
+out:
+    kv_free(text);
+    if (rc < 0)
+        KV_LOGW_RL(5000, "cannot save data file %s: %s", d->data_file, kv_strerror(rc));
+    return rc;
+}
+
+/* ---- event ring ---- */
+
+static void ring_ev_free(struct ring_ev *e)
+{
+    kv_free(e->key);
+    kv_free(e->val);
+    memset(e, 0, sizeof(*e));
+}
+
+/* Embedded worker thread: appends an event to the ring (invariant 1) and wakes the loop. */
+static void on_store_event(void *ud, const struct kv_meta_event *ev, uint64_t rev)
+{
+    struct kv_metad *d = ud;
+    struct ring_ev e = {.rev = rev, .type = ev->type, .len = ev->len};
+    e.key = kv_strdup(ev->key);
+    if (ev->value)
+        e.val = kv_memdup0(ev->value, ev->len);
+    size_t bytes = strlen(ev->key) + ev->len + sizeof(e);
+    pthread_mutex_lock(&d->lock);
+    d->dirty = true;
+    if (!e.key || (ev->value && !e.val)) {
+        /* cannot record it: make every older revision "compacted" so pollers re-list */
+        KV_LOGW_RL(5000, "out of memory recording a watch event; watchers will re-list");
+        ring_ev_free(&e);
+        while (d->ring_n) {
+            ring_ev_free(&d->ring[d->ring_head]);
+            d->ring_head = (d->ring_head + 1) % RING_MAX_EVENTS;
+            d->ring_n--;
+        }
+        d->ring_bytes = 0;
+        d->ring_floor = d->ring_last = rev;
+        goto out_unlock;
+    }
+    while (d->ring_n && (d->ring_n == RING_MAX_EVENTS || d->ring_bytes + bytes > RING_MAX_BYTES)) {
+        struct ring_ev *old = &d->ring[d->ring_head];
+        d->ring_floor = old->rev;
+        d->ring_bytes -= strlen(old->key) + old->len + sizeof(*old);
+        ring_ev_free(old);
+        d->ring_head = (d->ring_head + 1) % RING_MAX_EVENTS;
+        d->ring_n--;
+    }
+    d->ring[(d->ring_head + d->ring_n) % RING_MAX_EVENTS] = e;
+    d->ring_n++;
+    d->ring_bytes += bytes;
+    d->ring_last = rev;
+out_unlock:
+    pthread_mutex_unlock(&d->lock);
+    event_active(d->wake_ev, EV_READ, 0);
+}
+
+/* ---- replies ---- */
+
+static void reply(struct evhttp_request *req, int code, const char *ctype, const void *body,
+                  size_t len)
+{
+    struct evbuffer *b = evhttp_request_get_output_buffer(req);
+    if (len)
+        evbuffer_add(b, body, len);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    evhttp_send_reply(req, code, NULL, NULL);
+}
+
+static void reply_err(struct evhttp_request *req, int code, int kverr, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void reply_err(struct evhttp_request *req, int code, int kverr, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof(msg) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n > sizeof(msg) - 2)
+        n = (int)sizeof(msg) - 2;
+    msg[n++] = '\n';
+    char num[16];
+    snprintf(num, sizeof(num), "%d", kverr);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "X-Kvstash-Error", num);
+    reply(req, code, "text/plain", msg, (size_t)n);
+}
+
+static void reply_json(struct evhttp_request *req, json_t *o)
+{
+    char *s = o ? kv_json_dump(o) : NULL;
+    json_decref(o);
+    if (!s) {
+        reply_err(req, 500, KV_ENOMEM, "out of memory");
+        return;
+    }
+    reply(req, 200, "application/json", s, strlen(s));
+    kv_free(s);
+}
+
+/* Maps a store error to a reply. */
+static void reply_rc(struct evhttp_request *req, int rc, const char *what)
+{
+    switch (rc) {
+    case KV_ENOENT:
+        reply_err(req, 404, rc, "%s: not found", what);
+        break;
+    case KV_EMETA_LEASE:
+        reply_err(req, 404, rc, "%s: lease not found or expired", what);
+        break;
+    case KV_EMETA_CAS:
+        reply_err(req, 409, rc, "%s: compare failed (value differs)", what);
+        break;
+    case KV_E2BIG:
+        reply_err(req, 413, rc, "%s: too large", what);
+        break;
+    case KV_EINVAL:
+        reply_err(req, 400, rc, "%s: invalid argument", what);
+        break;
+    default:
+        reply_err(req, 500, rc, "%s: %s", what, kv_strerror(rc));
+        break;
+    }
+}
+
+/* Body bytes (contiguous) and length. */
+static const char *req_body(struct evhttp_request *req, size_t *len)
+{
+    struct evbuffer *b = evhttp_request_get_input_buffer(req);
+    *len = evbuffer_get_length(b);
+    if (!*len)
+        return "";
+    return (const char *)evbuffer_pullup(b, -1);
+}
+
+/* ---- handlers ---- */
+
+static void handle_metadata(struct kv_metad *d, struct evhttp_request *req,
+                            const struct kv_metad_query *q)
+{
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if (cmd == EVHTTP_REQ_GET && !q->key && q->prefix) {
+        struct kv_meta_kv *kvs = NULL;
+        size_t n = 0;
+        int rc = kv_meta_list(d->m, q->prefix, &kvs, &n);
+        if (rc < 0) {
+            reply_rc(req, rc, "list");
+            return;
+        }
+        json_t *arr = json_array();
+        for (size_t i = 0; arr && i < n; i++) {
+            if (kv_metad_json_add_kv(arr, kvs[i].key, kvs[i].val, kvs[i].len) < 0) {
+                json_decref(arr);
+                arr = NULL;
+            }
+        }
+        kv_meta_kvs_free(kvs, n);
+        reply_json(req, arr);
+        return;
+    }
+    if (!q->key) {
+        reply_err(req, 400, KV_EINVAL, "missing parameter 'key'%s",
+                  cmd == EVHTTP_REQ_GET ? " (or 'prefix')" : "");
+        return;
+    }
+    if (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD) {
+        char *v = NULL;
+        size_t len = 0;
+        int rc = kv_meta_get(d->m, q->key, &v, &len);
+        if (rc < 0) {
+            reply_rc(req, rc, "get");
+            return;
+        }
+        reply(req, 200, "application/octet-stream", v, len);
+        kv_meta_free(v);
+    } else if (cmd == EVHTTP_REQ_PUT || cmd == EVHTTP_REQ_POST) {
+        size_t len;
+        const char *body = req_body(req, &len);
+        if (!body) {
+            reply_err(req, 500, KV_ENOMEM, "out of memory");
+            return;
+        }
+        if (len > KV_META_MAX_VALUE) {
+            reply_err(req, 413, KV_E2BIG, "value of %zu bytes is larger than the limit of %u", len,
+                      KV_META_MAX_VALUE);
+            return;
+        }
+        int rc = kv_meta_put(d->m, q->key, body, len, q->lease);
+        if (rc < 0)
+            reply_rc(req, rc, "put");
+        else
+            reply(req, 200, "text/plain", "", 0);
+    } else if (cmd == EVHTTP_REQ_DELETE) {
+        int rc = kv_meta_del(d->m, q->key);
+        if (rc < 0)
+            reply_rc(req, rc, "delete");
+        else
+            reply(req, 200, "text/plain", "", 0);
+    } else {
+        reply_err(req, 405, KV_ENOTSUP, "method not allowed on /metadata (GET, PUT, DELETE)");
+    }
+}
+
+static void handle_cas(struct kv_metad *d, struct evhttp_request *req)
+{
+    size_t len;
+    const char *body = req_body(req, &len);
+    struct kv_metad_cas c = {0};
+    char err[256] = "";
+    int rc = body ? kv_metad_decode_cas(body, len, &c, err, sizeof(err)) : KV_ENOMEM;
+    if (rc < 0) {
+        if (rc == KV_ENOMEM)
+            reply_err(req, 500, rc, "out of memory");
+        else
+            reply_err(req, rc == KV_E2BIG ? 413 : 400, rc, "bad CAS body: %s", err);
+        return;
+    }
+    rc = kv_meta_cas(d->m, c.key, c.expect, c.expect_len, c.val, c.len, c.lease);
+    if (rc < 0)
+        reply_rc(req, rc, "cas");
+    else
+        reply(req, 200, "text/plain", "", 0);
+    kv_metad_cas_fini(&c);
+}
+
+static void handle_lease(struct kv_metad *d, struct evhttp_request *req, const char *op)
+{
+    size_t len;
+    const char *body = req_body(req, &len);
+    bool grant = strcmp(op, "grant") == 0;
+    int64_t v = 0;
+    char err[256] = "";
+    int rc = body ? kv_metad_decode_lease(body, len, grant ? "ttl" : "id", &v, err, sizeof(err))
+                  : KV_ENOMEM;
+    if (rc < 0) {
+        reply_err(req, 400, rc, "bad lease %s body: %s", op, err);
+        return;
+    }
+    int64_t id = v;
+    if (grant)
+        rc = kv_meta_lease_grant(d->m, (int)v, &id);
+    else if (strcmp(op, "keepalive") == 0)
+        rc = kv_meta_lease_keepalive(d->m, v);
+    else
+        rc = kv_meta_lease_revoke(d->m, v);
+    if (rc < 0) {
+        reply_rc(req, rc, op);
+        return;
+    }
+    json_t *o = json_object();
+    if (o) {
+        json_object_set_new(o, "id", json_integer(id));
+        if (grant)
+            json_object_set_new(o, "ttl", json_integer(v));
+    }
+    reply_json(req, o);
+}
+
+static void poll_free(struct poll_req *p)
+{
+    if (p->timer)
+        event_free(p->timer);
+    kv_free(p->prefix);
+    kv_free(p);
+}
+
+/* Collects ring events after p->after under p->prefix. Returns the JSON reply, or NULL with
+ * *gone when the revision is outside the ring; with no event, NULL unless force. */
+static json_t *poll_collect(struct kv_metad *d, const char *prefix, uint64_t after, bool force,
+                            bool *gone)
+{
+    size_t plen = strlen(prefix);
+    json_t *arr = NULL;
+    uint64_t last;
+    uint64_t store_rev = 0;
+    kv_meta_embedded_rev(d->m, &store_rev);
+    *gone = false;
+    pthread_mutex_lock(&d->lock);
+    last = KV_MAX(after, d->ring_last);
+    if (after < d->ring_floor || after > store_rev) {
+        *gone = true;
+        goto out_unlock;
+    }
+    for (size_t i = 0; i < d->ring_n; i++) {
+        struct ring_ev *e = &d->ring[(d->ring_head + i) % RING_MAX_EVENTS];
+        if (e->rev <= after || strncmp(e->key, prefix, plen) != 0)
+            continue;
+        if (!arr)
+            arr = json_array();
+        if (!arr)
+            break;
+        json_t *o = json_object();
+        if (!o)
+            continue;
+        json_object_set_new(o, "type", json_string(e->type == KV_META_EV_PUT ? "put" : "delete"));
+        json_object_set_new(o, "rev", json_integer((json_int_t)e->rev));
+        json_t *tmp = json_array();
+        if (tmp && kv_metad_json_add_kv(tmp, e->key, e->val, e->len) == KV_OK)
+            json_object_update(o, json_array_get(tmp, 0));
+        json_decref(tmp);
+        json_array_append_new(arr, o);
+    }
+out_unlock:
+    pthread_mutex_unlock(&d->lock);
+    if (*gone || (!arr && !force))
+        return NULL;
+    json_t *o = json_object();
+    if (!o) {
+        json_decref(arr);
+        return NULL;
+    }
+    json_object_set_new(o, "revision", json_integer((json_int_t)last));
+    json_object_set_new(o, "events", arr ? arr : json_array());
+    return o;
+}
+
+static void reply_gone(struct evhttp_request *req, uint64_t after)
+{
+    reply_err(req, 410, KV_ERANGE,
+              "revision %llu is no longer (or not yet) in the event history: list again and "
+              "watch from a fresh revision",
+              (unsigned long long)after);
+}
+
+static void poll_unlink(struct kv_metad *d, struct poll_req *p)
+{
+    for (struct poll_req **pp = &d->polls; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            d->npolls--;
+            return;
+        }
+    }
+}
+
+static void on_poll_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct poll_req *p = arg;
+    struct kv_metad *d = p->d;
+    poll_unlink(d, p);
+    bool gone;
+    json_t *o = poll_collect(d, p->prefix, p->after, true, &gone);
+    if (gone)
+        reply_gone(p->req, p->after);
+    else
+        reply_json(p->req, o);
+    poll_free(p);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct kv_metad *d = arg;
+    struct poll_req **pp = &d->polls;
+    while (*pp) {
+        struct poll_req *p = *pp;
+        bool gone;
+        json_t *o = poll_collect(d, p->prefix, p->after, false, &gone);
+        if (!o && !gone) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        d->npolls--;
+        if (gone)
+            reply_gone(p->req, p->after);
+        else
+            reply_json(p->req, o);
+        poll_free(p);
+    }
+}
+
+static void handle_watch(struct kv_metad *d, struct evhttp_request *req,
+                         const struct kv_metad_query *q)
+{
+    const char *prefix = q->prefix ? q->prefix : "";
+    if (!q->has_after) {
+        uint64_t rev = 0;
+        kv_meta_embedded_rev(d->m, &rev);
+        json_t *o = json_object();
+        if (o) {
+            json_object_set_new(o, "revision", json_integer((json_int_t)rev));
+            json_object_set_new(o, "events", json_array());
+        }
+        reply_json(req, o);
+        return;
+    }
+    bool gone;
+    json_t *o = poll_collect(d, prefix, q->after, q->timeout_ms == 0, &gone);
+    if (gone) {
+        reply_gone(req, q->after);
+        return;
+    }
+    if (o) {
+        reply_json(req, o);
+        return;
+    }
+    if (d->npolls >= MAX_POLLS) {
+        reply_err(req, 503, KV_EBUSY, "too many watchers waiting (%d)", MAX_POLLS);
+        return;
+    }
+    struct poll_req *p = kv_calloc(1, sizeof(*p));
+    if (p)
+        p->prefix = kv_strdup(prefix);
+    if (p && p->prefix)
+        p->timer = evtimer_new(d->base, on_poll_timeout, p);
+    if (!p || !p->prefix || !p->timer) {
+        if (p)
+            poll_free(p);
+        reply_err(req, 500, KV_ENOMEM, "out of memory");
+        return;
+    }
+    p->d = d;
+    p->req = req;
+    p->after = q->after;
+    struct timeval tv = {q->timeout_ms / 1000, (q->timeout_ms % 1000) * 1000};
+    evtimer_add(p->timer, &tv);
+    p->next = d->polls;
+    d->polls = p;
+    d->npolls++;
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct kv_metad *d = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if (!path) {
+        reply_err(req, 400, KV_EINVAL, "malformed request URI");
+        return;
+    }
+    struct kv_metad_query q;
+    char err[256] = "";
+    int rc = kv_metad_decode_query(query, &q, err, sizeof(err));
+    if (rc < 0) {
+        if (rc == KV_ENOMEM)
+            reply_err(req, 500, rc, "out of memory");
+        else
+            reply_err(req, 400, rc, "bad query: %s", err);
+        return;
+    }
+    if (strcmp(path, "/metadata") == 0) {
+        handle_metadata(d, req, &q);
+    } else if (strcmp(path, "/health") == 0) {
+        reply(req, 200, "text/plain", "ok\n", 3);
+    } else if (strcmp(path, "/watch") == 0) {
+        if (cmd != EVHTTP_REQ_GET)
+            reply_err(req, 405, KV_ENOTSUP, "use GET for /watch");
+        else
+            handle_watch(d, req, &q);
+    } else if (strcmp(path, "/metadata/cas") == 0) {
+        if (cmd != EVHTTP_REQ_POST)
+            reply_err(req, 405, KV_ENOTSUP, "use POST for /metadata/cas");
+        else
+            handle_cas(d, req);
+    } else if (kv_startswith(path, "/lease/") &&
+               (strcmp(path + 7, "grant") == 0 || strcmp(path + 7, "keepalive") == 0 ||
+                strcmp(path + 7, "revoke") == 0)) {
+        if (cmd != EVHTTP_REQ_POST)
+            reply_err(req, 405, KV_ENOTSUP, "use POST for %s", path);
+        else
+            handle_lease(d, req, path + 7);
+    } else {
+        reply_err(req, 404, KV_ENOENT,
+                  "unknown path '%.200s' (try /metadata, /metadata/cas, /lease/grant, "
+                  "/lease/keepalive, /lease/revoke, /watch, /health)",
+                  path);
+    }
+    kv_metad_query_fini(&q);
+}
+
+/* ---- lifecycle ---- */
+
+static void on_save_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct kv_metad *d = arg;
+    pthread_mutex_lock(&d->lock);
+    bool dirty = d->dirty;
+    d->dirty = false;
+    pthread_mutex_unlock(&d->lock);
+    if (dirty && save_data_file(d) < 0) {
+        pthread_mutex_lock(&d->lock);
+        d->dirty = true; /* try again at the next tick */
+        pthread_mutex_unlock(&d->lock);
+    }
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct kv_metad *d = arg;
+    while (d->polls) { /* invariant 2: answer held polls before evhttp_free */
+        struct poll_req *p = d->polls;
+        d->polls = p->next;
+        d->npolls--;
+        reply_err(p->req, 503, KV_ESHUTDOWN, "server shutting down");
+        poll_free(p);
+    }
+    event_base_loopbreak(d->base);
+}
+
+static void *loop_main(void *arg)
+{
+    struct kv_metad *d = arg;
+    kv_log_set_thread_name("metad");
+    event_base_loop(d->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
+static atomic_int evthread_rc;
+static void evthread_init(void)
+{
+    atomic_store(&evthread_rc, evthread_use_pthreads());
+    if (sodium_init() < 0)
+        atomic_store(&evthread_rc, -1);
+}
+
+static void metad_free(struct kv_metad *d)
+{
+    if (d->wid)
+        kv_meta_unwatch(d->m, d->wid);
+    if (d->data_file && d->m) {
+        pthread_mutex_lock(&d->lock);
+        bool dirty = d->dirty;
+        pthread_mutex_unlock(&d->lock);
+        if (dirty)
+            save_data_file(d);
+    }
+    if (d->http)
+        evhttp_free(d->http);
+    if (d->stop_ev)
+        event_free(d->stop_ev);
+    if (d->wake_ev)
+        event_free(d->wake_ev);
+    if (d->save_ev)
+        event_free(d->save_ev);
+    if (d->base)
+        event_base_free(d->base);
+    kv_meta_close(d->m);
+    for (size_t i = 0; i < d->ring_n; i++)
+        ring_ev_free(&d->ring[(d->ring_head + i) % RING_MAX_EVENTS]);
+    kv_free(d->ring);
+    kv_free(d->data_file);
+    pthread_mutex_destroy(&d->lock);
+    kv_free(d);
+}
+
+int kv_metad_start(const struct kv_metad_opts *opts, struct kv_metad **out)
+{
+    if (!opts || !opts->addr || !out)
+        return KV_EINVAL;
+    char host[256];
+    uint16_t port;
+    if (kv_parse_hostport(opts->addr, host, sizeof(host), &port) < 0) {
+        KV_LOGE("bad listen address '%s' (want HOST:PORT)", opts->addr);
+        return KV_EINVAL;
+    }
+    pthread_once(&evthread_once, evthread_init);
+    if (atomic_load(&evthread_rc) != 0) {
+        KV_LOGE("cannot initialise libevent threading or libsodium");
+        return KV_EIO;
+    }
+    struct kv_metad *d = kv_calloc(1, sizeof(*d));
+    if (!d)
+        return KV_ENOMEM;
+    pthread_mutex_init(&d->lock, NULL);
+    int rc = KV_ENOMEM;
+    int fd = -1;
+    d->ring = kv_calloc(RING_MAX_EVENTS, sizeof(*d->ring));
+    if (!d->ring)
+        goto out_free;
+    if (opts->data_file) {
+        d->data_file = kv_strdup(opts->data_file);
+        if (!d->data_file)
+            goto out_free;
+    }
+    char url[300];
+    static atomic_uint private_seq;
+    if (opts->embedded_name)
+        snprintf(url, sizeof(url), "embedded://%s", opts->embedded_name);
+    else
+        snprintf(url, sizeof(url), "embedded://#metad-private-%d-%u", (int)getpid(),
+                 atomic_fetch_add(&private_seq, 1));
+    rc = kv_meta_open(url, NULL, &d->m);
+    if (rc < 0)
+        goto out_free;
+    if (d->data_file) {
+        rc = load_data_file(d);
+        if (rc < 0)
+            goto out_free;
+    }
+    d->base = event_base_new();
+    d->http = d->base ? evhttp_new(d->base) : NULL;
+    if (!d->http) {
+        rc = KV_ENOMEM;
+        goto out_free;
+    }
+    rc = kv_net_listen_tcp(host, port, 128, &fd, &d->port);
+    if (rc < 0) {
+        KV_LOGE("cannot listen on %s: %s", opts->addr,
+                rc == KV_EBUSY ? "address already in use" : kv_strerror(rc));
+        goto out_free;
+    }
+    evutil_make_socket_nonblocking(fd);
+    if (!evhttp_accept_socket_with_handle(d->http, fd)) {
+        close(fd);
+        rc = KV_EIO;
+        goto out_free;
+    }
+    evhttp_set_max_body_size(d->http, MAX_BODY);
+    evhttp_set_timeout(d->http, KV_METAD_MAX_WATCH_MS / 1000 + 60);
+    evhttp_set_allowed_methods(d->http, EVHTTP_REQ_GET | EVHTTP_REQ_PUT | EVHTTP_REQ_POST |
+                                            EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
+    evhttp_set_gencb(d->http, on_request, d);
+    d->stop_ev = event_new(d->base, -1, 0, on_stop, d);
+    d->wake_ev = event_new(d->base, -1, EV_PERSIST, on_wake, d);
+    d->save_ev = d->data_file ? event_new(d->base, -1, EV_PERSIST, on_save_timer, d) : NULL;
+    rc = KV_ENOMEM;
+    if (!d->stop_ev || !d->wake_ev || (d->data_file && !d->save_ev))
+        goto out_free;
+    /* wake_ev has no fd or timeout: only event_active() triggers it; add it so EV_PERSIST
+     * keeps it registered */
+    event_add(d->wake_ev, NULL);
+    if (d->save_ev) {
+        struct timeval tv = {0, SAVE_MS * 1000};
+        event_add(d->save_ev, &tv);
+    }
+    uint64_t start_rev = 0;
+    rc = kv_meta_embedded_watch_rev(d->m, "", on_store_event, d, &d->wid, &start_rev);
+    if (rc < 0)
+        goto out_free;
+    d->ring_floor = d->ring_last = start_rev;
+    if (pthread_create(&d->thread, NULL, loop_main, d) != 0) {
+        rc = KV_ENOMEM;
+        goto out_free;
+    }
+    d->thread_started = true;
+    *out = d;
+    return KV_OK;
+out_free:
+    metad_free(d);
+    return rc;
+}
+
+uint16_t kv_metad_port(const struct kv_metad *d)
+{
+    return d ? d->port : 0;
+}
+
+void kv_metad_stop(struct kv_metad *d)
+{
+    if (!d)
+        return;
+    if (d->thread_started) {
+        event_active(d->stop_ev, EV_READ, 0);
+        pthread_join(d->thread, NULL);
+    }
+    metad_free(d);
+}
