@@ -1,0 +1,618 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_redis.c - the Redis metadata backend against a real redis-server started on a free
+ * loopback port: URL parsing and DB selection, binary values, glob characters in list and
+ * watch prefixes, internal keys hidden, CAS contention, lease expiry, keepalive and revoke,
+ * rebinding a key away from a lease, watch events (put, delete, lease expiry), unwatch, and
+ * KV_EMETA_UNAVAIL in bounded time once the server is killed.
+ *
+ * The server runs in its own process group with PR_SET_PDEATHSIG, and the group teardown
+ * kills and reaps it even when a test fails. Skips when redis-server is not installed.
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/alloc.h"
+#include "common/net.h"
+#include "common/util.h"
+#include "kvstash/meta.h"
+
+static char g_log[256];
+static char g_url[128];
+static uint16_t g_port;
+static pid_t g_pid = -1;
+
+static pid_t spawn(char *const argv[], const char *log)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    if (pid > 0)
+        setpgid(pid, pid);
+    return pid;
+}
+
+static void kill_reap(pid_t *pid)
+{
+    if (*pid > 0) {
+        kill(-*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+    }
+    *pid = -1;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (kv_net_free_port(&g_port) < 0)
+        return -1;
+    snprintf(g_url, sizeof(g_url), "redis://127.0.0.1:%u", (unsigned)g_port);
+    snprintf(g_log, sizeof(g_log), "/tmp/kvstash-test-redis-%d.log", (int)getpid());
+    char port[16];
+    snprintf(port, sizeof(port), "%u", (unsigned)g_port);
+    char *argv[] = {"redis-server", "--port", port,    "--bind", "127.0.0.1",  "--save",  "",
+                    "--appendonly", "no",     "--dir", "/tmp",   "--loglevel", "warning", NULL};
+    g_pid = spawn(argv, g_log);
+    if (g_pid < 0)
+        return -1;
+    struct kv_meta_opts o = {.timeout_ms = 500};
+    int64_t deadline = kv_now_ms() + 10000;
+    while (kv_now_ms() < deadline) {
+        struct kv_meta *m = NULL;
+        if (kv_meta_open(g_url, &o, &m) == KV_OK) {
+            kv_meta_close(m);
+            return 0;
+        }
+        int st;
+        if (waitpid(g_pid, &st, WNOHANG) == g_pid) {
+            fprintf(stderr, "redis-server exited early; see %s\n", g_log);
+            g_pid = -1;
+            return -1;
+        }
+        kv_sleep_ms(50);
+    }
+    fprintf(stderr, "redis-server did not answer within 10 s; see %s\n", g_log);
+    return -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    kill_reap(&g_pid);
+    unlink(g_log);
+    return 0;
+}
+
+static struct kv_meta *open_url(const char *url)
+{
+    struct kv_meta *m = NULL;
+    assert_int_equal(kv_meta_open(url, NULL, &m), KV_OK);
+    assert_string_equal(kv_meta_backend(m), "redis");
+    return m;
+}
+
+static void test_bad_urls(void **state)
+{
+    (void)state;
+    static const char *bad[] = {
+        "redis://",      "redis://host",        "redis://127.0.0.1:0", "redis://127.0.0.1:1/x",
+        "redis://:6379", "redis://127.0.0.1:1/"};
+    for (size_t i = 0; i < KV_ARRAY_SIZE(bad); i++) {
+        struct kv_meta *m = NULL;
+        assert_int_equal(kv_meta_open(bad[i], NULL, &m), KV_EMETA_URL);
+        assert_null(m);
+    }
+    /* a DB the server does not have */
+    char url[160];
+    snprintf(url, sizeof(url), "%s/99999", g_url);
+    struct kv_meta *m = NULL;
+    assert_int_equal(kv_meta_open(url, NULL, &m), KV_EMETA_URL);
+    /* nobody listening */
+    uint16_t dead;
+    assert_int_equal(kv_net_free_port(&dead), KV_OK);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", (unsigned)dead);
+    int64_t t0 = kv_now_ms();
+    assert_int_equal(kv_meta_open(url, NULL, &m), KV_EMETA_UNAVAIL);
+    assert_true(kv_now_ms() - t0 < 10000);
+}
+
+static void test_basic_binary_db(void **state)
+{
+    (void)state;
+    struct kv_meta *m = open_url(g_url);
+    char url1[160];
+    snprintf(url1, sizeof(url1), "%s/1", g_url);
+    struct kv_meta *m1 = open_url(url1);
+    static const char bin[] = {'x', 0, 'y', 0, '\xff', 0};
+    assert_int_equal(kv_meta_put(m, "/t/b/a", bin, sizeof(bin), 0), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/t/b/e", "", 0, 0), KV_OK);
+    char *v = NULL;
+    size_t len = 0;
+    assert_int_equal(kv_meta_get(m, "/t/b/a", &v, &len), KV_OK);
+    assert_int_equal(len, sizeof(bin));
+    assert_memory_equal(v, bin, sizeof(bin));
+    assert_int_equal(v[len], '\0');
+    kv_meta_free(v);
+    assert_int_equal(kv_meta_get(m, "/t/b/e", &v, &len), KV_OK);
+    assert_int_equal(len, 0);
+    kv_meta_free(v);
+    /* DB 1 is separate */
+    assert_int_equal(kv_meta_get(m1, "/t/b/a", &v, &len), KV_ENOENT);
+    assert_int_equal(kv_meta_put(m1, "/t/b/a", "one", 3, 0), KV_OK);
+    assert_int_equal(kv_meta_get(m, "/t/b/a", &v, &len), KV_OK);
+    assert_int_equal(len, sizeof(bin));
+    kv_meta_free(v);
+    assert_int_equal(kv_meta_del(m, "/t/b/a"), KV_OK);
+    assert_int_equal(kv_meta_del(m, "/t/b/a"), KV_ENOENT);
+    assert_int_equal(kv_meta_get(m, "/t/b/a", &v, &len), KV_ENOENT);
+    /* cas */
+    assert_int_equal(kv_meta_cas(m, "/t/b/c", NULL, 0, "1", 1, 0), KV_OK);
+    assert_int_equal(kv_meta_cas(m, "/t/b/c", NULL, 0, "1", 1, 0), KV_EMETA_CAS);
+    assert_int_equal(kv_meta_cas(m, "/t/b/c", "2", 1, "3", 1, 0), KV_EMETA_CAS);
+    assert_int_equal(kv_meta_cas(m, "/t/b/c", "1", 1, "3", 1, 0), KV_OK);
+    assert_int_equal(kv_meta_cas(m, "/t/b/none", "", 0, "3", 1, 0), KV_EMETA_CAS);
+    assert_int_equal(kv_meta_cas(m, "/t/b/e", "", 0, "\0z", 2, 0), KV_OK);
+    assert_int_equal(kv_meta_cas(m, "/t/b/e", "\0y", 2, "q", 1, 0), KV_EMETA_CAS);
+    assert_int_equal(kv_meta_cas(m, "/t/b/e", "\0z", 2, "q", 1, 0), KV_OK);
+    kv_meta_close(m1);
+    kv_meta_close(m);
+}
+
+static void test_list_glob(void **state)
+{
+    (void)state;
+    struct kv_meta *m = open_url(g_url);
+    int64_t lease = 0;
+    assert_int_equal(kv_meta_lease_grant(m, 30, &lease), KV_OK); /* creates internal keys */
+    assert_int_equal(kv_meta_put(m, "/g/a*b", "1", 1, lease), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/g/a*bc", "2", 1, 0), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/g/axb", "3", 1, 0), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/g/a?b", "4", 1, 0), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/g/[x]", "5", 1, 0), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/g/x", "6", 1, 0), KV_OK);
+    struct kv_meta_kv *kvs = NULL;
+    size_t n = 0;
+    assert_int_equal(kv_meta_list(m, "/g/a*b", &kvs, &n), KV_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(kvs[0].key, "/g/a*b");
+    assert_string_equal(kvs[1].key, "/g/a*bc");
+    assert_string_equal(kvs[1].val, "2");
+    kv_meta_kvs_free(kvs, n);
+    assert_int_equal(kv_meta_list(m, "/g/a?", &kvs, &n), KV_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(kvs[0].key, "/g/a?b");
+    kv_meta_kvs_free(kvs, n);
+    assert_int_equal(kv_meta_list(m, "/g/[", &kvs, &n), KV_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(kvs[0].key, "/g/[x]");
+    kv_meta_kvs_free(kvs, n);
+    assert_int_equal(kv_meta_list(m, "/g/", &kvs, &n), KV_OK);
+    assert_int_equal(n, 6);
+    for (size_t i = 1; i < n; i++)
+        assert_true(strcmp(kvs[i - 1].key, kvs[i].key) < 0);
+    kv_meta_kvs_free(kvs, n);
+    /* "" lists user keys only: no internal lease bookkeeping */
+    assert_int_equal(kv_meta_list(m, "", &kvs, &n), KV_OK);
+    assert_true(n >= 6);
+    for (size_t i = 0; i < n; i++)
+        assert_true(kvs[i].key[0] != '\0' && strstr(kvs[i].key, "kvstash/") == NULL);
+    kv_meta_kvs_free(kvs, n);
+    assert_int_equal(kv_meta_list(m, "/nothing/", &kvs, &n), KV_OK);
+    assert_int_equal(n, 0);
+    assert_null(kvs);
+    assert_int_equal(kv_meta_lease_revoke(m, lease), KV_OK);
+    kv_meta_close(m);
+}
+
+struct cas_arg {
+    int n;
+    int done;
+};
+
+static void *cas_worker(void *p)
+{
+    struct cas_arg *a = p;
+    struct kv_meta *m = NULL;
+    if (kv_meta_open(g_url, NULL, &m) != KV_OK)
+        return NULL;
+    for (int i = 0; i < a->n; i++) {
+        for (int tries = 0; tries < 10000; tries++) {
+            char *v = NULL;
+            size_t len = 0;
+            if (kv_meta_get(m, "/t/cas/counter", &v, &len) != KV_OK)
+                break;
+            int64_t cur = 0;
+            kv_parse_i64(v, &cur);
+            char nv[32];
+            int nl = snprintf(nv, sizeof(nv), "%lld", (long long)(cur + 1));
+            int rc = kv_meta_cas(m, "/t/cas/counter", v, len, nv, (size_t)nl, 0);
+            kv_meta_free(v);
+            if (rc == KV_OK) {
+                a->done++;
+                break;
+            }
+            if (rc != KV_EMETA_CAS)
+                break;
+        }
+    }
+    kv_meta_close(m);
+    return NULL;
+}
+
+static void test_cas_contention(void **state)
+{
+    (void)state;
+    struct kv_meta *m = open_url(g_url);
+    assert_int_equal(kv_meta_put(m, "/t/cas/counter", "0", 1, 0), KV_OK);
+    enum { T = 4, N = 50 };
+    pthread_t th[T];
+    struct cas_arg args[T];
+    for (int i = 0; i < T; i++) {
+        args[i] = (struct cas_arg){N, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, cas_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].done, N);
+    }
+    char *v = NULL;
+    size_t len = 0;
+    assert_int_equal(kv_meta_get(m, "/t/cas/counter", &v, &len), KV_OK);
+    assert_string_equal(v, "200");
+    kv_meta_free(v);
+    kv_meta_close(m);
+}
+
+static bool wait_gone(struct kv_meta *m, const char *key, int ms)
+{
+    int64_t deadline = kv_now_ms() + ms;
+    while (kv_now_ms() < deadline) {
+        char *v = NULL;
+        size_t len = 0;
+        int rc = kv_meta_get(m, key, &v, &len);
+        kv_meta_free(v);
+        if (rc == KV_ENOENT)
+            return true;
+        kv_sleep_ms(50);
+    }
+    return false;
+}
+
+static void test_lease(void **state)
+{
+    (void)state;
+    struct kv_meta *m = open_url(g_url);
+    int64_t l1 = 0, l2 = 0;
+    assert_int_equal(kv_meta_lease_grant(m, 1, &l1), KV_OK);
+    assert_true(l1 > 0);
+    assert_int_equal(kv_meta_put(m, "/t/l/a", "1", 1, l1), KV_OK);
+    assert_int_equal(kv_meta_cas(m, "/t/l/b", NULL, 0, "2", 1, l1), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/t/l/keep", "k", 1, l1), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/t/l/keep", "k2", 2, 0), KV_OK); /* unbound again */
+    assert_int_equal(kv_meta_lease_keepalive(m, l1), KV_OK);
+    assert_true(wait_gone(m, "/t/l/a", 5000));
+    assert_true(wait_gone(m, "/t/l/b", 1000));
+    char *v = NULL;
+    size_t len = 0;
+    assert_int_equal(kv_meta_get(m, "/t/l/keep", &v, &len), KV_OK);
+    assert_string_equal(v, "k2");
+    kv_meta_free(v);
+    assert_int_equal(kv_meta_lease_keepalive(m, l1), KV_EMETA_LEASE);
+    assert_int_equal(kv_meta_put(m, "/t/l/c", "c", 1, l1), KV_EMETA_LEASE);
+    assert_int_equal(kv_meta_get(m, "/t/l/c", &v, &len), KV_ENOENT);
+
+    /* keepalive keeps bound keys alive past the ttl */
+    assert_int_equal(kv_meta_lease_grant(m, 1, &l2), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/t/l/d", "d", 1, l2), KV_OK);
+    for (int i = 0; i < 6; i++) {
+        kv_sleep_ms(300);
+        assert_int_equal(kv_meta_lease_keepalive(m, l2), KV_OK);
+    }
+    assert_int_equal(kv_meta_get(m, "/t/l/d", &v, &len), KV_OK);
+    kv_meta_free(v);
+    /* revoke deletes at once, but not a key rebound to no lease */
+    assert_int_equal(kv_meta_put(m, "/t/l/e", "e", 1, l2), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/t/l/e", "e2", 2, 0), KV_OK);
+    assert_int_equal(kv_meta_lease_revoke(m, l2), KV_OK);
+    assert_int_equal(kv_meta_get(m, "/t/l/d", &v, &len), KV_ENOENT);
+    assert_int_equal(kv_meta_get(m, "/t/l/e", &v, &len), KV_OK);
+    kv_meta_free(v);
+    assert_int_equal(kv_meta_lease_revoke(m, l2), KV_EMETA_LEASE);
+    assert_int_equal(kv_meta_lease_keepalive(m, 987654321), KV_EMETA_LEASE);
+    kv_meta_close(m);
+}
+
+/* ---------------------------------------------------------------- allocation failures */
+
+/* Each op is run with allocation n failing, n = 1, 2, ... until it makes fewer than n
+ * allocations: every failure must be a clean KV_ENOMEM (or KV_EPROTO when the JSON parser
+ * reports it as a parse error), never a crash or a leak (ASan builds check leaks). */
+static int af_op(struct kv_meta *m, int op, long n, int64_t lease)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "/r/af/%d/%ld", op, n);
+    char *v = NULL;
+    size_t len = 0;
+    struct kv_meta_kv *kvs = NULL;
+    size_t cnt = 0;
+    int rc;
+    switch (op) {
+    case 0:
+        return kv_meta_put(m, key, "v\0w", 3, lease);
+    case 1:
+        rc = kv_meta_get(m, "/r/af/base", &v, &len);
+        kv_meta_free(v);
+        return rc;
+    case 2:
+        rc = kv_meta_list(m, "/r/af/", &kvs, &cnt);
+        kv_meta_kvs_free(kvs, cnt);
+        return rc;
+    case 3:
+        return kv_meta_cas(m, key, NULL, 0, "c", 1, lease);
+    case 4:
+        return kv_meta_cas(m, "/r/af/base", "base", 4, "base", 4, 0);
+    case 5:
+        return kv_meta_lease_keepalive(m, lease);
+    default:
+        return kv_meta_del(m, "/r/af/base");
+    }
+}
+
+static void test_alloc_failures(void **state)
+{
+    (void)state;
+    struct kv_meta *m = NULL;
+    assert_int_equal(kv_meta_open(g_url, NULL, &m), KV_OK);
+    int64_t lease = 0;
+    assert_int_equal(kv_meta_lease_grant(m, 60, &lease), KV_OK);
+    for (int op = 0; op < 7; op++) {
+        for (long n = 1;; n++) {
+            assert_true(n < 1000);
+            /* get, cas and del need the key before each try */
+            assert_int_equal(kv_meta_put(m, "/r/af/base", "base", 4, 0), KV_OK);
+            long before = kv_alloc_calls();
+            kv_alloc_fail_at(n);
+            int rc = af_op(m, op, n, lease);
+            long used = kv_alloc_calls() - before;
+            kv_alloc_fail_at(0);
+            if (used < n) {
+                assert_int_equal(rc, KV_OK);
+                break;
+            }
+            if (rc != KV_OK && rc != KV_ENOMEM && rc != KV_EPROTO)
+                fail_msg("op %d with allocation %ld failing: %s", op, n, kv_err_name(rc));
+        }
+    }
+    assert_int_equal(kv_meta_lease_revoke(m, lease), KV_OK);
+    kv_meta_close(m);
+}
+
+struct rec {
+    pthread_mutex_t lock;
+    int n;
+    int type[64];
+    char key[64][64];
+    char val[64][16];
+    size_t len[64];
+};
+
+static void rec_fn(void *ud, const struct kv_meta_event *ev)
+{
+    struct rec *r = ud;
+    pthread_mutex_lock(&r->lock);
+    if (r->n < 64) {
+        r->type[r->n] = ev->type;
+        snprintf(r->key[r->n], sizeof(r->key[0]), "%s", ev->key);
+        r->len[r->n] = ev->len;
+        if (ev->value)
+            memcpy(r->val[r->n], ev->value, KV_MIN(ev->len, sizeof(r->val[0])));
+        r->n++;
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+static int rec_count(struct rec *r)
+{
+    pthread_mutex_lock(&r->lock);
+    int n = r->n;
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
+
+static bool wait_events(struct rec *r, int n, int ms)
+{
+    int64_t deadline = kv_now_ms() + ms;
+    while (kv_now_ms() < deadline) {
+        if (rec_count(r) >= n)
+            return true;
+        kv_sleep_ms(20);
+    }
+    return false;
+}
+
+static void test_watch(void **state)
+{
+    (void)state;
+    struct kv_meta *m = open_url(g_url);
+    struct rec *r = kv_calloc(1, sizeof(*r));
+    assert_non_null(r);
+    pthread_mutex_init(&r->lock, NULL);
+    uint64_t id = 0;
+    assert_int_equal(kv_meta_watch(m, "/w/a*", rec_fn, r, &id), KV_OK);
+    int64_t lease = 0, lease2 = 0;
+    assert_int_equal(kv_meta_lease_grant(m, 60, &lease2), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/w/a*1", "v1", 2, 0), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/w/a*1",
+                                 "v\0"
+                                 "2",
+                                 3, 0),
+                     KV_OK);
+    assert_int_equal(kv_meta_put(m, "/w/ax", "no", 2, 0), KV_OK); /* '*' is literal */
+    assert_int_equal(kv_meta_del(m, "/w/a*1"), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/w/a*r", "R", 1, lease2), KV_OK);
+    assert_int_equal(kv_meta_lease_revoke(m, lease2), KV_OK);
+    assert_int_equal(kv_meta_lease_grant(m, 1, &lease), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/w/a*l", "L", 1, lease), KV_OK);
+    /* put v1, put v2, del, put R, revoke del, put L, expiry del */
+    assert_true(wait_events(r, 7, 10000));
+    kv_sleep_ms(100);
+    assert_int_equal(rec_count(r), 7);
+    assert_int_equal(r->type[0], KV_META_EV_PUT);
+    assert_string_equal(r->key[0], "/w/a*1");
+    assert_int_equal(r->len[0], 2);
+    assert_memory_equal(r->val[0], "v1", 2);
+    assert_int_equal(r->type[1], KV_META_EV_PUT);
+    assert_int_equal(r->len[1], 3);
+    assert_memory_equal(r->val[1],
+                        "v\0"
+                        "2",
+                        3);
+    assert_int_equal(r->type[2], KV_META_EV_DEL);
+    assert_string_equal(r->key[2], "/w/a*1");
+    assert_int_equal(r->type[3], KV_META_EV_PUT);
+    assert_string_equal(r->key[3], "/w/a*r");
+    assert_int_equal(r->type[4], KV_META_EV_DEL);
+    assert_string_equal(r->key[4], "/w/a*r");
+    assert_int_equal(r->type[5], KV_META_EV_PUT);
+    assert_string_equal(r->key[5], "/w/a*l");
+    assert_int_equal(r->type[6], KV_META_EV_DEL);
+    assert_string_equal(r->key[6], "/w/a*l");
+
+    assert_int_equal(kv_meta_unwatch(m, id), KV_OK);
+    assert_int_equal(kv_meta_unwatch(m, id), KV_ENOENT);
+    assert_int_equal(kv_meta_put(m, "/w/a*after", "1", 1, 0), KV_OK);
+    kv_sleep_ms(200);
+    assert_int_equal(rec_count(r), 7);
+
+    /* close stops a live watch */
+    assert_int_equal(kv_meta_watch(m, "", rec_fn, r, &id), KV_OK);
+    kv_meta_close(m);
+    pthread_mutex_destroy(&r->lock);
+    kv_free(r);
+}
+
+/* A stopped (hung, not dead) server: every call gives up with KV_EMETA_UNAVAIL after about
+ * the timeout instead of hanging, unwatch returns at once, and calls work again after
+ * SIGCONT. */
+static void test_server_stopped(void **state)
+{
+    (void)state;
+    struct kv_meta_opts o = {.timeout_ms = 800};
+    struct kv_meta *m = NULL;
+    assert_int_equal(kv_meta_open(g_url, &o, &m), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/st/k", "1", 1, 0), KV_OK);
+    struct rec *r = kv_calloc(1, sizeof(*r));
+    assert_non_null(r);
+    pthread_mutex_init(&r->lock, NULL);
+    uint64_t id = 0;
+    assert_int_equal(kv_meta_watch(m, "/st/k", rec_fn, r, &id), KV_OK);
+    assert_int_equal(kill(-g_pid, SIGSTOP), 0);
+    int st = 0; /* kill() returns before every thread has stopped: wait for the group stop */
+    assert_int_equal(waitpid(g_pid, &st, WUNTRACED), g_pid);
+    assert_true(WIFSTOPPED(st));
+    int64_t t0 = kv_now_ms();
+    char *v = NULL;
+    size_t len = 0;
+    int rc1 = kv_meta_get(m, "/st/k", &v, &len);
+    int rc2 = kv_meta_put(m, "/st/k", "2", 1, 0);
+    int64_t lease = 0;
+    int rc3 = kv_meta_lease_grant(m, 5, &lease);
+    uint64_t id2 = 0;
+    int rc4 = kv_meta_watch(m, "/st/k", rec_fn, r, &id2);
+    struct kv_meta *m2 = NULL;
+    int rc5 = kv_meta_open(g_url, &o, &m2);
+    int64_t t1 = kv_now_ms();
+    int rc6 = kv_meta_unwatch(m, id);
+    int64_t t2 = kv_now_ms();
+    kill(-g_pid, SIGCONT);
+    assert_int_equal(rc1, KV_EMETA_UNAVAIL);
+    assert_int_equal(rc2, KV_EMETA_UNAVAIL);
+    assert_int_equal(rc3, KV_EMETA_UNAVAIL);
+    assert_int_equal(rc4, KV_EMETA_UNAVAIL);
+    assert_int_equal(rc5, KV_EMETA_UNAVAIL);
+    assert_null(m2);
+    assert_int_equal(rc6, KV_OK);
+    assert_true(t1 - t0 < 15000); /* 5 calls of about 0.8 s each, nowhere near a hang */
+    assert_true(t2 - t1 < 3000);
+    /* back to normal once the server runs again */
+    int rc = KV_EMETA_UNAVAIL;
+    int64_t deadline = kv_now_ms() + 10000;
+    while (rc != KV_OK && kv_now_ms() < deadline) {
+        rc = kv_meta_get(m, "/st/k", &v, &len);
+        if (rc == KV_OK)
+            kv_meta_free(v);
+        else
+            kv_sleep_ms(100);
+    }
+    assert_int_equal(rc, KV_OK);
+    kv_meta_close(m);
+    pthread_mutex_destroy(&r->lock);
+    kv_free(r);
+}
+
+/* Last: the server dies; calls fail with KV_EMETA_UNAVAIL in bounded time, watches survive. */
+static void test_server_killed(void **state)
+{
+    (void)state;
+    struct kv_meta_opts o = {.timeout_ms = 1000};
+    struct kv_meta *m = NULL;
+    assert_int_equal(kv_meta_open(g_url, &o, &m), KV_OK);
+    struct rec r = {.n = 0};
+    pthread_mutex_init(&r.lock, NULL);
+    uint64_t id = 0;
+    assert_int_equal(kv_meta_watch(m, "/k/", rec_fn, &r, &id), KV_OK);
+    assert_int_equal(kv_meta_put(m, "/k/1", "1", 1, 0), KV_OK);
+    kill_reap(&g_pid);
+    int64_t t0 = kv_now_ms();
+    char *v = NULL;
+    size_t len = 0;
+    assert_int_equal(kv_meta_get(m, "/k/1", &v, &len), KV_EMETA_UNAVAIL);
+    assert_int_equal(kv_meta_put(m, "/k/2", "2", 1, 0), KV_EMETA_UNAVAIL);
+    int64_t lease;
+    assert_int_equal(kv_meta_lease_grant(m, 5, &lease), KV_EMETA_UNAVAIL);
+    struct kv_meta_kv *kvs = NULL;
+    size_t n = 0;
+    assert_int_equal(kv_meta_list(m, "/k/", &kvs, &n), KV_EMETA_UNAVAIL);
+    assert_true(kv_now_ms() - t0 < 10000);
+    assert_int_equal(kv_meta_unwatch(m, id), KV_OK); /* returns although reconnecting */
+    kv_meta_close(m);
+    pthread_mutex_destroy(&r.lock);
+}
+
+int main(void)
+{
+    if (system("command -v redis-server >/dev/null 2>&1") != 0) {
+        printf("redis-server not installed: skipping\n");
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_urls),      cmocka_unit_test(test_basic_binary_db),
+        cmocka_unit_test(test_list_glob),     cmocka_unit_test(test_cas_contention),
+        cmocka_unit_test(test_lease),         cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_watch),         cmocka_unit_test(test_server_stopped),
+        cmocka_unit_test(test_server_killed),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
