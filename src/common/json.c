@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "common/alloc.h"
+#include "common/buf.h"
 
 __attribute__((constructor)) static void kv_json_init(void)
 {
@@ -75,7 +76,30 @@ int kv_json_get_u64(json_t *o, const char *field, uint64_t *out, char *err, size
     return KV_OK;
 }
 
+struct dump_sink {
+    struct kv_buf b;
+    bool failed; /* sticky */
+};
+
+static int dump_cb(const char *p, size_t n, void *ud)
+{
+    struct dump_sink *d = ud;
+    if (d->failed || kv_buf_append(&d->b, p, n) < 0) {
+        d->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+/* Not json_dumps(): jansson 2.14 ignores a failed write of an object key and goes on, so under
+ * memory pressure it can return malformed JSON; the sticky flag here catches every failure. */
 char *kv_json_dump(const json_t *v)
 {
-    return json_dumps(v, JSON_COMPACT);
+    struct dump_sink d = {.failed = false};
+    kv_buf_init(&d.b);
+    if (json_dump_callback(v, dump_cb, &d, JSON_COMPACT) != 0 || d.failed) {
+        kv_buf_fini(&d.b);
+        return NULL;
+    }
+    return kv_buf_steal(&d.b, NULL);
 }

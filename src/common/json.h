@@ -28,7 +28,7 @@ KV_API int kv_json_get_str(json_t *o, const char *field, const char **out, char 
 KV_API int kv_json_get_int(json_t *o, const char *field, int64_t *out, char *err, size_t errlen);
 KV_API int kv_json_get_u64(json_t *o, const char *field, uint64_t *out, char *err, size_t errlen);
 
-/* json_dumps with JSON_COMPACT, into a kv_free-able string (NULL on ENOMEM). */
+/* Compact JSON text of v into a kv_free-able string (NULL on ENOMEM; never partial). */
 KV_API char *kv_json_dump(const json_t *v);
 
 #endif

@@ -658,41 +658,12 @@ static size_t body_write(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-struct dump_sink {
-    struct kv_buf b;
-    bool failed; /* sticky */
-};
-
-static int dump_cb(const char *p, size_t n, void *ud)
-{
-    struct dump_sink *d = ud;
-    if (d->failed || kv_buf_append(&d->b, p, n) < 0) {
-        d->failed = true;
-        return -1;
-    }
-    return 0;
-}
-
-/* Compact JSON text of req (kv_free), or NULL on ENOMEM. Not json_dumps(): jansson 2.14
- * ignores a failed write of an object key and goes on, so under memory pressure it can return
- * malformed JSON (found by test_alloc_failures); the sticky flag here catches every failure. */
-static char *dump_req(const json_t *req)
-{
-    struct dump_sink d = {.failed = false};
-    kv_buf_init(&d.b);
-    if (json_dump_callback(req, dump_cb, &d, JSON_COMPACT) != 0 || d.failed) {
-        kv_buf_fini(&d.b);
-        return NULL;
-    }
-    return kv_buf_steal(&d.b, NULL);
-}
-
 /* POSTs the JSON req to path, failing over between endpoints. On KV_OK *status holds the
  * HTTP status and body the reply. KV_EMETA_UNAVAIL when no endpoint answered in time. */
 static int etcd_post(struct etcd *e, const char *path, json_t *req, struct kv_buf *body,
                      long *status)
 {
-    char *reqs = dump_req(req);
+    char *reqs = kv_json_dump(req);
     if (!reqs)
         return KV_ENOMEM;
     CURL *h = pool_get(e);
@@ -1118,7 +1089,7 @@ static void watch_stream(struct etcd_watch *w, size_t ep)
     CURL *h = curl_easy_init();
     if (!req || !h)
         goto out;
-    reqs = dump_req(req);
+    reqs = kv_json_dump(req);
     if (!reqs)
         goto out;
     char url[512];

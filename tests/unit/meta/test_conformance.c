@@ -820,6 +820,8 @@ static void test_hang(void **state)
     key_of(k, sizeof(k), b, "hang", "k");
     assert_int_equal(kv_meta_put(b->m, k, "v", 1, 0), KV_OK);
     kill(-b->pid, SIGSTOP);
+    int st;
+    waitpid(b->pid, &st, WUNTRACED); /* kill() returns before every thread has stopped */
     t0 = kv_now_ms();
     char *v = NULL;
     size_t len;
