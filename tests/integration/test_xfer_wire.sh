@@ -20,7 +20,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() {
-    python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+    /usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
 }
 
 PORT=$(free_port)
@@ -37,7 +37,7 @@ grep -q "ready" "$WORK/serve.out" || { cat "$WORK/serve.out"; echo "serve not re
 curl -sf "http://127.0.0.1:$PORT/metadata?key=/kvstash/default/segments/wiretest" \
     >"$WORK/desc.json"
 
-SERVE_PID=$SERVE_PID python3 - "$WORK/desc.json" <<'EOF'
+SERVE_PID=$SERVE_PID /usr/bin/python3 - "$WORK/desc.json" <<'EOF'
 import json, os, socket, struct, sys
 
 desc = json.load(open(sys.argv[1]))
