@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * store.h - client of the distributed KV store (master + storage nodes).
+ *
+ * An object is a key (1..KV_STORE_MAX_KEY bytes, no NUL) and an immutable value. Put is
+ * PutStart (the master allocates space on `replicas` distinct nodes; the object is PENDING and
+ * invisible) -> the client writes every replica through the transfer engine -> PutEnd with the
+ * xxh3 checksum (the object becomes visible). Get asks the master for the replicas (and a read
+ * lease that keeps them from eviction), reads the nearest one (same host: shared memory) and
+ * verifies the checksum; on a bad replica it tries the next. A get returns the whole value or
+ * an error: never partial, torn or stale bytes.
+ *
+ * Semantics of a second put of an existing key: first writer wins; the later put fails with
+ * KV_EEXIST (remove first to replace). A remove makes the key invisible at once; its space is
+ * reused only after outstanding read leases end.
+ *
+ * The client finds the master by address (opts->master "H:P") or through metadata
+ * (opts->metadata URL: the elected leader), and follows a new leader after fail-over.
+ *
+ * Thread-safety: a struct kv_store may be used from many threads at once.
+ */
+#ifndef KVSTASH_STORE_H
+#define KVSTASH_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KV_STORE_MAX_KEY 4096
+
+struct kv_store;
+
+struct kv_store_opts {
+    const char *master;   /* "HOST:PORT" of the master, or NULL to use metadata */
+    const char *metadata; /* metadata URL for leader discovery and segments, or NULL */
+    const char *cluster;  /* NULL = "default" */
+    const char *protocol; /* transfer protocol: "auto" (NULL), "tcp", "shm", "rdma" */
+    int timeout_ms;       /* per operation; 0 = default 10000 */
+};
+
+/* Connects to the master. *out is owned (close with kv_store_close()). KV_EMETA_UNAVAIL /
+ * KV_ECONNREFUSED when no master answers within the timeout. */
+KV_API int kv_store_open(const struct kv_store_opts *opts, struct kv_store **out);
+KV_API void kv_store_close(struct kv_store *s);
+
+struct kv_put_opts {
+    int replicas;   /* distinct nodes; 0 = 1 */
+    uint32_t ttl_s; /* 0 = the master's kv_expire_time */
+    bool pin;       /* soft pin: evicted only when nothing else can be */
+};
+
+/* Stores buf[0..len) under key. opts may be NULL. KV_EEXIST if key exists (or is being put),
+ * KV_ENOSPC if no node has room even after eviction, KV_EINVAL for a bad key. */
+KV_API int kv_store_put(struct kv_store *s, const char *key, const void *buf, size_t len,
+                        const struct kv_put_opts *opts);
+
+/* Reads key into buf (cap bytes). *len gets the value's size. KV_ENOENT when absent;
+ * KV_E2BIG when cap < size (nothing copied, *len set). */
+KV_API int kv_store_get(struct kv_store *s, const char *key, void *buf, size_t cap, size_t *len);
+
+/* Reads key into a new buffer (free with kv_store_free()). */
+KV_API int kv_store_get_alloc(struct kv_store *s, const char *key, void **buf, size_t *len);
+
+/* 1 if key exists (complete), 0 if not, or a negative error. */
+KV_API int kv_store_exists(struct kv_store *s, const char *key);
+
+/* Removes key. KV_ENOENT when absent. */
+KV_API int kv_store_remove(struct kv_store *s, const char *key);
+
+/* Batches: one master round trip for n keys (per phase). results[i] gets each key's status
+ * (as the single-key call would return); the call returns KV_OK if it could ask the master at
+ * all, even if some keys failed. */
+KV_API int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
+                              const void *const *bufs, const size_t *lens,
+                              const struct kv_put_opts *opts, int *results);
+KV_API int kv_store_batch_get(struct kv_store *s, size_t n, const char *const *keys,
+                              void *const *bufs, const size_t *caps, size_t *lens, int *results);
+KV_API int kv_store_batch_exists(struct kv_store *s, size_t n, const char *const *keys,
+                                 int *results);
+
+/* Keys starting with prefix (at most limit, 0 = no limit), sorted. *keys is owned: free with
+ * kv_store_keys_free(*keys, *n). sizes may be NULL; else *sizes is owned (kv_store_free). */
+KV_API int kv_store_list(struct kv_store *s, const char *prefix, size_t limit, char ***keys,
+                         uint64_t **sizes, size_t *n);
+KV_API void kv_store_keys_free(char **keys, size_t n);
+
+/* The master's cluster statistics as a JSON object text (the same document as the admin
+ * endpoint /api/v1/cluster). *json is owned (kv_store_free). */
+KV_API int kv_store_stat_json(struct kv_store *s, char **json);
+
+KV_API void kv_store_free(void *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

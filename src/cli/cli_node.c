@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * cli_node.c - `kvstash node`: runs a storage node (src/store/node.c) until SIGINT or SIGTERM:
+ * a DRAM segment of --capacity bytes mounted into the cluster, and an optional SSD tier.
+ */
+#define KV_LOG_COMPONENT "node"
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "store/store_int.h"
+
+static const struct kv_cfg_opt node_opts[] = {
+    {"metadata", "KVSTASH_METADATA", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "URL",
+     "metadata URL (etcd://, http://H:P/metadata, redis://) - required: segments and leader"},
+    {"cluster", "KVSTASH_CLUSTER", NULL, KV_CFG_STR, "default", 0, 0, NULL, "NAME",
+     "cluster name (metadata namespace)"},
+    {"master", "KVSTASH_NODE_MASTER", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "H:P",
+     "use this master instead of following the elected leader"},
+    {"capacity", "KVSTASH_CAPACITY", NULL, KV_CFG_SIZE, "1GiB", 1048576, 1e15, NULL, NULL,
+     "DRAM segment size"},
+    {"ssd-dir", "KVSTASH_SSD_DIR", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "DIR",
+     "SSD tier directory: evicted objects are demoted here and survive restarts"},
+    {"ssd-capacity", "KVSTASH_SSD_CAPACITY", NULL, KV_CFG_SIZE, "64GiB", 1048576, 1e18, NULL, NULL,
+     "SSD tier size (oldest files dropped beyond it)"},
+    {"node-id", "KVSTASH_NODE_ID", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "ID",
+     "node id (default: kept in <ssd-dir>/NODE_ID, else node-<random>)"},
+    {"bind", "KVSTASH_BIND", NULL, KV_CFG_STR, "127.0.0.1", 0, 0, NULL, "HOST",
+     "address the RPC server and transfer engine listen on"},
+    {"advertise-host", "KVSTASH_ADVERTISE_HOST", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "HOST",
+     "host published to peers (default: --bind)"},
+    {"protocol", "KVSTASH_PROTOCOL", NULL, KV_CFG_ENUM, "auto", 0, 0, "auto|tcp|shm|rdma", NULL,
+     "transfer protocol"},
+    {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",
+     "shared token transfer peers must present"},
+};
+
+int kv_cli_node(int argc, char **argv)
+{
+    struct kv_cfg cfg = {
+        .prog = "kvstash node",
+        .description =
+            "Runs a storage node: registers a DRAM segment of --capacity bytes with the transfer\n"
+            "engine (clients read and write it directly; same-host clients through shared\n"
+            "memory), mounts it on the elected master and heartbeats. With --ssd-dir, objects\n"
+            "evicted from DRAM are demoted to files there and read back on a hit; a node\n"
+            "restarted on the same directory reports them again. Stop with SIGINT or SIGTERM.",
+        .opts = node_opts,
+        .nopts = KV_ARRAY_SIZE(node_opts),
+    };
+    int ex = kv_cli_parse(&cfg, argc, argv);
+    if (ex >= 0)
+        goto out;
+    ex = 2;
+    if (cfg.nargs) {
+        fprintf(stderr, "kvstash node: unexpected argument '%s'\n", cfg.args[0]);
+        goto out;
+    }
+    const char *meta = kv_cfg_str(&cfg, "metadata");
+    if (!meta) {
+        fprintf(stderr, "kvstash node: --metadata URL is required (for example "
+                        "--metadata=http://127.0.0.1:8080/metadata)\n");
+        goto out;
+    }
+    const char *master = kv_cfg_str(&cfg, "master");
+    char host[256];
+    uint16_t port;
+    if (master && (kv_parse_hostport(master, host, sizeof(host), &port) < 0 || port == 0)) {
+        fprintf(stderr, "kvstash node: bad --master '%s' (want HOST:PORT)\n", master);
+        goto out;
+    }
+    const char *proto = kv_cfg_str(&cfg, "protocol");
+    struct kv_node_opts no = {
+        .metadata = meta,
+        .cluster = kv_cfg_str(&cfg, "cluster"),
+        .master = master,
+        .node_id = kv_cfg_str(&cfg, "node-id"),
+        .capacity = kv_cfg_size(&cfg, "capacity"),
+        .ssd_dir = kv_cfg_str(&cfg, "ssd-dir"),
+        .ssd_capacity = kv_cfg_size(&cfg, "ssd-capacity"),
+        .bind = kv_cfg_str(&cfg, "bind"),
+        .advertise_host = kv_cfg_str(&cfg, "advertise-host"),
+        .protocol = strcmp(proto, "auto") == 0 ? NULL : proto,
+        .token = kv_cfg_str(&cfg, "token"),
+    };
+    kv_cli_block_signals();
+    struct kv_node *n;
+    int rc = kv_node_start(&no, &n);
+    if (rc < 0) {
+        fprintf(stderr, "kvstash node: cannot start: %s (see the log line above)\n",
+                kv_strerror(rc));
+        ex = 1;
+        goto out;
+    }
+    int sig = kv_cli_wait_signal();
+    KV_LOGI("signal %d: shutting down", sig);
+    kv_node_stop(n);
+    ex = 0;
+out:
+    kv_cfg_fini(&cfg);
+    return ex;
+}

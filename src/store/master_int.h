@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * master_int.h - the master's private state, shared by master.c (index, RPC handlers,
+ * maintenance) and master_ha.c (leader election, admin HTTP). Design in master.c.
+ */
+#ifndef KV_STORE_MASTER_INT_H
+#define KV_STORE_MASTER_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "store/alloc_seg.h"
+#include "store/master_map.h"
+#include "store/rpc.h"
+#include "store/store_int.h"
+
+struct mnode {
+    char *id;
+    char *segment;
+    char *host_id;
+    char *rpc_addr;
+    struct kv_rpc_client *rpc;
+    struct kv_segalloc *alloc;
+    uint64_t size;
+    uint64_t ssd_capacity, ssd_used;
+    uint64_t pending_free; /* DRAM bytes allocated but queued for a deferred free */
+    int64_t last_hb_ms;    /* monotonic */
+    bool removed;
+    int refs; /* the node list holds one; RPCs in flight hold one each */
+    struct mnode *next;
+};
+
+struct mrep {
+    struct mnode *node;
+    uint64_t off;   /* DRAM offset (dram or promoting) */
+    bool dram;      /* bytes valid in DRAM at off */
+    bool ssd;       /* a file on the node's SSD tier */
+    bool demoting;  /* NODE_DEMOTE in flight (dram still valid) */
+    bool promoting; /* NODE_PROMOTE in flight into off (dram not valid yet) */
+};
+
+enum { OBJ_PENDING = 0, OBJ_COMPLETE = 1 };
+
+struct mobj {
+    char *key;
+    uint64_t size, checksum;
+    int state;
+    bool pin;
+    bool dead; /* unlinked from the index; freed when refs drops to 0 */
+    uint32_t ttl_s;
+    int64_t created_wall;
+    int64_t expire_wall; /* wall-clock ms */
+    int64_t lease_until; /* monotonic ms: bytes stay put until then */
+    int64_t put_deadline;
+    int refs; /* operations in flight outside the lock */
+    int nrep;
+    struct mrep rep[KV_STORE_MAX_REPLICAS];
+    struct mobj *lru_prev, *lru_next; /* COMPLETE objects only; head = most recent */
+};
+
+struct dfree {
+    struct mnode *node; /* referenced */
+    char *key;
+    uint64_t off, size;
+    bool dram, ssd;
+    bool rpc; /* tell the node (NODE_FREE) before freeing the range */
+    int64_t created;
+    int64_t not_before; /* monotonic ms */
+    struct dfree *next;
+};
+
+struct kv_master {
+    /* immutable after start */
+    char *id;
+    char *cluster;
+    char *metadata;
+    char *adv_meta;
+    char rpc_addr[300]; /* advertised */
+    char admin_addr[300];
+    uint32_t expire_s, cleanup_ms, put_timeout_ms, lease_ms, node_timeout_ms, evict_ms;
+    double high_wm, low_wm;
+    int leader_ttl_s;
+    char leader_key[512];
+    char epoch_key[512];
+    struct kv_meta *meta;
+    struct kv_rpc_server *rpc;
+
+    /* lock guards everything below up to "end lock"; lock order: evict_lock -> lock */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;  /* promotions finished; maintenance wake-ups */
+    struct kv_smap index; /* key -> struct mobj */
+    struct mobj lru;      /* sentinel */
+    struct mnode *nodes;
+    int nnodes;
+    struct dfree *dfree;
+    uint64_t rng;
+    uint64_t hits, misses, evictions, demotions, promotions, puts, gets, errors, expired;
+    char leader_hint[300]; /* the leader's rpc addr when standby */
+    uint64_t epoch;
+    int64_t last_ttl_sweep;
+    int64_t last_pending_sweep;
+    uint64_t npending; /* PENDING objects in the index (the sweep runs only when > 0) */
+    /* end lock */
+
+    pthread_mutex_t evict_lock; /* serialises eviction passes (taken before lock) */
+    atomic_bool leader;
+    atomic_bool stopping;
+    atomic_bool lease_lost;
+    int64_t lease; /* campaign thread only */
+    uint64_t watch_id;
+    bool watching;
+    pthread_t maint_thread, campaign_thread;
+    pthread_mutex_t wake_lock; /* guards wake_flag; leaf */
+    pthread_cond_t wake_cond;
+    bool wake_flag;
+
+    /* admin HTTP (master_ha.c) */
+    struct event_base *ebase;
+    struct evhttp *http;
+    struct event *stop_ev;
+    pthread_t admin_thread;
+    bool admin_running;
+    uint16_t admin_port;
+};
+
+/* master.c */
+int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len,
+                     struct kv_buf *resp);
+/* Drops every node and object (on losing leadership). Takes the lock. */
+void kv_master_reset(struct kv_master *m);
+/* Builds the cluster JSON under the lock. */
+char *kv_master_cluster_json(struct kv_master *m);
+/* Prometheus text into b. */
+int kv_master_metrics(struct kv_master *m, struct kv_buf *b);
+
+/* master_ha.c */
+int kv_master_campaign_start(struct kv_master *m);
+void kv_master_campaign_stop(struct kv_master *m);
+int kv_master_admin_start(struct kv_master *m, const char *addr);
+void kv_master_admin_stop(struct kv_master *m);
+
+#endif

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * master_map.c - string-keyed chained hash map (see master_map.h). Buckets double when the
+ * load passes 1; hashing is xxh3 (common/hash.h). Thread model: none (owner's lock).
+ */
+#include "store/master_map.h"
+
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/hash.h"
+
+void kv_smap_init(struct kv_smap *m)
+{
+    memset(m, 0, sizeof(*m));
+}
+
+void kv_smap_fini(struct kv_smap *m)
+{
+    for (size_t i = 0; i < m->nb; i++) {
+        for (struct kv_smap_ent *e = m->b[i]; e;) {
+            struct kv_smap_ent *n = e->next;
+            kv_free(e->key);
+            kv_free(e);
+            e = n;
+        }
+    }
+    kv_free(m->b);
+    memset(m, 0, sizeof(*m));
+}
+
+static struct kv_smap_ent **find(const struct kv_smap *m, const char *key, uint64_t h)
+{
+    if (!m->nb)
+        return NULL;
+    struct kv_smap_ent **pp = &m->b[h & (m->nb - 1)];
+    for (; *pp; pp = &(*pp)->next)
+        if ((*pp)->hash == h && strcmp((*pp)->key, key) == 0)
+            return pp;
+    return pp;
+}
+
+void *kv_smap_get(const struct kv_smap *m, const char *key)
+{
+    uint64_t h = kv_hash64(key, strlen(key));
+    struct kv_smap_ent **pp = find(m, key, h);
+    return pp && *pp ? (*pp)->val : NULL;
+}
+
+static int grow(struct kv_smap *m)
+{
+    size_t nb = m->nb ? m->nb * 2 : 64;
+    struct kv_smap_ent **b = kv_calloc(nb, sizeof(*b));
+    if (!b)
+        return KV_ENOMEM;
+    for (size_t i = 0; i < m->nb; i++) {
+        for (struct kv_smap_ent *e = m->b[i]; e;) {
+            struct kv_smap_ent *n = e->next;
+            e->next = b[e->hash & (nb - 1)];
+            b[e->hash & (nb - 1)] = e;
+            e = n;
+        }
+    }
+    kv_free(m->b);
+    m->b = b;
+    m->nb = nb;
+    return KV_OK;
+}
+
+int kv_smap_put(struct kv_smap *m, const char *key, void *val)
+{
+    if (m->n >= m->nb && grow(m) < 0)
+        return KV_ENOMEM;
+    uint64_t h = kv_hash64(key, strlen(key));
+    struct kv_smap_ent **pp = find(m, key, h);
+    if (*pp)
+        return KV_EEXIST;
+    struct kv_smap_ent *e = kv_malloc(sizeof(*e));
+    char *k = kv_strdup(key);
+    if (!e || !k) {
+        kv_free(e);
+        kv_free(k);
+        return KV_ENOMEM;
+    }
+    e->key = k;
+    e->hash = h;
+    e->val = val;
+    e->next = NULL;
+    *pp = e;
+    m->n++;
+    return KV_OK;
+}
+
+void *kv_smap_del(struct kv_smap *m, const char *key)
+{
+    uint64_t h = kv_hash64(key, strlen(key));
+    struct kv_smap_ent **pp = find(m, key, h);
+    if (!pp || !*pp)
+        return NULL;
+    struct kv_smap_ent *e = *pp;
+    *pp = e->next;
+    void *v = e->val;
+    kv_free(e->key);
+    kv_free(e);
+    m->n--;
+    return v;
+}
+
+void kv_smap_each(struct kv_smap *m, int (*fn)(void *ud, const char *key, void *val), void *ud)
+{
+    for (size_t i = 0; i < m->nb; i++) {
+        struct kv_smap_ent **pp = &m->b[i];
+        while (*pp) {
+            struct kv_smap_ent *e = *pp;
+            if (fn(ud, e->key, e->val)) {
+                *pp = e->next;
+                kv_free(e->key);
+                kv_free(e);
+                m->n--;
+            } else {
+                pp = &e->next;
+            }
+        }
+    }
+}
