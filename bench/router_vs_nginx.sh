@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# bench/router_vs_nginx.sh - the kvstash router against nginx as a reverse proxy, in one run.
+#
+# One fast upstream (its own nginx instance, 1 worker, answering a fixed chat-completion JSON, plus
+# /health and /v1/models) is proxied by (a) `kvstash router` (roundrobin) and (b) a separate
+# nginx instance (keep-alive upstream pool), PROXY_THREADS threads/workers each. wrk POSTs the same
+# chat request through each:
+#   - throughput: wrk -t1 -c$CONNS for $DURATION s -> requests/s, and the ratio router/nginx;
+#   - latency:    wrk -t1 -c1 for $DURATION s -> p50, compared with the upstream hit directly,
+#                 so "added p50" = p50 through the proxy - p50 direct.
+# Goals (issue 4): router >= 0.8x nginx requests/s, <= 100 us added p50.
+# Env: KVSTASH_BIN (default build/kvstash), DURATION (5), CONNS (32), ROUNDS (2),
+#      PROXY_THREADS (1: router --threads and nginx worker_processes of the proxies).
+# Ports are chosen free at run time; everything is on 127.0.0.1 and cleaned up on exit.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${KVSTASH_BIN:-$top/build/kvstash}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-32}
+ROUNDS=${ROUNDS:-2}
+PROXY_THREADS=${PROXY_THREADS:-1}
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"; exit 2; }
+[ -x "$NGINX" ] || { echo "nginx is not installed (apt-get install nginx-light)"; exit 2; }
+[ -x "$BIN" ] || { echo "no kvstash binary at $BIN (set KVSTASH_BIN)"; exit 2; }
+
+W=$(mktemp -d /tmp/kvstash-bench-router.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() {
+    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+UP=$(free_port)
+NP=$(free_port)
+mkdir -p "$W/logs" "$W/up" "$W/px"
+# The fast upstream (stands in for an engine): its own nginx instance, 1 worker.
+cat >"$W/up/nginx.conf" <<EOF
+worker_processes 1;
+error_log $W/logs/up-error.log warn;
+pid $W/up/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type application/json;
+    client_body_temp_path $W/up/body;
+    server {
+        listen 127.0.0.1:$UP;
+        location = /health { return 200 '{"status":"ok"}'; }
+        location = /v1/models { return 200 '{"object":"list","data":[{"id":"bench","object":"model"}]}'; }
+        location / { return 200 '{"id":"cmpl-1","object":"chat.completion","model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}]}'; }
+    }
+}
+EOF
+# nginx as the reverse proxy under comparison: a separate process, like the router (sharing the
+# upstream's worker would spare nginx the cross-process hop the router pays).
+cat >"$W/px/nginx.conf" <<EOF
+worker_processes $PROXY_THREADS;
+error_log $W/logs/px-error.log warn;
+pid $W/px/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $W/px/body;
+    proxy_temp_path $W/px/proxy;
+    upstream engine { server 127.0.0.1:$UP; keepalive 128; }
+    server {
+        listen 127.0.0.1:$NP;
+        location / {
+            proxy_pass http://engine;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+"$NGINX" -p "$W/up" -c "$W/up/nginx.conf" -g 'daemon off;' 2>"$W/logs/up.err" &
+pids+=($!)
+"$NGINX" -p "$W/px" -c "$W/px/nginx.conf" -g 'daemon off;' 2>"$W/logs/px.err" &
+pids+=($!)
+"$BIN" router --addr 127.0.0.1:0 --backends "http://127.0.0.1:$UP" --routing-logic roundrobin \
+    --threads "$PROXY_THREADS" --log-level warn >"$W/router.out" 2>"$W/router.err" &
+pids+=($!)
+for _ in $(seq 100); do
+    grep -q 'listening on http' "$W/router.out" 2>/dev/null &&
+        curl -s -o /dev/null "http://127.0.0.1:$NP/health" && break
+    sleep 0.05
+done
+RP=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$W/router.out" | sed 's/.*://')
+[ -n "$RP" ] || { echo "router did not start: $(cat "$W/router.err")"; exit 1; }
+
+cat >"$W/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"max_tokens":8}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+check() { # the proxied answer must be the upstream's
+    curl -s -f "http://127.0.0.1:$1/v1/chat/completions" -H 'Content-Type: application/json' \
+        -d '{"model":"bench","messages":[]}' | grep -q chat.completion ||
+        { echo "port $1 does not proxy correctly"; exit 1; }
+}
+check "$UP"
+check "$NP"
+check "$RP"
+
+# run PORT CONNS -> "REQS_PER_S P50_US NON2XX"
+run() {
+    local out
+    out=$(wrk -t1 -c"$2" -d"${DURATION}s" --latency -s "$W/post.lua" \
+        "http://127.0.0.1:$1/v1/chat/completions")
+    local rps p50 bad
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(awk '$1 == "50%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); print v} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s$/,"",v); print v*1000000}}' <<<"$out")
+    bad=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+    echo "$rps $p50 ${bad:-0}"
+}
+
+echo "kvstash router vs nginx: $PROXY_THREADS proxy thread(s) each, wrk -t1, ${DURATION}s per run, $ROUNDS rounds"
+echo "(machine: $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg))"
+best_r=0 best_n=0
+for r in $(seq "$ROUNDS"); do
+    read -r rr _ rbad < <(run "$RP" "$CONNS")
+    read -r nr _ nbad < <(run "$NP" "$CONNS")
+    printf 'round %d  throughput c=%d: router %10.0f req/s   nginx %10.0f req/s   (non-2xx: %s / %s)\n' \
+        "$r" "$CONNS" "$rr" "$nr" "$rbad" "$nbad"
+    best_r=$(awk -v a="$best_r" -v b="$rr" 'BEGIN {print (b > a ? b : a)}')
+    best_n=$(awk -v a="$best_n" -v b="$nr" 'BEGIN {print (b > a ? b : a)}')
+done
+# p50 at c=1, interleaved over the rounds; the lowest of each (least disturbed by other load)
+dp50=1e12 rp50=1e12 np50=1e12
+min() { awk -v a="$1" -v b="$2" 'BEGIN {print (b < a ? b : a)}'; }
+for r in $(seq "$ROUNDS"); do
+    read -r _ d _ < <(run "$UP" 1)
+    read -r _ x _ < <(run "$RP" 1)
+    read -r _ n _ < <(run "$NP" 1)
+    printf 'round %d  p50 at c=1: direct %s us, router %s us, nginx %s us\n' "$r" "$d" "$x" "$n"
+    dp50=$(min "$dp50" "$d")
+    rp50=$(min "$rp50" "$x")
+    np50=$(min "$np50" "$n")
+done
+ratio=$(awk -v a="$best_r" -v b="$best_n" 'BEGIN {printf "%.2f", a / b}')
+echo
+printf 'requests/s (best of %d): router %.0f, nginx %.0f -> ratio router/nginx = %sx (goal >= 0.8x)\n' \
+    "$ROUNDS" "$best_r" "$best_n" "$ratio"
+printf 'p50 latency at c=1 (lowest of %d): direct %.0f us, nginx %.0f us, router %.0f us\n' "$ROUNDS" "$dp50" "$np50" "$rp50"
+printf 'added p50: router %+.0f us, nginx %+.0f us; router - nginx = %+.0f us (goal <= 100 us added)\n' \
+    "$(awk -v a="$rp50" -v b="$dp50" 'BEGIN {print a - b}')" \
+    "$(awk -v a="$np50" -v b="$dp50" 'BEGIN {print a - b}')" \
+    "$(awk -v a="$rp50" -v b="$np50" 'BEGIN {print a - b}')"
