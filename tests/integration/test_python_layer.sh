@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# test_python_layer.sh - the Python layer's pytest suite (tests/python): binding, copy engine,
+# vLLM connector, SGLang backend, launcher; the end-to-end tests start a real store on free
+# loopback ports and tear it down. torch and numpy come from scripts/packages.txt (Debian's
+# python3-torch, python3-numpy): a missing one is a failure, not a skip.
+set -euo pipefail
+SRC=${KVSTASH_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+PY=/usr/bin/python3
+"$PY" -c 'import torch, numpy, pytest' || {
+    echo "FAIL: /usr/bin/python3 lacks torch, numpy or pytest: run scripts/install-deps.sh" >&2
+    exit 1
+}
+export PYTHONPATH="$SRC/python${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+cd "$SRC"
+exec "$PY" -m pytest -q -p no:cacheprovider tests/python

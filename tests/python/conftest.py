@@ -1,0 +1,154 @@
+# SPDX-License-Identifier: Apache-2.0
+"""pytest setup for the Python layer: import path, the kvstash binary, and a real store
+started on free loopback ports (`kvstash serve` when it runs a master, else metad + master +
+node), always torn down."""
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def _find_bin():
+    b = os.environ.get("KVSTASH_BIN")
+    if b:
+        return b
+    if os.environ.get("KVSTASH_LIB"):
+        cand = os.path.join(os.path.dirname(os.environ["KVSTASH_LIB"]), "kvstash")
+        if os.path.exists(cand):
+            return cand
+    cands = glob.glob(os.path.join(ROOT, "build*", "kvstash"))
+    for c in sorted(cands, key=os.path.getmtime, reverse=True):
+        return c
+    pytest.fail("kvstash binary not found: set KVSTASH_BIN")
+
+
+if not os.environ.get("KVSTASH_LIB"):
+    _lib = os.path.join(os.path.dirname(_find_bin()), "libkvstash.so")
+    if os.path.exists(_lib):
+        os.environ["KVSTASH_LIB"] = _lib
+
+
+def _wait_log(path, pattern, proc, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(path) as f:
+                m = re.search(pattern, f.read())
+            if m:
+                return m
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    with open(path) as f:
+        tail = f.read()[-2000:]
+    raise RuntimeError("process did not log %r (exit %s):\n%s" % (pattern, proc.poll(), tail))
+
+
+class Cluster:
+    """A real kvstash store on 127.0.0.1: .master (HOST:PORT), .cluster, .metadata (URL)."""
+
+    def __init__(self, capacity="256MiB"):
+        self.bin = _find_bin()
+        self.dir = tempfile.mkdtemp(prefix="kvstash-pytest.")
+        self.procs = {}
+        self.cluster = "py%d" % os.getpid()
+        self.capacity = capacity
+        self.metadata = None
+        self.master = None
+
+    def _start(self, name, args):
+        log = open(os.path.join(self.dir, name + ".log"), "w")
+        p = subprocess.Popen([self.bin] + args, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        self.procs[name] = p
+        return p, os.path.join(self.dir, name + ".log")
+
+    def _serve_has_master(self):
+        try:
+            h = subprocess.run([self.bin, "serve", "--help"], capture_output=True, text=True,
+                               timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return "--master-addr" in h
+
+    def start(self):
+        """`kvstash serve` (embedded metadata + master + node) when it has a master; else the
+        same three roles as separate processes."""
+        if os.environ.get("KVSTASH_TEST_SEPARATE") != "1" and self._serve_has_master():
+            p, log = self._start("serve", ["serve", "--master-addr", "127.0.0.1:0",
+                                           "--admin-addr", "127.0.0.1:0", "--metadata-addr",
+                                           "127.0.0.1:0", "--capacity", self.capacity])
+            self.master = _wait_log(log, r"master\s+(\S+) \(RPC\)", p).group(1)
+            m = re.search(r"metadata\s+(http://\S+)", open(log).read())
+            self.metadata = m.group(1) if m else None
+            self.cluster = None
+            return self
+        p, log = self._start("metad", ["metad", "--addr", "127.0.0.1:0"])
+        m = _wait_log(log, r"listening on (http://[0-9.]+:[0-9]+)", p)
+        self.metadata = m.group(1) + "/metadata"
+        p, log = self._start("master", ["master", "--metadata=" + self.metadata,
+                                        "--cluster=" + self.cluster, "--rpc-addr",
+                                        "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        m = _wait_log(log, r"RPC on ([0-9.]+:[0-9]+)", p)
+        self.master = m.group(1)
+        p, log = self._start("node", ["node", "--metadata=" + self.metadata,
+                                      "--cluster=" + self.cluster, "--node-id", "n1",
+                                      "--capacity", self.capacity])
+        _wait_log(os.path.join(self.dir, "master.log"), r"node n1 mounted", p)
+        return self
+
+    def kill(self, name=None):
+        """SIGKILL one process (or all)."""
+        for n in ([name] if name else list(self.procs)):
+            p = self.procs.pop(n, None)
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def stop(self):
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self):
+        out = []
+        for f in sorted(glob.glob(os.path.join(self.dir, "*.log"))):
+            with open(f) as fh:
+                out.append("--- %s\n%s" % (f, fh.read()[-3000:]))
+        return "\n".join(out)
+
+    def store_kwargs(self):
+        return {"master": self.master, "cluster": self.cluster}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster().start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster of this test alone (for tests that kill it)."""
+    c = Cluster().start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(autouse=True)
+def _pythonpath_env(monkeypatch):
+    pp = os.path.join(ROOT, "python") + os.pathsep + os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", pp + os.pathsep + os.environ.get("PYTHONPATH", ""))
