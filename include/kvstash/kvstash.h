@@ -64,5 +64,7 @@ KV_API void kv_log_set_thread_name(const char *name);
 
 #include "meta.h"
 #include "xfer.h"
+#include "gateway.h"
+#include "p2p.h"
 
 #endif

@@ -25,7 +25,7 @@ int kv_cli_bench(int argc, char **argv)
     if (strcmp(argv[1], "router") == 0)
         return kv_cli_bench_router(argc - 1, argv + 1);
     if (strcmp(argv[1], "store") == 0)
-        return kv_cli_not_built(argc - 1, argv + 1);
+        return kv_cli_bench_store(argc - 1, argv + 1);
     fprintf(stderr, "kvstash bench: unknown benchmark '%s' (xfer, store, gateway, router)\n",
             argv[1]);
     return 2;

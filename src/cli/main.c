@@ -19,19 +19,19 @@ struct subcmd {
 static const struct subcmd subcmds[] = {
     {"serve", kv_cli_serve, "all-in-one on one host: embedded metadata + transfer segment"},
     {"metad", kv_cli_metad, "built-in HTTP metadata server (a stand-in for etcd)"},
-    {"master", kv_cli_not_built, "store master (index, placement, leases, eviction)"},
-    {"node", kv_cli_not_built, "storage node: DRAM segment and optional SSD tier"},
-    {"put", kv_cli_not_built, "store an object: put KEY FILE|-"},
-    {"get", kv_cli_not_built, "fetch an object: get KEY [FILE|-]"},
-    {"rm", kv_cli_not_built, "remove an object"},
-    {"ls", kv_cli_not_built, "list objects by prefix"},
-    {"stat", kv_cli_not_built, "cluster statistics"},
-    {"p2p", kv_cli_not_built, "P2P file distribution: publish, fetch, ls, rm, stat"},
+    {"master", kv_cli_master, "store master (index, placement, leases, eviction)"},
+    {"node", kv_cli_node, "storage node: DRAM segment and optional SSD tier"},
+    {"put", kv_cli_put, "store an object: put KEY FILE|-"},
+    {"get", kv_cli_get, "fetch an object: get KEY [FILE|-]"},
+    {"rm", kv_cli_rm, "remove an object"},
+    {"ls", kv_cli_ls, "list objects by prefix"},
+    {"stat", kv_cli_stat, "cluster statistics"},
+    {"p2p", kv_cli_p2p, "P2P file distribution: publish, fetch, ls, rm, stat"},
     {"gateway", kv_cli_gateway, "UDP engine-state gateway with an HTTP query API"},
     {"router", kv_cli_router, "OpenAI-compatible request router"},
     {"agent", kv_cli_agent, "send engine state reports to a gateway"},
     {"bench", kv_cli_bench, "benchmarks: bench xfer|store|gateway|router"},
-    {"replay", kv_cli_not_built, "replay a Mooncake request trace against a store"},
+    {"replay", kv_cli_replay, "replay a Mooncake request trace against a store"},
 };
 
 static void usage(FILE *out)
