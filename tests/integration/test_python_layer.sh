@@ -11,6 +11,14 @@ PY=/usr/bin/python3
     echo "FAIL: /usr/bin/python3 lacks torch, numpy or pytest: run scripts/install-deps.sh" >&2
     exit 1
 }
+# An ASan+UBSan build of libkvstash can only be loaded into Python with the sanitizer runtimes
+# preloaded; Python itself is not instrumented, so leak checking is off for this process.
+if [ -n "${KVSTASH_LIB:-}" ] && ldd "$KVSTASH_LIB" 2>/dev/null | grep -q libasan; then
+    asan=$(gcc -print-file-name=libasan.so)
+    ubsan=$(gcc -print-file-name=libubsan.so)
+    export LD_PRELOAD="$asan $ubsan${LD_PRELOAD:+ $LD_PRELOAD}"
+    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+fi
 export PYTHONPATH="$SRC/python${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 cd "$SRC"
