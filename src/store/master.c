@@ -1074,6 +1074,9 @@ static int promote(struct kv_master *m, struct mobj *o, int ri)
 static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
 {
     int64_t deadline = kv_now_ms() + PROMOTE_WAIT_MS;
+    /* nodes whose promotion failed during this get: the next SSD replica is tried instead */
+    const struct mnode *failed[16];
+    int nfailed = 0, last_rc = KV_ENOENT;
     for (int tries = 0; tries < 16; tries++) {
         struct mobj *o = key_ok(key) ? kv_smap_get(&m->index, key) : NULL;
         if (!o || o->state != OBJ_COMPLETE) {
@@ -1094,8 +1097,13 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
                 nd++;
             else if (o->rep[i].promoting)
                 promoting++;
-            else if (o->rep[i].ssd && ssd < 0)
-                ssd = i;
+            else if (o->rep[i].ssd && ssd < 0) {
+                bool tried = false;
+                for (int f = 0; f < nfailed; f++)
+                    tried = tried || failed[f] == o->rep[i].node;
+                if (!tried)
+                    ssd = i;
+            }
         }
         if (nd) {
             Kvstash__Replica **rs = kv_calloc((size_t)nd, sizeof(*rs));
@@ -1147,13 +1155,20 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
             continue;
         }
         if (ssd >= 0) {
+            const struct mnode *n = o->rep[ssd].node;
             int rc = promote(m, o, ssd);
             if (rc < 0) {
-                it->status = rc;
-                m->errors++;
-                return;
+                last_rc = rc;
+                if (nfailed < (int)KV_ARRAY_SIZE(failed))
+                    failed[nfailed++] = n;
             }
             continue;
+        }
+        if (nfailed > 0) {
+            /* every SSD replica was tried and none could be brought into DRAM */
+            it->status = last_rc;
+            m->errors++;
+            return;
         }
         it->status = KV_ENOENT;
         m->misses++;
