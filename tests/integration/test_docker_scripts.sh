@@ -160,10 +160,11 @@ while IFS= read -r f; do
     case " ${mine[*]} " in *" $f "*) continue ;; esac
     others+=("$f")
 done < <(find "$SRC/scripts" "$SRC/bench" "$SRC/tests/integration" -name '*.sh' -type f | sort)
-if shellcheck -x -P SCRIPTDIR -f gcc "${others[@]}" >"$W/sc" 2>&1; then
-    ok "shellcheck clean: ${#others[@]} other scripts"
-else
-    echo "WARNING: shellcheck findings in scripts outside deployment (their owners' to fix):"
-    sed "s|^$SRC/||" "$W/sc"
-    ok "shellcheck: other scripts checked, findings listed above as warnings"
+# Every other script must be clean at severity warning (style notes such as SC2015 are listed,
+# not fatal).
+shellcheck -x -P SCRIPTDIR -S warning "${others[@]}" || fail "shellcheck warnings in the scripts above"
+ok "shellcheck: ${#others[@]} other scripts clean at severity warning"
+if ! shellcheck -x -P SCRIPTDIR -f gcc "${others[@]}" >"$W/sc" 2>&1; then
+    echo "note: shellcheck style notes (not failures):"
+    sed "s|^$SRC/||" "$W/sc" | head -40
 fi

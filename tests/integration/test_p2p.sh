@@ -81,7 +81,7 @@ rc=0
 "$bin" p2p publish "${M[@]}" --chunk-size=8MiB --lease-ttl=2 --json model "$work/src" \
   >"$work/pub.out" 2>"$work/pub.log" &
 pub=$!
-pids+=($pub)
+pids+=("$pub")
 for _ in $(seq 300); do [ -s "$work/pub.out" ] && break; sleep 0.05; done
 [ -s "$work/pub.out" ] || fail "publisher did not come up"
 grep -q '"size_bytes":536870912' "$work/pub.out" || fail "publisher output: $(cat "$work/pub.out")"
@@ -100,7 +100,7 @@ fetch() { # id extra-args...
   "$bin" p2p fetch "${M[@]}" --lease-ttl=2 --json --seed "$@" model "$work/d$id" \
     >"$work/f$id.out" 2>"$work/f$id.log" &
   pids+=($!)
-  eval "fpid_$id=$!"
+  eval "fpid_$id=$!" # sets fpid_V and friends, read below
 }
 
 # ---- phase 1: publisher + F1..F4 + victim V ----
@@ -111,6 +111,7 @@ for i in 2 3 4; do fetch $i --inflight=1; done
 
 # kill the victim midway (>= 48 MiB verified or written, before it completes)
 killed=0
+# shellcheck disable=SC2154 # fpid_V is set through eval in fetch()
 for _ in $(seq 1200); do
   if [ -s "$work/fV.out" ]; then fail "the victim completed before it could be killed midway"; fi
   got=$(du -s --block-size=1 "$work/dV" 2>/dev/null | cut -f1 || echo 0)

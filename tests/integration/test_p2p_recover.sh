@@ -30,7 +30,7 @@ murl="http://127.0.0.1:$mport/metadata"
 start_metad() {
   "$bin" metad --addr "127.0.0.1:$mport" >>"$work/metad.log" 2>&1 &
   metad=$!
-  pids+=($metad)
+  pids+=("$metad")
   for _ in $(seq 100); do curl -s -o /dev/null "$murl?key=probe" && return 0; sleep 0.05; done
   fail "metad did not start on port $mport"
 }
@@ -43,7 +43,7 @@ head -c 1000 /dev/urandom >"$work/src/b.txt"
 "$bin" p2p publish "${M[@]}" --chunk-size=1MiB --lease-ttl=1 --json set "$work/src" \
   >"$work/pub.out" 2>"$work/pub.log" &
 pub=$!
-pids+=($pub)
+pids+=("$pub")
 for _ in $(seq 200); do [ -s "$work/pub.out" ] && break; sleep 0.05; done
 [ -s "$work/pub.out" ] || fail "publisher did not come up"
 

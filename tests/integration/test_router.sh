@@ -44,13 +44,12 @@ start_engine() { # NAME MODELS [PORT]
     EPORT[$name]=$(cat "$W/$name.port")
 }
 
-declare -A RPORT RPID
+declare -A RPORT
 start_router() { # NAME ARGS...
     local name=$1
     shift
     "$BIN" router --addr 127.0.0.1:0 --log-level "${ROUTER_LOG_LEVEL:-info}" "$@" >"$W/router-$name.out" \
         2>"$W/router-$name.log" &
-    RPID[$name]=$!
     pids+=($!)
     for _ in $(seq 250); do grep -q 'listening on http' "$W/router-$name.out" 2>/dev/null && break; sleep 0.02; done
     grep -q 'listening on http' "$W/router-$name.out" || fail "router $name did not start"

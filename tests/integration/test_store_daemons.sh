@@ -55,7 +55,7 @@ AP1=$(free_port)
 "$BIN" master --metadata="$META" --id mA --rpc-addr 127.0.0.1:0 --admin-addr "127.0.0.1:$AP1" \
     --leader-ttl 2 >"$W/mA.log" 2>&1 &
 MA=$!
-PIDS+=($MA)
+PIDS+=("$MA")
 wait_log "$W/mA.log" "mA is now the LEADER \(epoch [0-9]+\)" || fail "mA did not lead"
 "$BIN" master --metadata="$META" --id mB --rpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \
     --leader-ttl 2 >"$W/mB.log" 2>&1 &
@@ -67,7 +67,7 @@ echo "ok - leader and standby log where they listen and whom they follow"
 
 "$BIN" node --metadata="$META" --node-id n1 --capacity 8MiB --ssd-dir "$W/ssd" >"$W/n1.log" 2>&1 &
 NP=$!
-PIDS+=($NP)
+PIDS+=("$NP")
 wait_log "$W/n1.log" "node n1 mounted on master 127.0.0.1:[0-9]+ \(epoch 1\)" || fail "node did not mount"
 wait_log "$W/mA.log" "node n1 mounted: segment n1\." || fail "leader did not log the mount"
 
@@ -111,7 +111,7 @@ echo "ok - node SIGTERM: clean exit"
 for run in 1 2; do
     "$BIN" node --metadata="$META" --capacity 4MiB --ssd-dir "$W/ssd2" >"$W/nx$run.log" 2>&1 &
     NX=$!
-    PIDS+=($NX)
+    PIDS+=("$NX")
     wait_log "$W/nx$run.log" "mounted on master" || fail "node (run $run) did not mount"
     kill -TERM $NX
     wait $NX || fail "node (run $run) exit status"
