@@ -13,7 +13,10 @@ PY=/usr/bin/python3
 }
 # An ASan+UBSan build of libkvstash can only be loaded into Python with the sanitizer runtimes
 # preloaded; Python itself is not instrumented, so leak checking is off for this process.
-if [ -n "${KVSTASH_LIB:-}" ] && ldd "$KVSTASH_LIB" 2>/dev/null | grep -q libasan; then
+# (ldd's output is captured first: with pipefail, grep -q closing the pipe early would make the
+# pipeline fail with SIGPIPE at random.)
+deps=$( [ -n "${KVSTASH_LIB:-}" ] && ldd "$KVSTASH_LIB" 2>/dev/null || true)
+if [[ $deps == *libasan* ]]; then
     asan=$(gcc -print-file-name=libasan.so)
     ubsan=$(gcc -print-file-name=libubsan.so)
     export LD_PRELOAD="$asan $ubsan${LD_PRELOAD:+ $LD_PRELOAD}"
