@@ -8,7 +8,10 @@
 # chat request through each:
 #   - throughput: wrk -t1 -c$CONNS for $DURATION s -> requests/s, and the ratio router/nginx;
 #   - latency:    wrk -t1 -c1 for $DURATION s -> p50, compared with the upstream hit directly,
-#                 so "added p50" = p50 through the proxy - p50 direct.
+#                 so "added p50" = p50 through the proxy - p50 direct;
+#   - CPU per request: the proxy's user+system CPU time (from /proc/PID/stat, all its threads or
+#                 worker processes) during the throughput run / requests served. On a machine
+#                 shared with other work this moves much less than requests/s does.
 # Goals (issue 4): router >= 0.8x nginx requests/s, <= 100 us added p50.
 # Env: KVSTASH_BIN (default build/kvstash), DURATION (5), CONNS (32), ROUNDS (2),
 #      PROXY_THREADS (1: router --threads and nginx worker_processes of the proxies).
@@ -87,6 +90,7 @@ pids+=($!)
 "$BIN" router --addr 127.0.0.1:0 --backends "http://127.0.0.1:$UP" --routing-logic roundrobin \
     --threads "$PROXY_THREADS" --log-level warn >"$W/router.out" 2>"$W/router.err" &
 pids+=($!)
+ROUTER_PID=$!
 for _ in $(seq 100); do
     grep -q 'listening on http' "$W/router.out" 2>/dev/null &&
         curl -s -o /dev/null "http://127.0.0.1:$NP/health" && break
@@ -109,26 +113,45 @@ check "$UP"
 check "$NP"
 check "$RP"
 
-# run PORT CONNS -> "REQS_PER_S P50_US NON2XX"
+NGINX_PX_PIDS=$(pgrep -P "$(cat "$W/px/nginx.pid")" | tr '\n' ' ')
+# cpu_ticks PID... -> user+system clock ticks of those processes (all threads)
+cpu_ticks() {
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+    echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+
+# run PORT CONNS [PID...] -> "REQS_PER_S P50_US NON2XX CPU_US_PER_REQ"
 run() {
-    local out
-    out=$(wrk -t1 -c"$2" -d"${DURATION}s" --latency -s "$W/post.lua" \
-        "http://127.0.0.1:$1/v1/chat/completions")
-    local rps p50 bad
+    local out port=$1 conns=$2
+    shift 2
+    local t0 t1
+    t0=$(cpu_ticks "$@")
+    out=$(wrk -t1 -c"$conns" -d"${DURATION}s" --latency -s "$W/post.lua" \
+        "http://127.0.0.1:$port/v1/chat/completions")
+    t1=$(cpu_ticks "$@")
+    local rps p50 bad n
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(awk '$1 == "50%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); print v} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s$/,"",v); print v*1000000}}' <<<"$out")
     bad=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-    echo "$rps $p50 ${bad:-0}"
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    echo "$rps $p50 ${bad:-0} $(awk -v a="$t0" -v b="$t1" -v n="${n:-0}" -v hz="$HZ" \
+        'BEGIN {printf "%.1f", (n > 0 ? (b - a) * 1e6 / hz / n : 0)}')"
 }
 
 echo "kvstash router vs nginx: $PROXY_THREADS proxy thread(s) each, wrk -t1, ${DURATION}s per run, $ROUNDS rounds"
 echo "(machine: $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg))"
-best_r=0 best_n=0
+best_r=0 best_n=0 cpu_r=1e12 cpu_n=1e12
 for r in $(seq "$ROUNDS"); do
-    read -r rr _ rbad < <(run "$RP" "$CONNS")
-    read -r nr _ nbad < <(run "$NP" "$CONNS")
-    printf 'round %d  throughput c=%d: router %10.0f req/s   nginx %10.0f req/s   (non-2xx: %s / %s)\n' \
-        "$r" "$CONNS" "$rr" "$nr" "$rbad" "$nbad"
+    # shellcheck disable=SC2086
+    read -r rr _ rbad rc < <(run "$RP" "$CONNS" "$ROUTER_PID")
+    # shellcheck disable=SC2086
+    read -r nr _ nbad nc < <(run "$NP" "$CONNS" $NGINX_PX_PIDS)
+    printf 'round %d  throughput c=%d: router %10.0f req/s   nginx %10.0f req/s   (non-2xx: %s / %s)   CPU/req: router %s us, nginx %s us\n' \
+        "$r" "$CONNS" "$rr" "$nr" "$rbad" "$nbad" "$rc" "$nc"
+    cpu_r=$(awk -v a="$cpu_r" -v b="$rc" 'BEGIN {print (b < a ? b : a)}')
+    cpu_n=$(awk -v a="$cpu_n" -v b="$nc" 'BEGIN {print (b < a ? b : a)}')
     best_r=$(awk -v a="$best_r" -v b="$rr" 'BEGIN {print (b > a ? b : a)}')
     best_n=$(awk -v a="$best_n" -v b="$nr" 'BEGIN {print (b > a ? b : a)}')
 done
@@ -148,6 +171,8 @@ ratio=$(awk -v a="$best_r" -v b="$best_n" 'BEGIN {printf "%.2f", a / b}')
 echo
 printf 'requests/s (best of %d): router %.0f, nginx %.0f -> ratio router/nginx = %sx (goal >= 0.8x)\n' \
     "$ROUNDS" "$best_r" "$best_n" "$ratio"
+printf 'proxy CPU per request at c=%d (lowest of %d): router %s us, nginx %s us -> router/nginx = %sx\n' \
+    "$CONNS" "$ROUNDS" "$cpu_r" "$cpu_n" "$(awk -v a="$cpu_r" -v b="$cpu_n" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')"
 printf 'p50 latency at c=1 (lowest of %d): direct %.0f us, nginx %.0f us, router %.0f us\n' "$ROUNDS" "$dp50" "$np50" "$rp50"
 printf 'added p50: router %+.0f us, nginx %+.0f us; router - nginx = %+.0f us (goal <= 100 us added)\n' \
     "$(awk -v a="$rp50" -v b="$dp50" 'BEGIN {print a - b}')" \

@@ -40,18 +40,22 @@
 #define KV_LOG_COMPONENT "router"
 #include "kvstash/router.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -90,6 +94,7 @@ struct rt_engine {
     char gid[300]; /* gateway engine id, normalised like URLs when it parses as one */
     char host[256];
     char path[256];
+    char hostport[300]; /* "host:port", the Host header sent upstream */
     uint16_t port;
     bool from_meta;
     /* atomics */
@@ -162,6 +167,8 @@ struct kv_router {
     struct event *health_ev, *mirror_ev, *disc_ev;
     /* router-level counters */
     uint64_t rid_prefix;
+    char rid_pfx[24]; /* "kvs-<rid_prefix in 16 hex digits>-" */
+    size_t rid_pfx_len;
     _Atomic uint64_t rid_counter;
     _Atomic uint64_t c_requests, c_bad, c_nomodel, c_noengine, c_upstream_fail, c_timeouts;
 };
@@ -204,14 +211,28 @@ static int nengines(const struct kv_router *rt)
     return atomic_load_explicit(&((struct kv_router *)rt)->neng, memory_order_acquire);
 }
 
-static bool hop_by_hop(const char *k)
+/* Headers not forwarded in either direction: hop-by-hop ones, Host and Content-Length (set
+ * by libevent for the new message) and X-Request-Id (replaced by ours). Only names of the
+ * same length are compared, so a typical header costs one strlen and at most one compare. */
+static bool skip_header(const char *k)
 {
-    static const char *const h[] = {"connection",          "keep-alive", "proxy-authenticate",
-                                    "proxy-authorization", "te",         "trailer",
-                                    "transfer-encoding",   "upgrade",    "host",
-                                    "content-length"};
-    for (size_t i = 0; i < KV_ARRAY_SIZE(h); i++)
-        if (strcasecmp(k, h[i]) == 0)
+    static const struct {
+        const char *s;
+        size_t n;
+    } h[] = {{"te", 2},
+             {"host", 4},
+             {"trailer", 7},
+             {"upgrade", 7},
+             {"connection", 10},
+             {"keep-alive", 10},
+             {"x-request-id", 12},
+             {"content-length", 14},
+             {"transfer-encoding", 17},
+             {"proxy-authenticate", 18},
+             {"proxy-authorization", 19}};
+    size_t n = strlen(k);
+    for (size_t i = 0; i < KV_ARRAY_SIZE(h) && h[i].n <= n; i++)
+        if (h[i].n == n && strcasecmp(k, h[i].s) == 0)
             return true;
     return false;
 }
@@ -296,6 +317,7 @@ static int add_engine(struct kv_router *rt, const char *url, const char *id, boo
     snprintf(e->host, sizeof(e->host), "%s", host);
     snprintf(e->path, sizeof(e->path), "%s", path);
     e->port = port;
+    snprintf(e->hostport, sizeof(e->hostport), "%s:%u", host, port);
     e->from_meta = from_meta;
     const char *gid = id && *id ? id : norm;
     char gnorm[300];
@@ -490,15 +512,19 @@ static int up_header(struct evhttp_request *up, void *arg)
         return -1;
     q->code = evhttp_request_get_response_code(up);
     struct evkeyvalq *ih = evhttp_request_get_input_headers(up);
-    const char *ct = evhttp_find_header(ih, "Content-Type");
-    const char *cl = evhttp_find_header(ih, "Content-Length");
-    q->streaming = !cl || (ct && strncasecmp(ct, "text/event-stream", 17) == 0);
     struct evkeyvalq *oh = evhttp_request_get_output_headers(q->down);
+    /* one pass over the headers: forward them and note Content-Type and Content-Length */
+    const char *ct = NULL, *cl = NULL;
     for (struct evkeyval *kv = ih->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (hop_by_hop(kv->key) || strcasecmp(kv->key, "x-request-id") == 0)
+        if (!cl && strcasecmp(kv->key, "content-length") == 0)
+            cl = kv->value;
+        if (skip_header(kv->key))
             continue;
+        if (!ct && strcasecmp(kv->key, "content-type") == 0)
+            ct = kv->value;
         evhttp_add_header(oh, kv->key, kv->value);
     }
+    q->streaming = !cl || (ct && strncasecmp(ct, "text/event-stream", 17) == 0);
     evhttp_add_header(oh, "X-Request-Id", q->rid);
     evhttp_add_header(oh, "X-Kvstash-Engine", q->w->rt->eng[q->engine].url);
     if (q->streaming) {
@@ -662,17 +688,19 @@ static int dispatch(struct rt_req *q)
     struct evkeyvalq *ih = evhttp_request_get_input_headers(q->down);
     struct evkeyvalq *oh = evhttp_request_get_output_headers(up);
     for (struct evkeyval *kv = ih->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (hop_by_hop(kv->key) || strcasecmp(kv->key, "x-request-id") == 0)
+        if (skip_header(kv->key))
             continue;
         evhttp_add_header(oh, kv->key, kv->value);
     }
-    char hostport[300];
-    snprintf(hostport, sizeof(hostport), "%s:%u", e->host, e->port);
-    evhttp_add_header(oh, "Host", hostport);
+    evhttp_add_header(oh, "Host", e->hostport);
     evhttp_add_header(oh, "X-Request-Id", q->rid);
     evbuffer_add(evhttp_request_get_output_buffer(up), q->body, q->body_len);
-    char path[2048];
-    snprintf(path, sizeof(path), "%s%s", e->path, q->uri);
+    char pathbuf[2048];
+    const char *path = q->uri;
+    if (e->path[0]) {
+        snprintf(pathbuf, sizeof(pathbuf), "%s%s", e->path, q->uri);
+        path = pathbuf;
+    }
     q->t0_us = kv_now_us();
     atomic_fetch_add_explicit(&e->inflight, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&e->requests, 1, memory_order_relaxed);
@@ -716,7 +744,22 @@ static void on_client_close(struct evhttp_connection *c, void *arg)
 static void gen_request_id(struct kv_router *rt, char *out, size_t n)
 {
     uint64_t c = atomic_fetch_add_explicit(&rt->rid_counter, 1, memory_order_relaxed);
-    snprintf(out, n, "kvs-%016llx-%llx", (unsigned long long)rt->rid_prefix, (unsigned long long)c);
+    /* "kvs-%016llx-%llx" without a printf per request */
+    static const char hex[] = "0123456789abcdef";
+    char tail[17];
+    size_t t = sizeof(tail);
+    do {
+        tail[--t] = hex[c & 15];
+        c >>= 4;
+    } while (c);
+    size_t tl = sizeof(tail) - t;
+    if (rt->rid_pfx_len + tl + 1 > n) {
+        out[0] = '\0';
+        return;
+    }
+    memcpy(out, rt->rid_pfx, rt->rid_pfx_len);
+    memcpy(out + rt->rid_pfx_len, tail + t, tl);
+    out[rt->rid_pfx_len + tl] = '\0';
 }
 
 static void handle_proxy(struct rt_worker *w, struct evhttp_request *req)
@@ -756,7 +799,9 @@ static void handle_proxy(struct rt_worker *w, struct evhttp_request *req)
     evbuffer_remove(in, q->body, q->body_len);
     q->body[q->body_len] = '\0';
     char err[300];
-    if (kv_rt_inspect(q->body, q->body_len, &q->info, err, sizeof(err)) < 0) {
+    /* roundrobin and session route on the model (and user) only: skip the prompt text */
+    bool want_text = rt->policy != RT_RR && rt->policy != RT_SESSION;
+    if (kv_rt_inspect_ex(q->body, q->body_len, want_text, &q->info, err, sizeof(err)) < 0) {
         atomic_fetch_add_explicit(&rt->c_bad, 1, memory_order_relaxed);
         send_error(req, 400, "Bad Request", "invalid_request_error", err, rid);
         req_free(q);
@@ -1344,6 +1389,8 @@ int kv_router_start(const struct kv_router_opts *o, struct kv_router **out)
     rt->lfd = -1;
     pthread_mutex_init(&rt->mu, NULL);
     randombytes_buf(&rt->rid_prefix, sizeof(rt->rid_prefix));
+    snprintf(rt->rid_pfx, sizeof(rt->rid_pfx), "kvs-%016llx-", (unsigned long long)rt->rid_prefix);
+    rt->rid_pfx_len = strlen(rt->rid_pfx);
     int rc = KV_EINVAL;
     if (parse_policy(o->routing_logic ? o->routing_logic : "roundrobin", &rt->policy) < 0) {
         KV_LOGE("unknown routing logic '%s' (roundrobin, session, least-loaded, prefix, elrar)",
@@ -1435,6 +1482,12 @@ int kv_router_start(const struct kv_router_opts *o, struct kv_router **out)
     rc = kv_net_set_nonblock(rt->lfd, 1);
     if (rc < 0)
         goto fail;
+    /* Client connections inherit TCP_NODELAY from the listener (Linux): SSE chunks relayed one
+     * by one must not wait behind Nagle for the client's delayed ACK; costs no call per
+     * connection. */
+    int one = 1;
+    if (setsockopt(rt->lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
+        KV_LOGW("TCP_NODELAY on the listener: %s", strerror(errno));
     rc = KV_ENOMEM;
     rt->cbase = new_base();
     if (!rt->cbase)

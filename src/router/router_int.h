@@ -35,11 +35,12 @@ int kv_rt_url_normalize(const char *url, char *out, size_t outlen, char *host, s
 
 /* What routing needs from an OpenAI request body. */
 struct kv_rt_reqinfo {
-    char *model;        /* owned; never NULL after a successful inspect */
-    char *user;         /* owned; the "user" field, or NULL */
-    bool stream;        /* "stream": true */
-    char *text;         /* owned; prompt text for prefix matching ("" when none), NUL-terminated */
-    size_t text_len;    /* bytes in text */
+    char *model;     /* owned; never NULL after a successful inspect */
+    char *user;      /* owned; the "user" field, or NULL */
+    bool stream;     /* "stream": true */
+    char *text;      /* owned; prompt text for prefix matching ("" when none), NUL-terminated; NULL
+                        when inspected with want_text false */
+    size_t text_len; /* bytes in text */
     int64_t est_tokens; /* rough prompt tokens: ceil(text_len / 4) + max_tokens (if given) */
 };
 
@@ -51,6 +52,11 @@ struct kv_rt_reqinfo {
  * is left zeroed. Free with kv_rt_reqinfo_fini(). */
 int kv_rt_inspect(const char *body, size_t len, struct kv_rt_reqinfo *out, char *err,
                   size_t errlen);
+/* Same as kv_rt_inspect, but with want_text false the prompt text is not assembled: text is NULL,
+ * text_len 0 and est_tokens counts max_tokens only. For policies that route on the model (and
+ * user) alone (roundrobin, session), this spares the copies of every message. */
+int kv_rt_inspect_ex(const char *body, size_t len, bool want_text, struct kv_rt_reqinfo *out,
+                     char *err, size_t errlen);
 void kv_rt_reqinfo_fini(struct kv_rt_reqinfo *ri);
 
 /* An OpenAI-style error body {"error":{"message":msg,"type":type,"code":code}} as a kv_free-able

@@ -167,6 +167,12 @@ static int append_prompt(struct kv_buf *b, json_t *p)
 
 int kv_rt_inspect(const char *body, size_t len, struct kv_rt_reqinfo *out, char *err, size_t errlen)
 {
+    return kv_rt_inspect_ex(body, len, true, out, err, errlen);
+}
+
+int kv_rt_inspect_ex(const char *body, size_t len, bool want_text, struct kv_rt_reqinfo *out,
+                     char *err, size_t errlen)
+{
     memset(out, 0, sizeof(*out));
     json_t *root;
     char jerr[200];
@@ -210,7 +216,10 @@ int kv_rt_inspect(const char *body, size_t len, struct kv_rt_reqinfo *out, char 
     json_t *s = json_object_get(root, "stream");
     ri.stream = json_is_true(s);
     json_t *msgs = json_object_get(root, "messages");
-    if (json_is_array(msgs)) {
+    if (!want_text) {
+        /* the policy needs only the model (and user): no prompt text, est_tokens from
+         * max_tokens alone */
+    } else if (json_is_array(msgs)) {
         size_t i;
         json_t *msg;
         json_array_foreach(msgs, i, msg)
@@ -228,9 +237,13 @@ int kv_rt_inspect(const char *body, size_t len, struct kv_rt_reqinfo *out, char 
                append_prompt(&b, json_object_get(root, "input")) < 0) {
         goto out;
     }
-    if (!b.data && kv_buf_append(&b, "", 0) < 0) /* allocates the empty string */
+    if (want_text && !b.data && kv_buf_append(&b, "", 0) < 0) /* allocates the empty string */
         goto out;
-    ri.text = kv_buf_steal(&b, &ri.text_len);
+    if (want_text) {
+        ri.text = kv_buf_steal(&b, &ri.text_len);
+        if (!ri.text)
+            goto out;
+    }
     ri.est_tokens = (int64_t)((ri.text_len + 3) / 4);
     json_t *mt = json_object_get(root, "max_tokens");
     if (!json_is_integer(mt))
