@@ -404,7 +404,7 @@ static void test_demote_promote_restart(void **state)
     kv_node_counts(a, &cd, &cs);
     assert_int_equal(cs, (uint64_t)dem);
     /* a hit promotes it back */
-    kv_sleep_ms(150); /* leases of the puts' gets (none) - and of earlier ones - end */
+    kv_sleep_ms(150); /* read leases (none from these puts; earlier ones) end */
     assert_int_equal(keycall(cl, KV_RPC_GET, "d0"), KV_OK);
     assert_int_equal(kv_master_key_info(m, "d0", &nrep, &nd, &ns), KV_OK);
     assert_int_equal(nd, 1);
