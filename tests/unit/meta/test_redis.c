@@ -25,6 +25,7 @@
 
 #include <cmocka.h>
 
+#include "alloc_loop.h"
 #include "common/alloc.h"
 #include "common/net.h"
 #include "common/util.h"
@@ -346,67 +347,10 @@ static void test_lease(void **state)
 
 /* ---------------------------------------------------------------- allocation failures */
 
-/* Each op is run with allocation n failing, n = 1, 2, ... until it makes fewer than n
- * allocations: every failure must be a clean KV_ENOMEM (or KV_EPROTO when the JSON parser
- * reports it as a parse error), never a crash or a leak (ASan builds check leaks). */
-static int af_op(struct kv_meta *m, int op, long n, int64_t lease)
-{
-    char key[64];
-    snprintf(key, sizeof(key), "/r/af/%d/%ld", op, n);
-    char *v = NULL;
-    size_t len = 0;
-    struct kv_meta_kv *kvs = NULL;
-    size_t cnt = 0;
-    int rc;
-    switch (op) {
-    case 0:
-        return kv_meta_put(m, key, "v\0w", 3, lease);
-    case 1:
-        rc = kv_meta_get(m, "/r/af/base", &v, &len);
-        kv_meta_free(v);
-        return rc;
-    case 2:
-        rc = kv_meta_list(m, "/r/af/", &kvs, &cnt);
-        kv_meta_kvs_free(kvs, cnt);
-        return rc;
-    case 3:
-        return kv_meta_cas(m, key, NULL, 0, "c", 1, lease);
-    case 4:
-        return kv_meta_cas(m, "/r/af/base", "base", 4, "base", 4, 0);
-    case 5:
-        return kv_meta_lease_keepalive(m, lease);
-    default:
-        return kv_meta_del(m, "/r/af/base");
-    }
-}
-
 static void test_alloc_failures(void **state)
 {
     (void)state;
-    struct kv_meta *m = NULL;
-    assert_int_equal(kv_meta_open(g_url, NULL, &m), KV_OK);
-    int64_t lease = 0;
-    assert_int_equal(kv_meta_lease_grant(m, 60, &lease), KV_OK);
-    for (int op = 0; op < 7; op++) {
-        for (long n = 1;; n++) {
-            assert_true(n < 1000);
-            /* get, cas and del need the key before each try */
-            assert_int_equal(kv_meta_put(m, "/r/af/base", "base", 4, 0), KV_OK);
-            long before = kv_alloc_calls();
-            kv_alloc_fail_at(n);
-            int rc = af_op(m, op, n, lease);
-            long used = kv_alloc_calls() - before;
-            kv_alloc_fail_at(0);
-            if (used < n) {
-                assert_int_equal(rc, KV_OK);
-                break;
-            }
-            if (rc != KV_OK && rc != KV_ENOMEM && rc != KV_EPROTO)
-                fail_msg("op %d with allocation %ld failing: %s", op, n, kv_err_name(rc));
-        }
-    }
-    assert_int_equal(kv_meta_lease_revoke(m, lease), KV_OK);
-    kv_meta_close(m);
+    meta_alloc_failure_loop(g_url, "/r/af/");
 }
 
 struct rec {
