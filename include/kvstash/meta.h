@@ -87,12 +87,16 @@ KV_API int kv_meta_lease_keepalive(struct kv_meta *m, int64_t lease);
 /* Revokes lease and deletes every key bound to it. KV_EMETA_LEASE when unknown. */
 KV_API int kv_meta_lease_revoke(struct kv_meta *m, int64_t lease);
 
-/* Called once if an auto-renewed lease is found expired (for example after an outage longer
- * than its ttl). The owner should grant a new lease and put its keys again. */
-typedef void (*kv_meta_lease_lost_fn)(void *ud, int64_t lease);
+/* Called from the keeper thread when an auto-renewed lease is found expired (for example
+ * after an outage longer than its ttl). The owner should grant a new lease and put its keys
+ * again, and return KV_OK; a negative return (metadata still unreachable) makes the keeper
+ * call it again for the same lease with back-off (250 ms doubling to 5 s), so it must be
+ * safe to repeat. Calls never overlap. */
+typedef int (*kv_meta_lease_lost_fn)(void *ud, int64_t lease);
 
 /* Renews lease every ttl_s/3 seconds from a background thread until it is revoked through
- * this handle or m is closed. lost may be NULL. */
+ * this handle or m is closed; a revoke also cancels pending lost() retries. lost may be NULL;
+ * ud must stay valid until the lease is revoked, lost() succeeded, or m is closed. */
 KV_API int kv_meta_lease_autorenew(struct kv_meta *m, int64_t lease, int ttl_s,
                                    kv_meta_lease_lost_fn lost, void *ud);
 

@@ -6,7 +6,8 @@
  *  1. Backends only see valid arguments: key non-empty and < KV_META_MAX_KEY bytes, value
  *     <= KV_META_MAX_VALUE bytes, lease >= 0, ttl >= 1.
  *  2. A lease is in m->keeps at most once; it leaves the list on revoke through this handle,
- *     on close, or when a keepalive finds it expired (then lost() is called once).
+ *     on close, or when a keepalive finds it expired and lost() then succeeds. A lost() that
+ *     fails (metadata still unreachable) is called again with back-off, never concurrently.
  *
  * Thread model: any thread calls in. The keeper thread starts on the first
  * kv_meta_lease_autorenew() and wakes every 100 ms; it calls backends and lost() without
@@ -29,7 +30,12 @@ struct kv_meta_keep {
     int64_t next_ms;
     kv_meta_lease_lost_fn lost;
     void *ud;
+    bool lost_pending; /* expired; lost() failed and is retried at next_ms */
+    int retry_ms;      /* the next retry's delay (doubles up to KEEP_RETRY_MAX_MS) */
 };
+
+#define KEEP_RETRY_MIN_MS 250
+#define KEEP_RETRY_MAX_MS 5000
 
 int kv_meta_open(const char *url, const struct kv_meta_opts *opts, struct kv_meta **out)
 {
@@ -208,6 +214,47 @@ int kv_meta_lease_revoke(struct kv_meta *m, int64_t lease)
     return m->ops->lease_revoke(m, lease);
 }
 
+static struct kv_meta_keep **find_keep(struct kv_meta *m, int64_t lease)
+{
+    for (struct kv_meta_keep **pp = &m->keeps; *pp; pp = &(*pp)->next)
+        if ((*pp)->lease == lease)
+            return pp;
+    return NULL;
+}
+
+/* Runs lease's lost() (keep_lock held, released during the call). Success or no callback
+ * drops the entry; a failure keeps it, marked pending, for a retry with back-off. */
+static void call_lost(struct kv_meta *m, int64_t lease)
+{
+    struct kv_meta_keep **pp = find_keep(m, lease);
+    if (!pp)
+        return;
+    struct kv_meta_keep *k = *pp;
+    kv_meta_lease_lost_fn lost = k->lost;
+    void *ud = k->ud;
+    int rc = KV_OK;
+    if (lost) {
+        k->lost_pending = true;
+        k->next_ms = INT64_MAX; /* not due while the callback runs */
+        pthread_mutex_unlock(&m->keep_lock);
+        rc = lost(ud, lease);
+        pthread_mutex_lock(&m->keep_lock);
+        pp = find_keep(m, lease); /* revoked meanwhile? */
+        if (!pp)
+            return;
+        k = *pp;
+    }
+    if (rc >= 0) {
+        *pp = k->next;
+        kv_free(k);
+        return;
+    }
+    k->retry_ms = k->retry_ms ? KV_MIN(k->retry_ms * 2, KEEP_RETRY_MAX_MS) : KEEP_RETRY_MIN_MS;
+    k->next_ms = kv_now_ms() + k->retry_ms;
+    KV_LOGW_RL(5000, "lease %lld: restoring its keys failed (%s); retrying in %d ms",
+               (long long)lease, kv_strerror(rc), k->retry_ms);
+}
+
 static void *keeper_main(void *arg)
 {
     struct kv_meta *m = arg;
@@ -234,6 +281,10 @@ static void *keeper_main(void *arg)
             continue;
         }
         int64_t lease = due->lease;
+        if (due->lost_pending) {
+            call_lost(m, lease);
+            continue;
+        }
         int ttl_ms = due->ttl_s * 1000;
         due->next_ms = now + KV_MAX(ttl_ms / 3, 100);
         pthread_mutex_unlock(&m->keep_lock);
@@ -251,23 +302,7 @@ static void *keeper_main(void *arg)
             continue;
         }
         KV_LOGW("lease %lld expired; its keys are gone", (long long)lease);
-        kv_meta_lease_lost_fn lost = NULL;
-        void *ud = NULL;
-        for (struct kv_meta_keep **pp = &m->keeps; *pp; pp = &(*pp)->next) {
-            if ((*pp)->lease == lease) {
-                struct kv_meta_keep *k = *pp;
-                *pp = k->next;
-                lost = k->lost;
-                ud = k->ud;
-                kv_free(k);
-                break;
-            }
-        }
-        if (lost) {
-            pthread_mutex_unlock(&m->keep_lock);
-            lost(ud, lease);
-            pthread_mutex_lock(&m->keep_lock);
-        }
+        call_lost(m, lease);
     }
     pthread_mutex_unlock(&m->keep_lock);
     return NULL;

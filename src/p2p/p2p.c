@@ -127,30 +127,40 @@ static int put_record(struct kv_p2p *p)
 
 static int put_manifest(struct kv_p2p *p, const char *name);
 
-static void lease_lost(void *ud, int64_t lease)
+/* Keeper thread: grants a new lease (once per lost one) and puts the record, and for a
+ * publisher the manifest, again. A failure is retried by the keeper (the calls repeat safely). */
+static int lease_lost(void *ud, int64_t lease)
 {
     struct kv_p2p *p = ud;
     if (atomic_load_explicit(&p->closing, memory_order_acquire))
-        return;
-    KV_LOGW("p2p: lease %" PRId64 " expired; granting a new one", lease);
+        return KV_OK;
+    int rc = KV_OK;
     pthread_mutex_lock(&p->rec_lock);
-    int64_t nl;
-    int rc = kv_meta_lease_grant(p->meta, p->ttl_s, &nl);
-    if (rc == KV_OK) {
-        p->lease = nl;
-        rc = kv_meta_lease_autorenew(p->meta, nl, p->ttl_s, lease_lost, p);
-        if (rc == KV_OK)
-            rc = put_record_locked(p);
+    if (p->lease == lease) {
+        KV_LOGW("p2p: lease %" PRId64 " expired; granting a new one", lease);
+        int64_t nl;
+        rc = kv_meta_lease_grant(p->meta, p->ttl_s, &nl);
+        if (rc == KV_OK) {
+            rc = kv_meta_lease_autorenew(p->meta, nl, p->ttl_s, lease_lost, p);
+            if (rc == KV_OK)
+                p->lease = nl;
+            else
+                kv_meta_lease_revoke(p->meta, nl);
+        }
     }
+    if (rc == KV_OK)
+        rc = put_record_locked(p);
     int64_t cur = p->lease;
     pthread_mutex_unlock(&p->rec_lock);
     /* a metadata server that restarted empty lost the manifest too: the publisher restores it */
     if (rc == KV_OK && p->self.publisher)
         rc = put_manifest(p, p->man.name);
     if (rc < 0)
-        KV_LOGE("p2p: cannot restore the peer record after a lease loss: %s", kv_strerror(rc));
+        KV_LOGW_RL(5000, "p2p: cannot restore the peer record after a lease loss yet: %s",
+                   kv_strerror(rc));
     else
         KV_LOGI("p2p: peer record restored under lease %" PRId64, cur);
+    return rc;
 }
 
 static int start_lease(struct kv_p2p *p)

@@ -53,12 +53,13 @@ static void on_leader_event(void *ud, const struct kv_meta_event *ev)
     wake(ud);
 }
 
-static void on_lease_lost(void *ud, int64_t lease)
+static int on_lease_lost(void *ud, int64_t lease)
 {
     struct kv_master *m = ud;
     KV_LOGW("leader lease %lld lost", (long long)lease);
     atomic_store(&m->lease_lost, true);
     wake(m);
+    return KV_OK; /* the campaign loop steps down and runs again */
 }
 
 /* Parses the leader document. Returns KV_OK with its id and rpc_addr copied. */

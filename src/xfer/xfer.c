@@ -216,7 +216,7 @@ static char *seg_key(const struct kv_xfer *x, const char *name)
     return kv_buf_steal(&b, NULL);
 }
 
-static void lease_lost(void *ud, int64_t lease);
+static int lease_lost(void *ud, int64_t lease);
 
 /* Puts every published descriptor again under the current lease (meta_lock held). */
 static void republish(struct kv_xfer *x)
@@ -257,7 +257,7 @@ static int ensure_lease(struct kv_xfer *x)
     return KV_OK;
 }
 
-static void lease_lost(void *ud, int64_t lease)
+static int lease_lost(void *ud, int64_t lease)
 {
     uint64_t serial = (uint64_t)(uintptr_t)ud;
     pthread_mutex_lock(&g_reg_lock);
@@ -268,19 +268,23 @@ static void lease_lost(void *ud, int64_t lease)
         x->lost_busy++;
     pthread_mutex_unlock(&g_reg_lock);
     if (!x)
-        return;
+        return KV_OK; /* the engine is gone */
+    int rc = KV_OK;
     pthread_mutex_lock(&x->meta_lock);
     if (x->lease == lease) {
         KV_LOGW("xfer: metadata lease %lld lost; its descriptors are gone", (long long)lease);
         x->lease = 0;
-        /* on failure (metadata down) the next registration grants a lease and re-publishes */
-        ensure_lease(x);
     }
+    /* a failure (metadata down) is retried by the keeper; a registration meanwhile may have
+     * granted a lease and re-published already */
+    if (x->lease == 0)
+        rc = ensure_lease(x);
     pthread_mutex_unlock(&x->meta_lock);
     pthread_mutex_lock(&g_reg_lock);
     x->lost_busy--;
     pthread_cond_broadcast(&g_reg_cond);
     pthread_mutex_unlock(&g_reg_lock);
+    return rc;
 }
 
 static int publish(struct kv_xfer *x, struct xfer_seg *s)

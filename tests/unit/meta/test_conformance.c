@@ -645,11 +645,62 @@ static void test_lease_keepalive_revoke(void **state)
 }
 
 static atomic_int lost_calls;
-static void on_lost(void *ud, int64_t lease)
+static int on_lost(void *ud, int64_t lease)
 {
     (void)ud;
     (void)lease;
     atomic_fetch_add(&lost_calls, 1);
+    return KV_OK;
+}
+
+/* fails its first two calls, as an owner whose metadata server is still down would */
+static atomic_llong lost_lease;
+static int on_lost_flaky(void *ud, int64_t lease)
+{
+    (void)ud;
+    atomic_store(&lost_lease, lease);
+    return atomic_fetch_add(&lost_calls, 1) < 2 ? KV_EMETA_UNAVAIL : KV_OK;
+}
+
+static bool wait_calls(int n, int ms)
+{
+    for (int64_t end = kv_now_ms() + ms; kv_now_ms() < end; kv_sleep_ms(20))
+        if (atomic_load(&lost_calls) >= n)
+            return true;
+    return false;
+}
+
+/* A lease revoked behind the keeper's back is reported lost; a failing lost() is called
+ * again with back-off until it succeeds, then never again. */
+static void test_autorenew_lost_retry(void **state)
+{
+    struct backend *b = *state;
+    SKIP_IF_NOTBUILT(b);
+    struct kv_meta *m = open_url(b->url);
+    int64_t lease = 0;
+    atomic_store(&lost_calls, 0);
+    atomic_store(&lost_lease, 0);
+    assert_int_equal(kv_meta_lease_grant(m, TTL_S, &lease), KV_OK);
+    assert_int_equal(kv_meta_lease_autorenew(m, lease, TTL_S, on_lost_flaky, NULL), KV_OK);
+    assert_int_equal(kv_meta_lease_revoke(b->m, lease), KV_OK); /* another handle */
+    assert_true(wait_calls(3, TTL_S * 1000 + 10000));
+    assert_int_equal(atomic_load(&lost_lease), lease);
+    kv_sleep_ms(1500); /* past the longest back-off so far: no fourth call */
+    assert_int_equal(atomic_load(&lost_calls), 3);
+    kv_meta_close(m);
+
+    /* a revoke through the keeping handle cancels pending retries */
+    m = open_url(b->url);
+    atomic_store(&lost_calls, 0);
+    assert_int_equal(kv_meta_lease_grant(m, TTL_S, &lease), KV_OK);
+    assert_int_equal(kv_meta_lease_autorenew(m, lease, TTL_S, on_lost_flaky, NULL), KV_OK);
+    assert_int_equal(kv_meta_lease_revoke(b->m, lease), KV_OK);
+    assert_true(wait_calls(1, TTL_S * 1000 + 10000));
+    kv_meta_lease_revoke(m, lease); /* unknown to the server by now: only the retry goes */
+    int seen = atomic_load(&lost_calls);
+    kv_sleep_ms(1500);
+    assert_true(atomic_load(&lost_calls) <= seen + 1); /* at most one already under way */
+    kv_meta_close(m);
 }
 
 static void test_autorenew(void **state)
@@ -937,7 +988,7 @@ static void test_embedded_watch_many(void **state)
     cmocka_unit_test(test_basic), cmocka_unit_test(test_list), cmocka_unit_test(test_cas),         \
         cmocka_unit_test(test_cas_contention), cmocka_unit_test(test_lease_expiry),                \
         cmocka_unit_test(test_lease_keepalive_revoke), cmocka_unit_test(test_autorenew),           \
-        cmocka_unit_test(test_watch)
+        cmocka_unit_test(test_autorenew_lost_retry), cmocka_unit_test(test_watch)
 
 static const struct CMUnitTest embedded_tests[] = {
     CONFORMANCE_TESTS,
