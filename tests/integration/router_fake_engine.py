@@ -9,9 +9,14 @@ Responses name the engine ("engine": NAME) and echo the X-Request-Id it received
 Behaviour is switched at run time by files in DIR:
   NAME.sick   -> /health answers 503
   NAME.slow   -> completions wait the number of milliseconds written in the file
+  NAME.closeidle -> the connection is closed after each response although the response said
+                 nothing (as an engine whose keep-alive timeout expired would), so a proxy's
+                 pooled connection to it is found closed when next used
 Streaming ("stream": true): SSE, chunked. After the first event the engine waits (up to 5 s) for
 the file named by the request header X-Test-Gate to exist; the last event reports "gated": true if
 it appeared, which proves the client saw the first event before the rest was even produced.
+With the header X-Test-Big: N the stream is instead N bytes of 64 KiB events, written as fast as
+the connection takes them; NAME.progress holds the bytes written so far.
 """
 import argparse
 import json
@@ -51,6 +56,11 @@ def main():
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            self._maybe_close()
+
+        def _maybe_close(self):
+            if os.path.exists(os.path.join(args.ctl, args.name + ".closeidle")):
+                self.close_connection = True
 
         def do_GET(self):
             if self.path == "/health":
@@ -102,6 +112,23 @@ def main():
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
 
+            big = int(self.headers.get("X-Test-Big", "0") or "0")
+            if big:
+                # a long fast stream; NAME.progress says how many bytes were written so far
+                # (a proxy that applies backpressure holds the writer back)
+                piece = b"data: " + b"x" * 65528 + b"\n\n"
+                sent = 0
+                prog = os.path.join(args.ctl, args.name + ".progress")
+                while sent < big:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    sent += len(piece)
+                    with open(prog + ".tmp", "w") as f:
+                        f.write(str(sent))
+                    os.rename(prog + ".tmp", prog)
+                chunk("[DONE]")
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+                return
             chunk(dict(info, i=0))
             gate = self.headers.get("X-Test-Gate")
             gated = False
@@ -117,6 +144,7 @@ def main():
             chunk("[DONE]")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
+            self._maybe_close()
 
     srv = Server(("127.0.0.1", args.port), H)
     port = srv.server_address[1]

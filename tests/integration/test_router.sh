@@ -151,9 +151,72 @@ head -c 100000 /dev/zero | tr '\0' 'a' >"$W/big"
 c=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${RPORT[$R]}/v1/completions" \
     --data-binary @"$W/big")
 [ "$c" = 413 ] || fail "oversize body: $c"
+b=$(curl -s "http://127.0.0.1:${RPORT[$R]}/v1/completions" --data-binary @"$W/big")
+echo "$b" | jq -e '.error.code == 413 and (.error.message | test("limit"))' >/dev/null ||
+    fail "413 body is not an OpenAI-style error: $b"
 c=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${RPORT[$R]}/v1/chat/completions")
 [ "$c" = 405 ] || fail "GET on a POST endpoint: $c"
 ok "400 bad JSON / missing model, 404 unknown model, 413 oversize, 405 wrong method"
+
+# --- HTTP/1.1 of the router's own server: pipelined requests answered in order on one
+# connection, malformed requests, Expect: 100-continue, HTTP/1.0 clients, chunked request bodies
+"$PY" - "${RPORT[$R]}" <<'EOF' || fail "raw HTTP checks"
+import json, re, socket, sys
+port = int(sys.argv[1])
+def exchange(raw):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(raw)
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return data
+        data += d
+body = b'{"model":"m1","messages":[{"role":"user","content":"hi"}]}'
+req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+data = exchange(req + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + req +
+                b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+codes = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+assert codes == [b"200", b"200", b"200", b"404"], data
+for raw, code, words in [(b"BLAH\r\n\r\n", b"400", "malformed"),
+                         (b"GET /health HTTP/1.1\r\nNo colon here\r\n\r\n", b"400", "malformed"),
+                         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", b"414", "too long")]:
+    data = exchange(raw)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.split()[1] == code, data[:200]
+    err = json.loads(rest)["error"]
+    assert err["code"] == int(code) and words in err["message"], err
+print("raw HTTP ok")
+EOF
+printf '{"model":"m1","messages":[{"role":"user","content":"%s"}]}' "$(head -c 3000 /dev/zero | tr '\0' x)" >"$W/mid.json"
+curl -sv -H 'Expect: 100-continue' "http://127.0.0.1:${RPORT[$R]}/v1/chat/completions" \
+    --data-binary @"$W/mid.json" >"$W/expect.out" 2>"$W/expect.err" || fail "curl with Expect failed"
+grep -q '< HTTP/1.1 100 Continue' "$W/expect.err" && jq -e '.engine' "$W/expect.out" >/dev/null ||
+    fail "Expect: 100-continue: $(cat "$W/expect.err")"
+e=$(chat $R m1 --http1.0 | engine_of)
+[ "$(code)" = 200 ] && [ -n "$e" ] || fail "HTTP/1.0 client: $(code)"
+curl -s --http1.0 "http://127.0.0.1:${RPORT[$R]}/v1/chat/completions" \
+    -d '{"model":"m2","stream":true,"messages":[]}' >"$W/sse10" || fail "HTTP/1.0 stream"
+grep -q 'data: \[DONE\]' "$W/sse10" || fail "HTTP/1.0 stream incomplete: $(cat "$W/sse10")"
+e=$(chat $R m1 -H 'Transfer-Encoding: chunked' | engine_of)
+[ "$(code)" = 200 ] && [ -n "$e" ] || fail "chunked request body: $(code)"
+ok "pipelining, malformed requests (400/414), Expect: 100-continue, HTTP/1.0, chunked bodies"
+
+# --- engines that close idle keep-alive connections: the pooled connection found closed is
+# replaced by a new one to the same engine; no error, no failover, nobody out of rotation
+touch "$W/A.closeidle" "$W/B.closeidle"
+fo0=$(metrics $R | grep -c '^kvstash_router_failovers_total{server="[^"]*"} 0$' || true)
+for _ in $(seq 10); do
+    chat $R m1 >/dev/null
+    [ "$(code)" = 200 ] || fail "with engines closing idle connections: $(code)"
+done
+rm -f "$W/A.closeidle" "$W/B.closeidle"
+m=$(metrics $R)
+[ "$(grep -c '^kvstash_router_failovers_total{server="[^"]*"} 0$' <<<"$m")" = "$fo0" ] ||
+    fail "a closed idle connection caused a failover: $(grep failovers <<<"$m")"
+healthy_is $R "$UA" 1 && healthy_is $R "$UB" 1 || fail "an engine left rotation over an idle close"
+ok "engine closing idle keep-alive connections: transparent ($(grep '^kvstash_router_stale' <<<"$m"))"
 
 # --- SSE through curl: relayed incrementally (the engine holds the rest until we saw event 0)
 rm -f "$W/gate1"
@@ -177,6 +240,35 @@ wait_until 3 bash -c "curl -s http://127.0.0.1:${RPORT[$R]}/metrics | grep -q '^
     fail "in-flight not released after the client left"
 [ "$(chat $R m2 | engine_of)" = C ] || fail "router unusable after a client left mid-stream"
 ok "client leaving mid-stream cancels the upstream request"
+
+# --- a client that stops reading a long stream: the router stops reading the engine (bounded
+# buffering), and the whole stream arrives intact once the client reads again
+"$PY" - "${RPORT[$R]}" "$W/C.progress" <<'EOF' || fail "backpressure"
+import os, socket, sys, time
+port, prog = int(sys.argv[1]), sys.argv[2]
+total = 64 << 20
+body = b'{"model":"m2","stream":true,"messages":[]}'
+s = socket.create_connection(("127.0.0.1", port), timeout=30)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Test-Big: %d\r\n"
+          b"Content-Length: %d\r\n\r\n%s" % (total, len(body), body))
+first = s.recv(4096)
+assert first.startswith(b"HTTP/1.1 200"), first[:100]
+time.sleep(1.5)  # not reading
+written = int(open(prog).read())
+assert written < total // 2, "the engine wrote %d of %d bytes while the client read nothing" % (written, total)
+got = len(first)
+while True:
+    d = s.recv(1 << 20)
+    if not d:
+        break
+    got += len(d)
+    if got > total and d.endswith(b"0\r\n\r\n"):
+        break
+assert got > total, got
+print("engine held at %d bytes while the client paused; %d bytes relayed" % (written, got))
+EOF
+ok "slow client: the engine is held back, the stream completes"
 
 # --- Node's fetch: plain JSON and SSE, incremental
 if command -v node >/dev/null; then
