@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # The router against fake engines (tests/integration/router_fake_engine.py), with real HTTP
-# clients (curl, and Node's fetch when node is installed): models union, plain and SSE responses
+# clients (curl, and Node's fetch; nodejs is in scripts/packages.txt): models union, plain and SSE responses
 # (SSE proven incremental), request ids, bad requests (400/404/405/413/503), slow engines (504),
 # dying engines (retry on another, out of rotation, back when healthy), and each policy's choice.
 set -euo pipefail
@@ -270,7 +270,7 @@ print("engine held at %d bytes while the client paused; %d bytes relayed" % (wri
 EOF
 ok "slow client: the engine is held back, the stream completes"
 
-# --- Node's fetch: plain JSON and SSE, incremental
+# --- Node's fetch (Node >= 18): plain JSON and SSE, incremental
 if command -v node >/dev/null; then
     rm -f "$W/gate2"
     ROUTER="http://127.0.0.1:${RPORT[$R]}" GATE="$W/gate2" node -e '
@@ -296,7 +296,7 @@ if command -v node >/dev/null; then
     ' >"$W/node.out" 2>&1 || fail "node fetch: $(cat "$W/node.out")"
     ok "Node fetch: plain JSON and incremental SSE"
 else
-    echo "skip - node not installed"
+    fail "node is not installed (scripts/install-deps.sh installs nodejs; Node's fetch is one of the required clients)"
 fi
 
 # --- slow engine: C is the only m2 engine and answers after the timeout -> 504
