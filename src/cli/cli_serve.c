@@ -8,6 +8,7 @@
 #define KV_LOG_COMPONENT "serve"
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "common/log.h"
@@ -168,14 +169,21 @@ int kv_cli_serve(int argc, char **argv)
     printf("\n  node      %s: %s of DRAM in segment '%s'%s%s\n", kv_node_id(node), sz,
            nopts.segment, nopts.ssd_dir ? ", SSD tier in " : "",
            nopts.ssd_dir ? nopts.ssd_dir : "");
+    /* the commands name this very executable: kvstash is usually not on PATH (./build) */
+    char self[4096];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (sl <= 0)
+        snprintf(self, sizeof(self), "kvstash");
+    else
+        self[sl] = '\0';
     printf("\nTry, from another terminal:\n"
-           "  echo hello | kvstash put --master %s greeting -\n"
-           "  kvstash get --master %s greeting -\n"
-           "  kvstash ls --master %s\n"
-           "  kvstash stat --master %s\n",
-           maddr_adv, maddr_adv, maddr_adv, maddr_adv);
+           "  echo hello | %s put --master %s greeting -\n"
+           "  %s get --master %s greeting -\n"
+           "  %s ls --master %s\n"
+           "  %s stat --master %s\n",
+           self, maddr_adv, self, maddr_adv, self, maddr_adv, self, maddr_adv);
     if (http)
-        printf("  kvstash bench store --metadata=%s --op=put --size=1048576 --duration=5\n",
+        printf("  %s bench store --metadata=%s --op=put --size=1048576 --duration=5\n", self,
                meta_url);
     printf("\nStop with Ctrl-C.\n");
     fflush(stdout);

@@ -38,10 +38,13 @@ grep -q "^  metadata  http://127.0.0.1:[0-9]*/metadata" "$W/serve1.out" || fail 
 grep -q "admin http://127.0.0.1:[0-9]*/api/v1/cluster" "$W/serve1.out" || fail "admin line"
 grep -q "^  node      serve-node: 16.0 MiB of DRAM in segment 'serve', SSD tier in $W/data" \
     "$W/serve1.out" || fail "node line"
-grep -q "kvstash put --master $MASTER greeting -" "$W/serve1.out" || fail "what to try"
+try_put=$(grep -m1 " put --master $MASTER greeting -" "$W/serve1.out") || fail "what to try: put"
+try_get=$(grep -m1 " get --master $MASTER greeting -" "$W/serve1.out") || fail "what to try: get"
 echo "ok - serve prints where it listens and what to try"
 
-echo hello | "$BIN" put --master "$MASTER" --log-level error greeting - >/dev/null || fail "put"
+# the printed commands work as printed (they name this executable by its full path)
+(cd / && bash -c "$try_put") >/dev/null 2>&1 || fail "printed put failed: $try_put"
+[ "$(cd / && bash -c "$try_get" 2>/dev/null)" = hello ] || fail "printed get failed: $try_get"
 head -c 3000000 /dev/urandom >"$W/big"
 "$BIN" put --master "$MASTER" --log-level error big "$W/big" >/dev/null || fail "put big"
 [ "$("$BIN" get --master "$MASTER" --log-level error greeting -)" = hello ] || fail "get"
