@@ -137,10 +137,16 @@ ok "load running: $(acked) puts acknowledged"
 # 1. kill -9 a node: its DRAM replicas are gone, the other replica serves
 RUN=/tmp/kvstash-cluster-$KVSTASH_CLUSTER_NAME
 ssd_objs() { find "$RUN/node3/ssd" -name '*.kvo' | wc -l; }
+# Placement is weighted by free DRAM, so replicas=2 puts alone may keep missing the small node3;
+# replicas=3 puts (one copy on every node) fill it for sure, and then the master demotes.
 end=$((SECONDS + 30))
-until [ "$(ssd_objs)" -gt 0 ]; do # 1 MiB of DRAM: the load soon makes the master demote
-    [ $SECONDS -lt $end ] || fail "node3 demoted nothing to its SSD tier (1 MiB DRAM, $(acked) puts)"
-    sleep 0.2
+fill=0
+until [ "$(ssd_objs)" -gt 0 ]; do
+    [ $SECONDS -lt $end ] ||
+        fail "node3 demoted nothing to its SSD tier (1 MiB DRAM, $(acked) load puts, $fill fill puts)"
+    fill=$((fill + 1))
+    kv 1 put --replicas 3 --timeout 3000 "fill/$fill" "$W/v$((fill % 12))" >/dev/null 2>&1 || true
+    sleep 0.1
 done
 ssd_before=$(ssd_objs)
 "$CL" stop node3 --kill
