@@ -21,6 +21,9 @@ static const struct kv_cfg_opt node_opts[] = {
      "use this master instead of following the elected leader"},
     {"capacity", "KVSTASH_CAPACITY", NULL, KV_CFG_SIZE, "1GiB", 1048576, 1e15, NULL, NULL,
      "DRAM segment size"},
+    {"prefault", "KVSTASH_PREFAULT", NULL, KV_CFG_BOOL, "true", 0, 0, NULL, NULL,
+     "commit and map the whole DRAM segment at start (about 1 s per GiB on a VM), so puts never "
+     "wait on page faults; false: memory is committed as objects are written"},
     {"ssd-dir", "KVSTASH_SSD_DIR", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "DIR",
      "SSD tier directory: evicted objects are demoted here and survive restarts"},
     {"ssd-capacity", "KVSTASH_SSD_CAPACITY", NULL, KV_CFG_SIZE, "64GiB", 1048576, 1e18, NULL, NULL,
@@ -78,6 +81,7 @@ int kv_cli_node(int argc, char **argv)
         .master = master,
         .node_id = kv_cfg_str(&cfg, "node-id"),
         .capacity = kv_cfg_size(&cfg, "capacity"),
+        .no_prefault = !kv_cfg_bool(&cfg, "prefault"),
         .ssd_dir = kv_cfg_str(&cfg, "ssd-dir"),
         .ssd_capacity = kv_cfg_size(&cfg, "ssd-capacity"),
         .bind = kv_cfg_str(&cfg, "bind"),

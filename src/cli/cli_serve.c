@@ -19,7 +19,10 @@
 
 static const struct kv_cfg_opt serve_opts[] = {
     {"capacity", "KVSTASH_CAPACITY", NULL, KV_CFG_SIZE, "1GiB", 1048576, 1e15, NULL, NULL,
-     "DRAM the node serves (memory is committed as objects are written)"},
+     "DRAM the node serves"},
+    {"prefault", "KVSTASH_PREFAULT", NULL, KV_CFG_BOOL, "true", 0, 0, NULL, NULL,
+     "commit and map all of --capacity at start, so puts never wait on page faults (false: "
+     "memory is committed as objects are written)"},
     {"data-dir", "KVSTASH_DATA_DIR", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "DIR",
      "SSD tier directory: evicted objects are demoted here and survive restarts"},
     {"ssd-capacity", "KVSTASH_SSD_CAPACITY", NULL, KV_CFG_SIZE, "64GiB", 1048576, 1e18, NULL, NULL,
@@ -134,6 +137,7 @@ int kv_cli_serve(int argc, char **argv)
         .node_id = "serve-node",
         .segment = kv_cfg_str(&cfg, "segment"),
         .capacity = kv_cfg_size(&cfg, "capacity"),
+        .no_prefault = !kv_cfg_bool(&cfg, "prefault"),
         .ssd_dir = kv_cfg_str(&cfg, "data-dir"),
         .ssd_capacity = kv_cfg_size(&cfg, "ssd-capacity"),
         .bind = kv_cfg_str(&cfg, "bind"),

@@ -8,7 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t kv_now_ns(void)
 {
@@ -225,5 +228,33 @@ int kv_parse_hostport(const char *s, char *host, size_t hostlen, uint16_t *port)
     memcpy(host, hbeg, hl);
     host[hl] = '\0';
     *port = (uint16_t)p;
+    return KV_OK;
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+static _Atomic int populate_unsupported;
+
+int kv_mem_populate(void *addr, size_t len)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    size_t page = pg > 0 ? (size_t)pg : 4096;
+    uintptr_t a = (uintptr_t)addr & ~(uintptr_t)(page - 1);
+    size_t l = len + ((uintptr_t)addr - a);
+    if (!atomic_load_explicit(&populate_unsupported, memory_order_relaxed)) {
+        if (madvise((void *)a, l, MADV_POPULATE_WRITE) == 0)
+            return KV_OK;
+        if (errno != EINVAL) /* ENOMEM/EFAULT: memory really missing; faults will say so */
+            return kv_err_from_errno(errno);
+        atomic_store(&populate_unsupported, 1);
+        /* no log here (common code): callers see the same result either way */
+    }
+    /* older kernels: one write per page; the bytes stay as they are (shared memory) */
+    for (size_t off = 0; off < l; off += page) {
+        _Atomic unsigned char *c = (_Atomic unsigned char *)(a + off);
+        atomic_fetch_add_explicit(c, 0, memory_order_relaxed);
+    }
     return KV_OK;
 }

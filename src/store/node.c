@@ -54,6 +54,7 @@
 #include "store/rpc.h"
 #include "store/ssd.h"
 #include "store/store_int.h"
+#include "xfer/xfer_int.h"
 
 struct nobj {
     uint64_t off, size, checksum;
@@ -742,6 +743,20 @@ int kv_node_start(const struct kv_node_opts *o, struct kv_node **out)
         goto out_xfer;
     }
     n->base = base;
+    if (!o->no_prefault) {
+        /* commit and map every page now: a put's memcpy would otherwise take a page fault per
+         * 4 KiB (on a VM, several us each) the first time each range is used */
+        int64_t t0 = kv_now_ms();
+        rc = kv_mem_populate(base, n->cap);
+        char sz[32];
+        kv_format_size(n->cap, sz, sizeof(sz));
+        if (rc < 0)
+            KV_LOGW("prefaulting the DRAM segment (%s) failed: %s; continuing without", sz,
+                    kv_strerror(rc));
+        else
+            KV_LOGI("DRAM segment %s: %s prefaulted in %lld ms", n->segment, sz,
+                    (long long)(kv_now_ms() - t0));
+    }
     if (o->ssd_dir) {
         uint64_t sc = o->ssd_capacity ? o->ssd_capacity : (64ull << 30);
         rc = kv_ssd_open(o->ssd_dir, sc, &n->ssd);

@@ -86,6 +86,7 @@ struct kv_node_opts {
     const char *segment;        /* exact segment name; NULL = "<node-id>.<8 hex>" (fresh per
                                    start, since a crashed predecessor's name may linger) */
     uint64_t capacity;          /* DRAM segment bytes (>= 1 MiB) */
+    bool no_prefault;           /* false: populate the whole segment at start */
     const char *ssd_dir;        /* NULL = no SSD tier */
     uint64_t ssd_capacity;      /* 0 = 64 GiB (with ssd_dir) */
     const char *bind;           /* RPC and transfer listen host; NULL = 127.0.0.1 */

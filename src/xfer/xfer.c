@@ -479,6 +479,7 @@ static void target_unref(struct xfer_target *t)
         return;
     if (t->map)
         munmap(t->map, t->map_len);
+    kv_free(t->populated);
     if (t->peer)
         kv_xfer_tcp_peer_release(t->x->cli, t->peer);
     kv_xfer_rdma_chan_close(t->rdma);
@@ -533,6 +534,7 @@ static int target_connect(struct kv_xfer *x, struct xfer_target *t)
         if (same_host && d->shm[0]) {
             int rc = kv_xfer_shm_map(d, &t->map, &t->map_len);
             if (rc == KV_OK) {
+                kv_xfer_shm_chunks_init(t);
                 t->kind = XFER_T_SHM;
                 return KV_OK;
             }
@@ -738,6 +740,7 @@ static void dispatch(struct kv_xfer *x, struct xfer_target *t, const struct kv_x
         goto out_done;
     case XFER_T_SHM: {
         uint8_t *m = (uint8_t *)t->map + q->offset;
+        kv_xfer_shm_prepare(t, q->offset, q->len);
         if (q->op == KV_XFER_READ)
             memmove(q->local, m, (size_t)q->len);
         else

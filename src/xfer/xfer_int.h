@@ -138,6 +138,7 @@ struct xfer_target {
     enum xfer_kind kind;
     void *map; /* XFER_T_SHM */
     size_t map_len;
+    _Atomic uint64_t *populated; /* XFER_T_SHM: bit per KV_XFER_SHM_CHUNK of map populated */
     struct xfer_peer *peer;      /* XFER_T_TCP (owned by x->peers) */
     struct xfer_rdma_chan *rdma; /* XFER_T_RDMA */
 };
@@ -207,6 +208,11 @@ void kv_xfer_tcp_submit(struct xfer_tcp_client *c, struct xfer_piece *p);
 int kv_xfer_shm_create(const char *name, size_t len, int *fd, void **addr);
 /* Maps the segment of d through its shm path (bounds and identity checked). */
 int kv_xfer_shm_map(const struct kv_xfer_desc *d, void **addr, size_t *len);
+/* Page-table population in bulk for a shm target (see xfer_shm.c): the KV_XFER_SHM_CHUNK
+ * chunks of [off, off+len) not populated yet. */
+#define KV_XFER_SHM_CHUNK (2u << 20)
+void kv_xfer_shm_chunks_init(struct xfer_target *t); /* best effort */
+void kv_xfer_shm_prepare(struct xfer_target *t, uint64_t off, uint64_t len);
 /* This host's identity (boot id, hostname); cached, thread-safe. */
 void kv_xfer_host_identity(const char **boot_id, const char **hostname);
 

@@ -14,18 +14,27 @@
  *    is closed. Reopening fails (the /proc path is gone). This is accepted and documented.
  *  - The identity check guards against pid reuse: a recycled pid's fd would not be a memfd
  *    named after this segment.
- * Thread model: stateless except the identity cache, filled once under pthread_once.
+ *  - Page tables are filled in bulk: the first request touching a 2 MiB chunk of a mapping
+ *    populates that chunk with madvise(MADV_POPULATE_WRITE) (Linux 5.14+) and marks it in a
+ *    bitmap, instead of taking a page fault per 4 KiB page inside memcpy. On the development
+ *    VM a fault costs ~5 us (a first write runs at 0.77 GB/s), a bulk populate ~1.1 us per page
+ *    (3.5 GB/s), and a populated mapping takes writes at 12+ GB/s. kv_mem_populate (common/util.h)
+ *    does the same for a whole range (the node prefaults its segment at start with it).
+ * Thread model: stateless except the identity cache, filled once under pthread_once, and the
+ * per-target chunk bitmaps (atomic bits; two threads populating the same chunk is harmless).
  */
 #define KV_LOG_COMPONENT "xfer"
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "xfer/xfer_int.h"
@@ -118,4 +127,26 @@ void kv_xfer_host_identity(const char **boot_id, const char **hostname)
     pthread_once(&id_once, id_init);
     *boot_id = id_boot;
     *hostname = id_host;
+}
+
+void kv_xfer_shm_chunks_init(struct xfer_target *t)
+{
+    size_t n = (t->map_len + KV_XFER_SHM_CHUNK - 1) / KV_XFER_SHM_CHUNK;
+    t->populated = kv_calloc((n + 63) / 64, sizeof(*t->populated)); /* NULL: faults as before */
+}
+
+void kv_xfer_shm_prepare(struct xfer_target *t, uint64_t off, uint64_t len)
+{
+    if (!t->populated || len == 0)
+        return;
+    uint64_t first = off / KV_XFER_SHM_CHUNK, last = (off + len - 1) / KV_XFER_SHM_CHUNK;
+    for (uint64_t c = first; c <= last; c++) {
+        uint64_t bit = 1ull << (c % 64);
+        if (atomic_load_explicit(&t->populated[c / 64], memory_order_relaxed) & bit)
+            continue;
+        size_t start = (size_t)(c * KV_XFER_SHM_CHUNK);
+        size_t clen = KV_MIN((size_t)KV_XFER_SHM_CHUNK, t->map_len - start);
+        if (kv_mem_populate((uint8_t *)t->map + start, clen) == KV_OK)
+            atomic_fetch_or_explicit(&t->populated[c / 64], bit, memory_order_relaxed);
+    }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# The store end to end with real processes: metad + master + 2 nodes. put/get round trips of
+# The store end to end with real processes: metad + master + 2 nodes (one prefaulted, one
+# not). put/get round trips of
 # sizes 0 .. 5 MiB through files and pipes (cmp), get to a file, missing key (exit 1, "not
 # found", no file created), first writer wins (exit 1 "already exists"), two concurrent puts of
 # one key (one wins, the other fails clearly, the value is exactly one of the two), rm, ls with
@@ -13,8 +14,11 @@
 start_metad
 start_master m1
 start_node n1 64MiB
-start_node n2 64MiB
+start_node n2 64MiB --prefault=false
 wait_nodes 2
+grep -q "64.0 MiB prefaulted in" "$W/n1.log" || fail "n1 did not prefault its segment: $(cat "$W/n1.log")"
+! grep -q "prefaulted" "$W/n2.log" || fail "n2 prefaulted despite --prefault=false"
+ok "nodes prefault their DRAM segment unless --prefault=false"
 
 # --- round trips ---
 for size in 0 1 4095 4096 65537 1048583 5242880; do
