@@ -130,6 +130,29 @@ grep -q 'ibverbs-providers' "$SRC/docker/packages-full.txt" || fail "full image 
 grep -q 'python/kvstash' "$SRC/docker/Dockerfile" || fail "full image lacks the Python layer"
 ok "Dockerfiles: multi-stage, install-deps.sh + build.sh, non-root, launch message, runtime lists known to apt"
 
+# ---- every shared library kvstash links comes with both runtime images --------------------
+# (the runtime stage installs only docker/packages-*.txt: a library added to the build but not
+# there would make the image's kvstash fail to start; sanitizer runtimes are test-only)
+bin=${KVSTASH_BIN:?KVSTASH_BIN not set (run through ctest)}
+for tool in objdump dpkg ldd; do command -v "$tool" >/dev/null || fail "$tool is needed"; done
+nlibs=0
+for lib in $(objdump -p "$bin" | awk '/NEEDED/ {print $2}'); do
+    case $lib in ld-linux* | libc.so.* | libm.so.* | libasan* | libubsan* | libclang_rt*) continue ;; esac
+    path=$(ldd "$bin" | awk -v l="$lib" '$1 == l {print $3}')
+    [ -n "$path" ] || fail "ldd does not resolve $lib of $bin"
+    pkg=""
+    for p in "$path" "$(readlink -f "$path")" "${path#/usr}" "/usr$path"; do
+        pkg=$(dpkg -S "$p" 2>/dev/null | head -n 1 | cut -d: -f1) && [ -n "$pkg" ] && break
+    done
+    [ -n "$pkg" ] || fail "no Debian package owns $path ($lib)"
+    for pk in packages-full.txt packages-lite.txt; do
+        grep -qx "$pkg" "$SRC/docker/$pk" || fail "kvstash needs $lib (package $pkg), missing from docker/$pk"
+    done
+    nlibs=$((nlibs + 1))
+done
+[ "$nlibs" -ge 5 ] || fail "found only $nlibs linked libraries in $bin"
+ok "runtime package lists provide all $nlibs libraries kvstash links"
+
 # ---- scripts/cluster refusals (no namespace is created here) --------------------------------
 CL=$SRC/scripts/cluster
 # refuses WORD CMD...: CMD exits 1 with an error line containing WORD.
