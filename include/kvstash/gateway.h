@@ -109,6 +109,18 @@ KV_API enum kv_gateway_reason kv_gateway_decode(const void *data, size_t len, si
  * The "seq" key is written only when s->seq >= 0. */
 KV_API int kv_gateway_state_format(const struct kv_gateway_state *s, char *buf, size_t len);
 
+/* The UDP receive path (kv_gateway_opts.udp_io). RECVMMSG (the default): recvmmsg of up to 256
+ * datagrams per call. URING: io_uring (a multishot receive into a provided-buffer ring: no
+ * system call per datagram), or kv_gateway_start fails with KV_ENOTSUP. AUTO: io_uring when the
+ * kernel (Linux >= 6.1), seccomp and sysctl allow it, else recvmmsg. Both paths cost the same
+ * CPU per state on the development VM (docs/gateway.md, Benchmark), so the simpler one is the
+ * default; io_uring is there to measure on other machines. */
+enum {
+    KV_GATEWAY_UDP_IO_RECVMMSG = 0,
+    KV_GATEWAY_UDP_IO_URING = 1,
+    KV_GATEWAY_UDP_IO_AUTO = 2,
+};
+
 struct kv_gateway_opts {
     const char *bind_address;   /* UDP bind address; default "127.0.0.1" */
     int udp_port;               /* default 9999; 0 = any free port */
@@ -120,6 +132,7 @@ struct kv_gateway_opts {
     size_t max_engines;         /* states of new engines beyond this are refused; default 4096 */
     size_t max_datagram;        /* default 65507 (the largest UDP/IPv4 payload) */
     size_t udp_rcvbuf;          /* SO_RCVBUF bytes; default 32 MiB; 0 = the system's */
+    int udp_io;                 /* receive path: a KV_GATEWAY_UDP_IO_*; default RECVMMSG */
     const char *log_file;       /* JSONL log of valid states, or NULL for none */
     uint64_t log_max_bytes;     /* rotate past this size; 0 = never; default 100 MiB */
     int log_keep;               /* rotated files kept (FILE.1 .. FILE.N); default 5 */
@@ -181,7 +194,7 @@ struct kv_gateway_stats {
     uint64_t total_engines;                         /* known now */
     uint64_t engines_removed;                       /* dropped after remove_after_ms of silence */
     uint64_t heartbeats;
-    uint64_t recv_calls;  /* recvmmsg calls that returned datagrams */
+    uint64_t recv_calls;  /* receive rounds (recvmmsg calls, io_uring reaps) with datagrams */
     uint64_t log_lines;   /* written to the JSONL log */
     uint64_t log_dropped; /* dropped because the writer buffer was full */
     uint64_t log_errors;  /* write/open failures */

@@ -23,13 +23,18 @@
  * jansson's json_loadb (a tree with a hash table and an allocation per value), 3.2 us in json-c,
  * 2.0 us in cJSON, and 0.83 us in yajl's event (SAX) parser, which builds no tree. yajl is a
  * Debian package (libyajl-dev, security-maintained), validates UTF-8 and rejects trailing
- * garbage by default. Everything else in kvstash (and the encoder below) uses jansson.
+ * garbage by default. Everything else in kvstash (and the encoder below) uses jansson. What is
+ * left of a state's cost is yajl's own lexer and state machine (~6,000 instructions for a
+ * 228-byte state); see docs/gateway.md, Benchmark.
  *
  * Thread model: none needed (no shared state). Memory: a per-call arena (see arena below).
  */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_parse.h>
 
@@ -71,21 +76,6 @@ enum field {
 };
 
 #define REQUIRED_MASK ((1u << F_SEQ) - 1u)
-
-static const struct {
-    const char *name;
-    size_t len;
-} field_names[F_COUNT] = {
-    [F_ENGINE_ID] = {"engine_id", 9},
-    [F_TIMESTAMP] = {"timestamp_ms", 12},
-    [F_LATENCY] = {"latency_pred_ms", 15},
-    [F_MODE] = {"scheduling_mode", 15},
-    [F_PENDING] = {"pending_tokens_total", 20},
-    [F_FREE] = {"kv_cache_free_blocks", 20},
-    [F_TOTAL] = {"kv_cache_total_blocks", 21},
-    [F_CAPACITY] = {"engine_capacity", 15},
-    [F_SEQ] = {"seq", 3},
-};
 
 /* The SAX parse state. Invariant: depth counts open containers; only depth 1 keys matter. */
 struct dec {
@@ -161,19 +151,99 @@ static void set_int(struct dec *d, long long v)
     d->seen |= 1u << f;
 }
 
-static int on_integer(void *ctx, long long v)
+/* Numbers arrive as yajl's raw token text (the lexer has checked the JSON number grammar:
+ * -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?), so yajl's own integer parser and its strtod
+ * call (which first copies the token into a buffer) are skipped. Semantics are yajl's exactly:
+ * an integer token outside [LLONG_MIN+1, LLONG_MAX] and a real token that overflows to +-HUGE_VAL
+ * are syntax errors (the callback cancels the parse, which reports bad_json), an underflow is
+ * not. An integer of at most 18 digits converts directly (the rest is checked digit by digit).
+ * A real converts on Clinger's fast path when it has no exponent and at most 15 digits (the
+ * digits, as an integer, and the power of ten are both exact doubles, so one IEEE division
+ * rounds correctly, as strtod does); anything else goes to strtod. Numbers and key matching
+ * were ~15% of the decoder's instructions before (strtod alone 11% of the gateway's CPU). */
+static const double pow10_exact[16] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                       1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+
+/* Converts a number token. Sets *is_int and *iv (integer token) or *dv (real token). Returns
+ * false when yajl would have failed the parse: an integer whose magnitude does not fit a long
+ * long (as yajl_parse_integer), a real that overflows to +-HUGE_VAL (or no memory for a long
+ * token's copy). need_real: false when the value is not wanted (only the overflow check
+ * matters then). */
+static bool num_convert(const char *p, size_t n, bool need_real, bool *is_int, long long *iv,
+                        double *dv)
 {
-    struct dec *d = ctx;
-    if (take_field(d))
-        set_int(d, v);
-    return 1;
+    bool neg = p[0] == '-';
+    size_t i = neg;
+    /* mant wraps past 19 digits: it is used only when there are at most 18 */
+    unsigned long long mant = 0;
+    while (i < n && (unsigned)(p[i] - '0') <= 9)
+        mant = mant * 10 + (unsigned)(p[i++] - '0');
+    size_t idigits = i - neg;
+    if (i == n && idigits <= 18) { /* an integer of at most 18 digits */
+        *is_int = true;
+        *iv = neg ? -(long long)mant : (long long)mant;
+        return true;
+    }
+    size_t frac = 0;
+    if (i < n && p[i] == '.') {
+        size_t f0 = ++i;
+        while (i < n && (unsigned)(p[i] - '0') <= 9)
+            mant = mant * 10 + (unsigned)(p[i++] - '0');
+        frac = i - f0;
+    }
+    if (i == n && frac > 0 && idigits + frac <= 15) { /* a real: Clinger's fast path */
+        *is_int = false;
+        double d = (double)mant / pow10_exact[frac]; /* frac <= 15 */
+        *dv = neg ? -d : d;
+        return true;
+    }
+    *is_int = !memchr(p, '.', n) && !memchr(p, 'e', n) && !memchr(p, 'E', n);
+    if (*is_int) { /* more than 18 digits */
+        unsigned long long v = 0;
+        for (i = neg; i < n; i++) {
+            unsigned dgt = (unsigned)(p[i] - '0');
+            if (v > (unsigned long long)LLONG_MAX / 10 ||
+                (unsigned long long)LLONG_MAX - v * 10 < dgt)
+                return false; /* yajl: "integer overflow" */
+            v = v * 10 + dgt;
+        }
+        *iv = neg ? -(long long)v : (long long)v;
+        return true;
+    }
+    /* no exponent and fewer than 309 digits cannot overflow */
+    if (!need_real && !memchr(p, 'e', n) && !memchr(p, 'E', n) && n < 300)
+        return true;
+    /* the slow path: strtod wants a NUL-terminated copy (the token is not terminated) */
+    char stackbuf[64];
+    char *buf = n < sizeof(stackbuf) ? stackbuf : kv_malloc(n + 1);
+    if (!buf)
+        return false; /* out of memory: rejected like an overflow (bad_json) */
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    errno = 0;
+    double d = strtod(buf, NULL);
+    bool ok = !((d == HUGE_VAL || d == -HUGE_VAL) && errno == ERANGE);
+    if (buf != stackbuf)
+        kv_free(buf);
+    *dv = d;
+    return ok; /* false: yajl's "numeric (floating point) overflow" */
 }
 
-static int on_double(void *ctx, double v)
+static int on_number(void *ctx, const char *p, size_t n)
 {
     struct dec *d = ctx;
-    if (!take_field(d))
+    bool want = take_field(d);
+    bool is_int;
+    long long iv = 0;
+    double v = 0;
+    if (!num_convert(p, n, want, &is_int, &iv, &v))
+        return 0; /* cancels the parse: bad_json */
+    if (!want)
         return 1;
+    if (is_int) {
+        set_int(d, iv);
+        return 1;
+    }
     int f = d->cur;
     d->cur = F_NONE;
     if (f != F_LATENCY && f != F_CAPACITY) {
@@ -274,27 +344,52 @@ static int on_close(void *ctx)
     return 1;
 }
 
+/* KEY_IS(k, "lit"): k starts with lit; a constant-length memcmp, which the compiler turns into
+ * a few loads and compares (no call). */
+#define KEY_IS(k, lit) (memcmp((k), (lit), sizeof(lit) - 1) == 0)
+
 static int on_map_key(void *ctx, const unsigned char *key, size_t n)
 {
     struct dec *d = ctx;
     if (d->depth != 1)
         return 1;
-    d->cur = F_NONE;
-    for (int f = 0; f < F_COUNT; f++) {
-        if (field_names[f].len == n && field_names[f].name[0] == (char)key[0] &&
-            memcmp(field_names[f].name, key, n) == 0) {
-            d->cur = f;
-            break;
-        }
+    /* by length first (most lengths name one field), then the bytes */
+    int f = F_NONE;
+    switch (n) {
+    case 3:
+        f = KEY_IS(key, "seq") ? F_SEQ : F_NONE;
+        break;
+    case 9:
+        f = KEY_IS(key, "engine_id") ? F_ENGINE_ID : F_NONE;
+        break;
+    case 12:
+        f = KEY_IS(key, "timestamp_ms") ? F_TIMESTAMP : F_NONE;
+        break;
+    case 15:
+        f = KEY_IS(key, "latency_pred_ms")   ? F_LATENCY
+            : KEY_IS(key, "scheduling_mode") ? F_MODE
+            : KEY_IS(key, "engine_capacity") ? F_CAPACITY
+                                             : F_NONE;
+        break;
+    case 20:
+        f = KEY_IS(key, "pending_tokens_total")   ? F_PENDING
+            : KEY_IS(key, "kv_cache_free_blocks") ? F_FREE
+                                                  : F_NONE;
+        break;
+    case 21:
+        f = KEY_IS(key, "kv_cache_total_blocks") ? F_TOTAL : F_NONE;
+        break;
+    default:
+        break;
     }
+    d->cur = f;
     return 1;
 }
 
 static const yajl_callbacks callbacks = {
     .yajl_null = on_null,
     .yajl_boolean = on_bool,
-    .yajl_integer = on_integer,
-    .yajl_double = on_double,
+    .yajl_number = on_number,
     .yajl_string = on_string,
     .yajl_start_map = on_start_map,
     .yajl_map_key = on_map_key,

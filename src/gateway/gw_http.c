@@ -245,7 +245,8 @@ static void do_metrics(struct gw_http *h, struct evhttp_request *req)
     metric(&b, "kvstash_gateway_heartbeats_total", "counter", "Heartbeat states ingested.",
            s.heartbeats);
     metric(&b, "kvstash_gateway_recv_calls_total", "counter",
-           "recvmmsg calls that returned datagrams.", s.recv_calls);
+           "receive rounds (recvmmsg calls or io_uring reaps) that returned datagrams.",
+           s.recv_calls);
     metric(&b, "kvstash_gateway_active_engines", "gauge", "Engines with a fresh state.",
            s.active_engines);
     metric(&b, "kvstash_gateway_engines", "gauge", "Engines known.", s.total_engines);

@@ -94,6 +94,24 @@ static void grow(struct gw_store *s)
     s->nbuckets = nb;
 }
 
+/* e->last = *st without copying the unused tail of the two strings (the struct is ~400 bytes,
+ * a state's strings are usually a few dozen); with_id false when e->last already holds st's
+ * engine_id (the lookup matched it). */
+static void set_last(struct gw_engine *e, const struct kv_gateway_state *st, bool with_id)
+{
+    struct kv_gateway_state *l = &e->last;
+    if (with_id)
+        memcpy(l->engine_id, st->engine_id, strlen(st->engine_id) + 1);
+    memcpy(l->scheduling_mode, st->scheduling_mode, strlen(st->scheduling_mode) + 1);
+    l->timestamp_ms = st->timestamp_ms;
+    l->latency_pred_ms = st->latency_pred_ms;
+    l->pending_tokens_total = st->pending_tokens_total;
+    l->kv_cache_free_blocks = st->kv_cache_free_blocks;
+    l->kv_cache_total_blocks = st->kv_cache_total_blocks;
+    l->engine_capacity = st->engine_capacity;
+    l->seq = st->seq;
+}
+
 static void hist_push(struct gw_store *s, struct gw_engine *e, const struct kv_gateway_state *st,
                       int64_t wall_ms, bool hb)
 {
@@ -112,13 +130,16 @@ static void hist_push(struct gw_store *s, struct gw_engine *e, const struct kv_g
             return; /* no history for now; the latest state is still kept */
         }
     }
-    uint32_t slot;
+    uint32_t slot; /* no modulo here: hist_head + hist_n < 2 * hist_cap */
     if (e->hist_n < e->hist_cap) {
-        slot = (e->hist_head + e->hist_n) % e->hist_cap;
+        slot = e->hist_head + e->hist_n;
+        if (slot >= e->hist_cap)
+            slot -= e->hist_cap;
         e->hist_n++;
     } else {
         slot = e->hist_head;
-        e->hist_head = (e->hist_head + 1) % e->hist_cap;
+        if (++e->hist_head == e->hist_cap)
+            e->hist_head = 0;
     }
     struct gw_hist_ent *h = &e->hist[slot];
     h->timestamp_ms = st->timestamp_ms;
@@ -129,7 +150,7 @@ static void hist_push(struct gw_store *s, struct gw_engine *e, const struct kv_g
     h->latency_pred_ms = st->latency_pred_ms;
     h->engine_capacity = st->engine_capacity;
     h->recv_wall_ms = wall_ms;
-    memcpy(h->scheduling_mode, st->scheduling_mode, sizeof(h->scheduling_mode));
+    memcpy(h->scheduling_mode, st->scheduling_mode, strlen(st->scheduling_mode) + 1);
     h->heartbeat = hb;
 }
 
@@ -145,7 +166,7 @@ int gw_store_apply(struct gw_store *s, const struct kv_gateway_state *st, int64_
         e->last_seq = -1;
         e->states = e->heartbeats = 0;
         e->hist_head = e->hist_n = 0;
-        e->last = *st;
+        set_last(e, st, false);
     }
     bool hb = kv_gateway_state_is_heartbeat(st);
     if (!e) {
@@ -155,7 +176,7 @@ int gw_store_apply(struct gw_store *s, const struct kv_gateway_state *st, int64_
         if (!e)
             return KV_ENOMEM;
         e->hash = h;
-        e->last = *st;
+        set_last(e, st, true);
         e->last_load_ms = -1;
         e->last_seq = -1;
         size_t b = h & (s->nbuckets - 1);
@@ -177,7 +198,7 @@ int gw_store_apply(struct gw_store *s, const struct kv_gateway_state *st, int64_
         e->heartbeats++;
         s->heartbeats++;
     } else {
-        e->last = *st;
+        set_last(e, st, false);
         e->load_known = true;
         e->last_load_ms = now_ms;
     }

@@ -4,10 +4,19 @@
 # Python, /stats counters checked exactly, /engines, /metrics, /health, the JSONL log with
 # rotation and SIGHUP reopen, garbage floods, broadcast counting, ELRAR environment variables,
 # start-up errors and exit codes. Ports are chosen by the kernel (port 0) and read back from the
-# gateway's INFO log lines.
+# gateway's INFO log lines. The whole script runs once per UDP receive path (--udp-io recvmmsg,
+# then --udp-io uring; the uring run is skipped, saying so, where the kernel has no io_uring).
 set -euo pipefail
 BIN=${KVSTASH_BIN:?KVSTASH_BIN not set}
 PY=/usr/bin/python3
+UDP_IO=${KVGW_TEST_UDP_IO:-}
+if [ -z "$UDP_IO" ]; then
+  for m in recvmmsg uring; do
+    echo "# receive path --udp-io $m"
+    KVGW_TEST_UDP_IO=$m bash "$0" || exit 1
+  done
+  exit 0
+fi
 WORK=$(mktemp -d /tmp/kvgw-it-XXXXXX)
 PIDS=()
 cleanup() {
@@ -22,7 +31,8 @@ ok() { echo "ok - $*"; }
 # start_gateway NAME ARGS... -> sets UDP_PORT, HTTP_PORT, GW_PID
 start_gateway() {
   local name=$1; shift
-  "$BIN" gateway --udp-port 0 --http-addr 127.0.0.1:0 --log-level info "$@" 2>"$WORK/$name.err" &
+  "$BIN" gateway --udp-port 0 --http-addr 127.0.0.1:0 --log-level info --udp-io "$UDP_IO" "$@" \
+    2>"$WORK/$name.err" &
   GW_PID=$!
   PIDS+=("$GW_PID")
   for _ in $(seq 100); do
@@ -60,10 +70,32 @@ wait_total() { # URL N
   fail "total_received never reached $2 (now $(curl -s "$1/stats"))"
 }
 
+if [ "$UDP_IO" = uring ]; then
+  set +e
+  timeout 5 "$BIN" gateway --udp-port 0 --http-addr none --udp-io uring 2>"$WORK/probe.err" &
+  probe=$!
+  sleep 0.3
+  kill "$probe" 2>/dev/null
+  wait "$probe"; rc=$?
+  set -e
+  if grep -q 'io_uring receive path unavailable' "$WORK/probe.err"; then
+    echo "ok - SKIP the io_uring run: $(cat "$WORK/probe.err")"
+    echo "PASS test_gateway.sh (uring skipped)"
+    exit 0
+  fi
+  [ "$rc" = 0 ] || fail "--udp-io uring probe: exit $rc: $(cat "$WORK/probe.err")"
+fi
+
 LOG="$WORK/states.jsonl"
 start_gateway g1 --stale-threshold 10000 --max-datagram 1024 --log-file "$LOG" --log-max-bytes 1000
 G1=$GW_PID; U=$UDP_PORT; H="http://127.0.0.1:$HTTP_PORT"
 grep -q "listening for engine states on udp://127.0.0.1:$U (unicast)" "$WORK/g1.err" || fail "INFO listen line"
+case $UDP_IO in
+  uring) want_path='UDP receive path: io_uring (multishot recv,' ;;
+  *) want_path='UDP receive path: recvmmsg (as configured)' ;;
+esac
+[ "$(grep -c 'UDP receive path' "$WORK/g1.err")" = 1 ] && grep -qF "$want_path" "$WORK/g1.err" \
+  || fail "receive path line: $(grep 'receive path' "$WORK/g1.err")"
 ok "gateway started (udp $U, http $HTTP_PORT)"
 
 # --- valid states from the agent: 3 real, 2 heartbeats
@@ -200,7 +232,8 @@ set -e
 [ "$rc" = 1 ] || fail "port in use: exit $rc"
 [ "$(wc -l < "$WORK/busy.err")" = 1 ] && grep -q "cannot bind UDP 127.0.0.1:$U" "$WORK/busy.err" \
   || fail "port in use message: $(cat "$WORK/busy.err")"
-for bad in "--udp-port abc" "--network-mode multicast" "--http-addr nope" "--bogus" "--stale-threshold -1"; do
+for bad in "--udp-port abc" "--network-mode multicast" "--http-addr nope" "--bogus" "--stale-threshold -1" \
+  "--udp-io epoll"; do
   set +e; "$BIN" gateway $bad 2>"$WORK/bad.err"; rc=$?; set -e
   [ "$rc" = 2 ] || fail "gateway $bad: exit $rc"
   [ "$(wc -l < "$WORK/bad.err")" = 1 ] || fail "gateway $bad: $(cat "$WORK/bad.err")"
@@ -219,6 +252,8 @@ G2=$GW_PID; H2="http://127.0.0.1:$HTTP_PORT"
 wait_total "$H2" 1
 [ "$(py_get "$H2/stats" "(d['broadcast_received'], d['unicast_received'], d['network_mode'], d['stale_threshold_ms'])")" \
   = "(1, 0, 'broadcast', 1234)" ] || fail "broadcast stats: $(curl -s "$H2/stats")"
+case $UDP_IO in uring) want_path='UDP receive path: io_uring (multishot recvmsg,' ;; esac
+grep -qF "$want_path" "$WORK/g2.err" || fail "g2 receive path: $(grep 'receive path' "$WORK/g2.err")"
 ok "broadcast mode counts broadcast datagrams; VLLM_STATE_GATEWAY_* honoured"
 "$BIN" agent --engine-id b2 --gateway "127.255.255.255:$UDP_PORT" --broadcast --count 1
 wait_total "$H2" 2
@@ -279,4 +314,4 @@ kill -TERM "$G1" "$G2"
 wait "$G1" || fail "gateway exit status on SIGTERM"
 wait "$G2" || true
 ok "SIGTERM: clean exit 0"
-echo "PASS test_gateway.sh"
+echo "PASS test_gateway.sh (--udp-io $UDP_IO)"

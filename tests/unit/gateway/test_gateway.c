@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* test_gateway.c - the gateway in-process: ingest and UDP paths, counters, snapshots, history,
- * the JSONL log with rotation and reopen, start-up errors. */
+/* test_gateway.c - the gateway in-process: ingest and UDP paths (both receive paths: recvmmsg
+ * and io_uring, and the fallback from io_uring when it is refused), oversize datagrams and
+ * bursts, counters, snapshots, history, the JSONL log with rotation and reopen, start-up
+ * errors. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,14 +10,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "common/alloc.h"
 #include "common/util.h"
+#include "gateway/gw_int.h"
 #include "kvstash/gateway.h"
 
 #define STATE(id, pending)                                                                         \
@@ -97,10 +110,51 @@ static void test_ingest_and_snapshots(void **state)
     kv_gateway_stop(NULL);
 }
 
-static void test_udp(void **state)
+/* Starts a gateway on a free UDP port with the given receive path (and max_datagram, 0 = the
+ * default); NULL (the caller skips) when io_uring was asked for and the kernel has none. */
+static struct kv_gateway *start_io(int udp_io, size_t max_datagram)
 {
-    (void)state;
-    struct kv_gateway *g = start(NULL, 0);
+    struct kv_gateway_opts o;
+    kv_gateway_opts_init(&o);
+    o.udp_port = 0;
+    o.udp_io = udp_io;
+    if (max_datagram)
+        o.max_datagram = max_datagram;
+    char err[256] = "";
+    o.err = err;
+    o.errlen = sizeof(err);
+    struct kv_gateway *g = NULL;
+    int rc = kv_gateway_start(&o, &g);
+    if (rc == KV_ENOTSUP && udp_io == KV_GATEWAY_UDP_IO_URING) {
+        assert_non_null(strstr(err, "io_uring"));
+        return NULL;
+    }
+    assert_int_equal(rc, KV_OK);
+    bool uring = atomic_load(&g->udp_io_uring);
+    if (udp_io == KV_GATEWAY_UDP_IO_RECVMMSG)
+        assert_false(uring);
+    if (udp_io == KV_GATEWAY_UDP_IO_URING)
+        assert_true(uring);
+    return g;
+}
+
+static void wait_total(struct kv_gateway *g, uint64_t want, struct kv_gateway_stats *s)
+{
+    memset(s, 0, sizeof(*s));
+    for (int i = 0; i < 300 && s->total_received < want; i++) {
+        kv_sleep_ms(10);
+        kv_gateway_stats(g, s);
+    }
+    assert_int_equal(s->total_received, want);
+}
+
+static void udp_states(int udp_io)
+{
+    struct kv_gateway *g = start_io(udp_io, 0);
+    if (!g) {
+        skip();
+        return;
+    }
     char addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%u", kv_gateway_udp_port(g));
     struct kv_gateway_sender *snd;
@@ -119,12 +173,8 @@ static void test_udp(void **state)
     assert_int_equal(kv_gateway_sender_send(snd, &st), KV_OK);
     kv_gateway_sender_close(snd);
     assert_int_equal(kv_gateway_send_state(addr, &st), KV_OK);
-    struct kv_gateway_stats s = {0};
-    for (int i = 0; i < 200 && s.total_received < 12; i++) {
-        kv_sleep_ms(10);
-        kv_gateway_stats(g, &s);
-    }
-    assert_int_equal(s.total_received, 12);
+    struct kv_gateway_stats s;
+    wait_total(g, 12, &s);
     assert_int_equal(s.valid_states, 10);
     assert_int_equal(s.invalid_by_reason[KV_GW_REORDERED], 2);
     assert_int_equal(s.unicast_received, 12);
@@ -136,6 +186,169 @@ static void test_udp(void **state)
     assert_int_equal(kv_gateway_sender_open("nohostport", false, &snd), KV_EINVAL);
     assert_int_equal(kv_gateway_sender_open("127.0.0.1:0", false, &snd), KV_EINVAL);
     kv_gateway_stop(g);
+}
+
+static void test_udp(void **state)
+{
+    (void)state;
+    udp_states(KV_GATEWAY_UDP_IO_AUTO);
+}
+
+static void test_udp_recvmmsg(void **state)
+{
+    (void)state;
+    udp_states(KV_GATEWAY_UDP_IO_RECVMMSG);
+}
+
+static void test_udp_uring(void **state)
+{
+    (void)state;
+    udp_states(KV_GATEWAY_UDP_IO_URING);
+}
+
+/* Datagrams longer than max_datagram are oversize on both paths (the receive buffers hold
+ * max_datagram + 1 bytes: a longer one is cut, and known as cut); many at once exercise full
+ * batches (and, with io_uring, running out of provided buffers and re-arming). */
+static void oversize_and_bursts(int udp_io)
+{
+    struct kv_gateway *g = start_io(udp_io, 300);
+    if (!g) {
+        skip();
+        return;
+    }
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(kv_gateway_udp_port(g))};
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char big[2000];
+    memset(big, ' ', sizeof(big));
+    const char *st = STATE("b", 1);
+    size_t stlen = strlen(st);
+    memcpy(big, st, stlen); /* valid JSON followed by spaces: only its length is wrong */
+    size_t lens[] = {301, 302, 1999, 2000, 300};
+    for (size_t i = 0; i < KV_ARRAY_SIZE(lens); i++)
+        assert_true(sendto(fd, big, lens[i], 0, (struct sockaddr *)&to, sizeof(to)) ==
+                    (ssize_t)lens[i]);
+    /* an empty datagram (with a plain io_uring recv it comes without a buffer) */
+    assert_int_equal(sendto(fd, big, 0, 0, (struct sockaddr *)&to, sizeof(to)), 0);
+    struct kv_gateway_stats s;
+    wait_total(g, 6, &s);
+    assert_int_equal(s.invalid_by_reason[KV_GW_EMPTY], 1);
+    assert_int_equal(s.invalid_by_reason[KV_GW_OVERSIZE], 4);
+    assert_int_equal(s.valid_states, 1); /* exactly max_datagram bytes is fine */
+    /* bursts larger than a batch, in rounds so the socket buffer never drops any */
+    for (int round = 0; round < 5; round++) {
+        for (int i = 0; i < 600; i++)
+            assert_true(sendto(fd, st, stlen, 0, (struct sockaddr *)&to, sizeof(to)) ==
+                        (ssize_t)stlen);
+        wait_total(g, 6 + 600 * (uint64_t)(round + 1), &s);
+    }
+    assert_int_equal(s.valid_states, 1 + 3000);
+    assert_int_equal(s.valid_states + s.invalid_states, s.total_received);
+    assert_int_equal(s.unicast_received + s.broadcast_received, s.total_received);
+    close(fd);
+    kv_gateway_stop(g);
+}
+
+static void test_oversize_recvmmsg(void **state)
+{
+    (void)state;
+    oversize_and_bursts(KV_GATEWAY_UDP_IO_RECVMMSG);
+}
+
+static void test_oversize_uring(void **state)
+{
+    (void)state;
+    oversize_and_bursts(KV_GATEWAY_UDP_IO_URING);
+}
+
+/* io_uring refused (as by a seccomp policy, an old kernel or kernel.io_uring_disabled): auto
+ * falls back to recvmmsg and works; uring fails the start with KV_ENOTSUP. A ring that sets up
+ * but cannot be entered: the receive thread falls back to recvmmsg and works. Runs in a child
+ * process, since a seccomp filter cannot be removed. */
+static int uring_blocked_child(long blocked_nr)
+{
+#if defined(__x86_64__)
+    const uint32_t arch = AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+    const uint32_t arch = AUDIT_ARCH_AARCH64;
+#else
+    return 77;
+#endif
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, arch, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)blocked_nr, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = (unsigned short)KV_ARRAY_SIZE(f), .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        return 10;
+    struct kv_gateway_opts o;
+    kv_gateway_opts_init(&o);
+    o.udp_port = 0;
+    char err[256] = "";
+    o.err = err;
+    o.errlen = sizeof(err);
+    struct kv_gateway *g = NULL;
+    if (blocked_nr == __NR_io_uring_setup) {
+        /* refused at start: uring fails the start, auto starts with recvmmsg */
+        o.udp_io = KV_GATEWAY_UDP_IO_URING;
+        if (kv_gateway_start(&o, &g) != KV_ENOTSUP || !strstr(err, "io_uring"))
+            return 11;
+        o.udp_io = KV_GATEWAY_UDP_IO_AUTO;
+        if (kv_gateway_start(&o, &g) != KV_OK)
+            return 12;
+        if (atomic_load(&g->udp_io_uring))
+            return 13;
+    } else {
+        /* the ring sets up but cannot be entered: the receive thread falls back */
+        o.udp_io = KV_GATEWAY_UDP_IO_URING;
+        if (kv_gateway_start(&o, &g) != KV_OK)
+            return 16;
+        for (int i = 0; i < 300 && atomic_load(&g->udp_io_uring); i++)
+            kv_sleep_ms(10);
+        if (atomic_load(&g->udp_io_uring))
+            return 17;
+    }
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", kv_gateway_udp_port(g));
+    struct kv_gateway_state st = {0};
+    snprintf(st.engine_id, sizeof(st.engine_id), "fallback");
+    st.engine_capacity = 1;
+    if (kv_gateway_send_state(addr, &st) != KV_OK)
+        return 14;
+    struct kv_gateway_stats s = {0};
+    for (int i = 0; i < 300 && s.valid_states < 1; i++) {
+        kv_sleep_ms(10);
+        kv_gateway_stats(g, &s);
+    }
+    kv_gateway_stop(g);
+    return s.valid_states == 1 && s.total_received == 1 ? 0 : 15;
+}
+
+static void test_uring_fallback(void **state)
+{
+    (void)state;
+    const long blocked[] = {__NR_io_uring_setup, __NR_io_uring_enter};
+    for (size_t i = 0; i < KV_ARRAY_SIZE(blocked); i++) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0)
+            _exit(uring_blocked_child(blocked[i]));
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        if (WEXITSTATUS(status) == 77) {
+            skip();
+            return;
+        }
+        assert_int_equal(WEXITSTATUS(status), 0);
+    }
 }
 
 static size_t count_lines(const char *path)
@@ -328,6 +541,11 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ingest_and_snapshots),
         cmocka_unit_test(test_udp),
+        cmocka_unit_test(test_udp_recvmmsg),
+        cmocka_unit_test(test_udp_uring),
+        cmocka_unit_test(test_oversize_recvmmsg),
+        cmocka_unit_test(test_oversize_uring),
+        cmocka_unit_test(test_uring_fallback),
         cmocka_unit_test(test_log_rotation_and_reopen),
         cmocka_unit_test(test_start_errors),
         cmocka_unit_test(test_start_alloc_failures),

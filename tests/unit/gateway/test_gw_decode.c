@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* test_gw_decode.c - the datagram decoder: valid states, every invalid reason, extra keys, -1
  * values, duplicates, precedence, and the encoder's round trip. */
+#include <errno.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -271,6 +274,113 @@ static void test_decode_alloc_failure(void **state)
     assert_true(failed > 0); /* the failure path was taken */
 }
 
+/* Numbers are converted by the decoder itself (yajl hands over the token text): the same values
+ * as strtod, bit for bit, and yajl's overflow rules (an integer beyond a long long's magnitude
+ * and a real beyond DBL_MAX are syntax errors, an underflow is not). */
+static void check_real(const char *num)
+{
+    struct kv_gateway_state st;
+    char buf[4096];
+    snprintf(buf, sizeof(buf),
+             "{\"engine_id\":\"e\",\"timestamp_ms\":1,\"latency_pred_ms\":%s,"
+             "\"scheduling_mode\":\"m\",\"pending_tokens_total\":1,\"kv_cache_free_blocks\":1,"
+             "\"kv_cache_total_blocks\":2,\"engine_capacity\":1}",
+             num);
+    double want = strtod(num, NULL);
+    enum kv_gateway_reason r = dec(buf, &st);
+    if (!strpbrk(num, ".eE")) { /* an integer token: yajl's range is +-LLONG_MAX */
+        errno = 0;
+        long long v = strtoll(num, NULL, 10);
+        if (errno == ERANGE || v == LLONG_MIN) {
+            assert_int_equal(r, KV_GW_BAD_JSON);
+            return;
+        }
+    }
+    if (want < 0 && want != -1.0) {
+        assert_int_equal(r, KV_GW_OUT_OF_RANGE);
+        return;
+    }
+    if (r != KV_GW_VALID || memcmp(&st.latency_pred_ms, &want, sizeof(want)) != 0)
+        fail_msg("%s: reason %d, got %.17g, strtod %.17g", num, r, st.latency_pred_ms, want);
+}
+
+static void test_numbers(void **state)
+{
+    (void)state;
+    static const char *reals[] = {
+        "0.5",
+        "107.0",
+        "0.1",
+        "0.3",
+        "-1.0",
+        "-1",
+        "123456789012345.6",
+        "1.5e3",
+        "1E-5",
+        "0e0",
+        "-0.0",
+        "1e-400",
+        "2.2250738585072014e-308",
+        "0.000000000000000000000000000000000000000000000000000000000000000000000000000001",
+        "9007199254740993.0",
+        "1234567890123456789.5",
+        "0.30000000000000004",
+    };
+    for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
+        check_real(reals[i]);
+    /* random decimals around the fast path's edges (15 digits, up to 22 after the point) */
+    srand(7);
+    for (int i = 0; i < 20000; i++) {
+        char num[64];
+        int nd = 1 + rand() % 19, point = rand() % (nd + 1);
+        size_t n = 0;
+        for (int k = 0; k < nd; k++) {
+            if (k == point && k > 0)
+                num[n++] = '.';
+            num[n++] =
+                (char)('0' + (k == 0 && nd > 1 && point != 1 ? 1 + rand() % 9 : rand() % 10));
+        }
+        num[n] = '\0';
+        if (num[0] == '0' && n > 1 && num[1] != '.')
+            continue; /* a leading zero is not JSON */
+        check_real(num);
+    }
+    /* overflow: a syntax error, wherever the number is (a known key, an unknown key, top level) */
+    assert_int_equal(dec_with("latency_pred_ms", "1e309"), KV_GW_BAD_JSON);
+    assert_int_equal(dec_with("engine_capacity", "-1e999"), KV_GW_BAD_JSON);
+    assert_int_equal(dec_with("timestamp_ms", "9223372036854775808"), KV_GW_BAD_JSON);
+    assert_int_equal(dec_with("timestamp_ms", "-9223372036854775808"), KV_GW_BAD_JSON);
+    assert_int_equal(dec_with("timestamp_ms", "99999999999999999999999"), KV_GW_BAD_JSON);
+    assert_int_equal(dec_with("timestamp_ms", "9223372036854775807"), KV_GW_VALID);
+    assert_int_equal(dec_with("timestamp_ms", "-9223372036854775807"), KV_GW_VALID);
+    assert_int_equal(dec_with("timestamp_ms", "1.5"), KV_GW_WRONG_TYPE);
+    assert_int_equal(dec_with("timestamp_ms", "1e3"), KV_GW_WRONG_TYPE);
+    assert_int_equal(dec_with("seq", "1e999"), KV_GW_BAD_JSON);
+    struct kv_gateway_state st;
+    assert_int_equal(dec("{\"x\":1e999}", &st), KV_GW_BAD_JSON);
+    assert_int_equal(dec("{\"x\":[123456789012345678901234567890]}", &st), KV_GW_BAD_JSON);
+    assert_int_equal(dec("{\"x\":1234567890123456789012345678901234567890.5}", &st),
+                     KV_GW_MISSING_FIELD);
+    assert_int_equal(dec("1e999", &st), KV_GW_BAD_JSON);
+    assert_int_equal(dec("12.5", &st), KV_GW_NOT_OBJECT);
+    assert_int_equal(dec("-12", &st), KV_GW_NOT_OBJECT);
+    /* a top-level number at the very end of an unterminated buffer is read within its bounds */
+    assert_int_equal(kv_gateway_decode("12345.5", 5, 0, &st), KV_GW_NOT_OBJECT);
+    /* integers for the counts, exactly */
+    char buf[512];
+    snprintf(buf, sizeof(buf),
+             "{\"engine_id\":\"e\",\"timestamp_ms\":-1700000000123,\"latency_pred_ms\":0,"
+             "\"scheduling_mode\":\"m\",\"pending_tokens_total\":123456789012345678,"
+             "\"kv_cache_free_blocks\":0,\"kv_cache_total_blocks\":9223372036854775807,"
+             "\"engine_capacity\":-1,\"seq\":42}");
+    assert_int_equal(dec(buf, &st), KV_GW_VALID);
+    assert_true(st.timestamp_ms == -1700000000123LL);
+    assert_true(st.pending_tokens_total == 123456789012345678LL);
+    assert_true(st.kv_cache_total_blocks == 9223372036854775807LL);
+    assert_true(st.kv_cache_free_blocks == 0 && st.seq == 42);
+    assert_true(st.engine_capacity == -1.0 && st.latency_pred_ms == 0.0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -281,6 +391,7 @@ int main(void)
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_format_roundtrip),
         cmocka_unit_test(test_decode_alloc_failure),
+        cmocka_unit_test(test_numbers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
