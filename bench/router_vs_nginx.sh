@@ -85,6 +85,8 @@ http {
 EOF
 "$NGINX" -p "$W/up" -c "$W/up/nginx.conf" -g 'daemon off;' 2>"$W/logs/up.err" &
 pids+=($!)
+# the upstream first: a router whose first health check finds no engine waits for the next one
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/health" && break; sleep 0.05; done
 "$NGINX" -p "$W/px" -c "$W/px/nginx.conf" -g 'daemon off;' 2>"$W/logs/px.err" &
 pids+=($!)
 "$BIN" router --addr 127.0.0.1:0 --backends "http://127.0.0.1:$UP" --routing-logic roundrobin \
@@ -107,11 +109,12 @@ EOF
 check() { # the proxied answer must be the upstream's
     curl -s -f "http://127.0.0.1:$1/v1/chat/completions" -H 'Content-Type: application/json' \
         -d '{"model":"bench","messages":[]}' | grep -q chat.completion ||
-        { echo "port $1 does not proxy correctly"; exit 1; }
+        { echo "$2 (port $1) does not proxy correctly: $(curl -s -w ' HTTP %{http_code}' \
+            "http://127.0.0.1:$1/v1/chat/completions" -d '{"model":"bench","messages":[]}')"; exit 1; }
 }
-check "$UP"
-check "$NP"
-check "$RP"
+check "$UP" upstream
+check "$NP" nginx
+check "$RP" "kvstash router"
 
 NGINX_PX_PIDS=$(pgrep -P "$(cat "$W/px/nginx.pid")" | tr '\n' ' ')
 # cpu_ticks PID... -> user+system clock ticks of those processes (all threads)
