@@ -258,15 +258,19 @@ static int pick_locked(struct kv_router *rt, const struct kv_rt_reqinfo *info, c
 }
 
 int rt_choose(struct kv_router *rt, const struct kv_rt_reqinfo *info, const char *session,
-              size_t slen, uint64_t tried, uint64_t *serving_out, const char **why)
+              size_t slen, uint64_t tried, uint64_t *serving_out, int *unknown_out,
+              const char **why)
 {
-    int n = nengines(rt);
+    int n = nengines(rt), unknown = 0;
     uint64_t serving = 0, healthy = 0;
     pthread_mutex_lock(&rt->mu);
     for (int i = 0; i < n; i++) {
         struct rt_engine *e = &rt->eng[i];
-        if (atomic_load_explicit(&e->removed, memory_order_relaxed) ||
-            !engine_serves(e, info->model))
+        if (atomic_load_explicit(&e->removed, memory_order_relaxed))
+            continue;
+        if (!e->models)
+            unknown++;
+        if (!engine_serves(e, info->model))
             continue;
         serving |= 1ULL << i;
         if (atomic_load_explicit(&e->healthy, memory_order_relaxed))
@@ -276,6 +280,7 @@ int rt_choose(struct kv_router *rt, const struct kv_rt_reqinfo *info, const char
     int pick = eligible ? pick_locked(rt, info, session, slen, eligible, why) : -1;
     pthread_mutex_unlock(&rt->mu);
     *serving_out = serving;
+    *unknown_out = unknown;
     return pick;
 }
 
@@ -592,6 +597,21 @@ static void on_health_tick(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Engines out of rotation are checked every RT_RECHECK_MS (when the health interval is longer),
+ * so one that starts after the router, or recovers, serves again within about a second. */
+#define RT_RECHECK_MS 1000
+
+static void on_recheck_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct kv_router *rt = arg;
+    int n = nengines(rt);
+    for (int i = 0; i < n; i++)
+        if (!atomic_load(&rt->eng[i].healthy))
+            probe_engine(rt, i); /* skips removed engines and probes in flight */
+}
+
 /* Copies the gateway's engine states into the engines they belong to (ids normalised like
  * URLs on both sides, so localhost and 127.0.0.1 match). */
 static void on_mirror_tick(evutil_socket_t fd, short what, void *arg)
@@ -760,7 +780,7 @@ void kv_router_stop(struct kv_router *rt)
         event_base_loopbreak(rt->cbase);
         pthread_join(rt->cth, NULL);
     }
-    struct event *evs[] = {rt->health_ev, rt->mirror_ev, rt->disc_ev};
+    struct event *evs[] = {rt->health_ev, rt->recheck_ev, rt->mirror_ev, rt->disc_ev};
     for (size_t i = 0; i < KV_ARRAY_SIZE(evs); i++)
         if (evs[i])
             event_free(evs[i]);
@@ -902,6 +922,9 @@ int kv_router_start(const struct kv_router_opts *o, struct kv_router **out)
         goto fail;
     rt->health_ev = add_timer(rt, rt->health_interval_ms, on_health_tick);
     if (!rt->health_ev)
+        goto fail;
+    if (rt->health_interval_ms > RT_RECHECK_MS &&
+        !(rt->recheck_ev = add_timer(rt, RT_RECHECK_MS, on_recheck_tick)))
         goto fail;
     if (rt->gw && !(rt->mirror_ev = add_timer(rt, 50, on_mirror_tick)))
         goto fail;

@@ -793,11 +793,23 @@ static void dispatch(struct rt_cli *c)
         if (rt->session_key)
             sess = rt_http_header(&c->req, rt->session_key, &slen);
         uint64_t serving = 1;
+        int unknown = 0;
         const char *why = "same engine, new connection";
         int pick = q->force_engine;
         q->force_engine = -1;
         if (pick < 0)
-            pick = rt_choose(rt, &q->info, sess, slen, q->tried, &serving, &why);
+            pick = rt_choose(rt, &q->info, sess, slen, q->tried, &serving, &unknown, &why);
+        if (!serving && unknown) {
+            /* not "no such model": some engines were never reached to ask what they serve */
+            atomic_fetch_add_explicit(&rt->c_noengine, 1, memory_order_relaxed);
+            char msg[400];
+            snprintf(msg, sizeof(msg),
+                     "no reachable engine serves `%.300s` (%d engine(s) not reached yet)",
+                     q->info.model, unknown);
+            reply_error(c, 503, "Service Unavailable", "ServiceUnavailableError", msg, false);
+            request_done(c);
+            return;
+        }
         if (!serving) {
             atomic_fetch_add_explicit(&rt->c_nomodel, 1, memory_order_relaxed);
             char msg[400];

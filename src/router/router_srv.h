@@ -110,7 +110,7 @@ struct kv_router {
     struct event_base *cbase;
     pthread_t cth;
     bool cstarted;
-    struct event *health_ev, *mirror_ev, *disc_ev;
+    struct event *health_ev, *recheck_ev, *mirror_ev, *disc_ev;
     /* router-level counters */
     uint64_t rid_prefix;
     char rid_pfx[24]; /* "kvs-<rid_prefix in 16 hex digits>-" */
@@ -129,9 +129,10 @@ static inline int rt_nengines(const struct kv_router *rt)
 
 /* Chooses an engine for a request for info->model: healthy, serving it, not in tried. session
  * (slen bytes, may be NULL) is the --session-key header's value. Returns the engine index, or
- * -1 with *serving = the engines serving the model (0: nobody does). */
+ * -1 with *serving = the engines serving the model (0: nobody does). *unknown gets how many
+ * engines have no model list yet (never reached): a model nobody lists may be theirs. */
 int rt_choose(struct kv_router *rt, const struct kv_rt_reqinfo *info, const char *session,
-              size_t slen, uint64_t tried, uint64_t *serving, const char **why);
+              size_t slen, uint64_t tried, uint64_t *serving, int *unknown, const char **why);
 /* Takes engine e out of rotation until a health check succeeds (logged once). */
 void rt_mark_unhealthy(struct kv_router *rt, int e, const char *why);
 /* A fresh request id "kvs-<16 hex>-<hex counter>" into out (n >= 48). */

@@ -372,6 +372,18 @@ grep -q "^vllm:num_requests_running{server=\"$UA\"} 0" <<<"$m" || fail "in-fligh
 grep -q '^kvstash_router_rejected_total{reason="unknown_model"} [1-9]' <<<"$m" || fail "rejections"
 ok "/metrics: per-engine counters, in-flight, latency and TTFB histograms"
 
+# --- an engine that starts after the router is in rotation within about a second, although
+# --health-interval-ms is a minute (engines out of rotation are re-checked every second)
+lport=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+start_router late --backends "http://127.0.0.1:$lport" --health-interval-ms 60000
+chat late m1 >/dev/null
+[ "$(code)" = 503 ] && jq -e '.error.message | test("not reached")' "$W/body" >/dev/null ||
+    fail "no engine reached yet: want 503 naming it, got $(code) $(cat "$W/body")"
+start_engine D m1 "$lport"
+wait_until 4 bash -c "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:${RPORT[late]}/v1/chat/completions -d '{\"model\":\"m1\",\"messages\":[]}' | grep -qx 200" ||
+    fail "an engine started after the router was not in rotation within 4 s"
+ok "an engine started after the router serves within a second (health interval 60 s)"
+
 # --- session: a session sticks to one engine; sessions spread over both
 start_router sess --backends "$UA,$UB" --routing-logic session --session-key X-Session \
     --health-interval-ms 200
