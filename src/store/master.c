@@ -106,9 +106,9 @@ static void lru_push(struct kv_master *m, struct mobj *o)
     m->lru.lru_next = o;
 }
 
-static void defer_free(struct kv_master *m, struct mnode *n, const char *key, uint64_t off,
-                       uint64_t size, bool dram, bool ssd, bool rpc, int64_t created,
-                       int64_t not_before)
+static void defer_free2(struct kv_master *m, struct mnode *n, const char *key, uint64_t off,
+                        uint64_t size, bool dram, bool ssd, bool rpc, bool keep_space,
+                        int64_t created, int64_t not_before)
 {
     if (n->removed)
         return; /* the node's allocator is gone with it */
@@ -131,12 +131,20 @@ static void defer_free(struct kv_master *m, struct mnode *n, const char *key, ui
     d->dram = dram;
     d->ssd = ssd;
     d->rpc = rpc;
+    d->keep_space = keep_space;
     d->created = created;
     d->not_before = not_before;
-    if (dram && size)
+    if (dram && size && !keep_space)
         n->pending_free += size;
     d->next = m->dfree;
     m->dfree = d;
+}
+
+static void defer_free(struct kv_master *m, struct mnode *n, const char *key, uint64_t off,
+                       uint64_t size, bool dram, bool ssd, bool rpc, int64_t created,
+                       int64_t not_before)
+{
+    defer_free2(m, n, key, off, size, dram, ssd, rpc, false, created, not_before);
 }
 
 static uint64_t rounded(uint64_t size)
@@ -145,15 +153,28 @@ static uint64_t rounded(uint64_t size)
     return size ? (size + g - 1) / g * g : g;
 }
 
-/* Queues every replica's space of o for release and frees o. o is dead with refs == 0. */
+/* Queues every replica's space of o for release and frees o. o is dead with refs == 0.
+ * A DRAM replica still read under a lease is released in two steps: the node forgets the key
+ * at once (NODE_FREE now, so a master elected after a crash is never told about an object that
+ * was removed), and the range returns to the allocator when the lease has ended (the readers'
+ * bytes stay untouched until then: nodes never touch DRAM bytes on NODE_FREE). */
 static void obj_release(struct kv_master *m, struct mobj *o)
 {
-    int64_t nb = o->lease_until;
+    int64_t nb = o->lease_until, now = kv_now_ms();
     for (int i = 0; i < o->nrep; i++) {
         struct mrep *r = &o->rep[i];
-        if (r->dram || r->ssd || r->promoting)
-            defer_free(m, r->node, o->key, r->off, rounded(o->size), r->dram || r->promoting,
-                       r->ssd, true, o->created_wall, nb);
+        if (!(r->dram || r->ssd || r->promoting))
+            continue;
+        bool dram = r->dram || r->promoting;
+        if (dram && !r->ssd && nb > now) {
+            defer_free2(m, r->node, o->key, r->off, rounded(o->size), true, false, true, true,
+                        o->created_wall, 0);
+            defer_free2(m, r->node, o->key, r->off, rounded(o->size), true, false, false, false,
+                        o->created_wall, nb);
+        } else {
+            defer_free(m, r->node, o->key, r->off, rounded(o->size), dram, r->ssd, true,
+                       o->created_wall, nb);
+        }
     }
     kv_free(o->key);
     kv_free(o);
@@ -549,7 +570,7 @@ static void process_dfree(struct kv_master *m)
             }
             if (!d->rpc) {
                 *pp = d->next;
-                if (d->dram && d->size && !d->node->removed) {
+                if (d->dram && d->size && !d->keep_space && !d->node->removed) {
                     kv_segalloc_free(d->node->alloc, d->off);
                     d->node->pending_free -= d->size;
                 }
@@ -613,7 +634,7 @@ static void process_dfree(struct kv_master *m)
             struct dfree *d = batch;
             batch = d->next;
             if (rc == KV_OK || d->node->removed) {
-                if (d->dram && d->size && !d->node->removed) {
+                if (d->dram && d->size && !d->keep_space && !d->node->removed) {
                     kv_segalloc_free(d->node->alloc, d->off);
                     d->node->pending_free -= d->size;
                 }
@@ -1251,6 +1272,8 @@ static int h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req,
         }
     }
     pthread_mutex_unlock(&m->lock);
+    if (remove)
+        process_dfree(m); /* the nodes forget the keys before the client hears OK */
     Kvstash__StatusList r = KVSTASH__STATUS_LIST__INIT;
     r.n_status = n;
     r.status = st;

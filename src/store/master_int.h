@@ -65,7 +65,9 @@ struct dfree {
     char *key;
     uint64_t off, size;
     bool dram, ssd;
-    bool rpc; /* tell the node (NODE_FREE) before freeing the range */
+    bool rpc;        /* tell the node (NODE_FREE) before freeing the range */
+    bool keep_space; /* only tell the node (it forgets the key at once); another entry frees the
+                        range when the readers' leases have ended */
     int64_t created;
     int64_t not_before; /* monotonic ms */
     struct dfree *next;
