@@ -355,6 +355,8 @@ static int place(struct kv_master *m, uint64_t size, int want, struct mrep *reps
     }
     int nc = 0;
     for (struct mnode *n = m->nodes; n && nc < KV_MAX(m->nnodes, 64); n = n->next) {
+        if (n->mounting)
+            continue; /* its objects are not all known yet: their ranges are not reserved */
         uint64_t cap = kv_segalloc_capacity(n->alloc), used = node_used(n);
         cand[nc] = n;
         w[nc] = (cap > used ? cap - used : 0) / 4096 + 1;
@@ -414,8 +416,8 @@ static void evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
     }
     for (int ni = 0; ni < k; ni++) {
         struct mnode *n = ns[ni];
-        if (n->removed)
-            continue;
+        if (n->removed || n->mounting)
+            continue; /* a node still mounting is not placed on, so it needs no room */
         uint64_t cap = kv_segalloc_capacity(n->alloc), used = node_used(n);
         uint64_t low = (uint64_t)((double)cap * m->low_wm);
         uint64_t want = 0;
@@ -1439,6 +1441,52 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
     return true;
 }
 
+/* Merges a MOUNT's objects (sorted by offset) into the index for node n; rejected ones are
+ * forgotten by the node (NODE_FREE of the key only: our allocator has no range for them).
+ * Caller holds m->lock. */
+static void mount_objects(struct kv_master *m, struct mnode *n, Kvstash__NodeObject **sorted,
+                          size_t cnt)
+{
+    int64_t wall = kv_wall_ms();
+    for (size_t i = 0; i < cnt; i++) {
+        const Kvstash__NodeObject *x = sorted[i];
+        if (mount_merge(m, n, x, wall)) {
+            n->mount_ok++;
+        } else {
+            n->mount_rejected++;
+            bool dram = x->tier == KVSTASH__TIER__TIER_DRAM;
+            if (key_ok(x->key))
+                defer_free(m, n, x->key, x->offset, 0, dram, !dram, true, x->created_ms, 0);
+        }
+    }
+}
+
+/* A later part of a MOUNT in parts (in->part): adds its objects to the node being mounted. */
+static int h_mount_part(struct kv_master *m, Kvstash__MountReq *in, Kvstash__NodeObject **sorted,
+                        struct kv_buf *resp)
+{
+    pthread_mutex_lock(&m->lock);
+    struct mnode *n = in->node_id ? node_find(m, in->node_id) : NULL;
+    if (!n || !n->mounting) {
+        pthread_mutex_unlock(&m->lock);
+        KV_LOGW("MOUNT part from node %s rejected: no mount of it under way (mount again)",
+                in->node_id ? in->node_id : "?");
+        return KV_EINVAL;
+    }
+    mount_objects(m, n, sorted, in->n_objects);
+    n->last_hb_ms = kv_now_ms();
+    n->mounting = in->more;
+    uint64_t epoch = m->epoch;
+    size_t ok = n->mount_ok, rejected = n->mount_rejected;
+    pthread_mutex_unlock(&m->lock);
+    if (!in->more)
+        KV_LOGI("node %s mounted (in parts): %zu objects indexed, %zu rejected", in->node_id, ok,
+                rejected);
+    Kvstash__MountResp r = KVSTASH__MOUNT_RESP__INIT;
+    r.epoch = epoch;
+    return reply(resp, &r.base);
+}
+
 static int h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp)
 {
     Kvstash__MountReq *in;
@@ -1446,7 +1494,17 @@ static int h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct k
     if (rc < 0)
         return rc;
     struct mnode *n = NULL;
-    Kvstash__NodeObject **sorted = NULL;
+    Kvstash__NodeObject **sorted = kv_calloc(in->n_objects + 1, sizeof(*sorted));
+    if (!sorted)
+        goto out_nomem;
+    if (in->n_objects) {
+        memcpy(sorted, in->objects, in->n_objects * sizeof(*sorted));
+        qsort(sorted, in->n_objects, sizeof(*sorted), cmp_nobj_off);
+    }
+    if (in->part) {
+        rc = h_mount_part(m, in, sorted, resp);
+        goto out;
+    }
     if (!in->node_id || !*in->node_id || !in->segment || !*in->segment || !in->rpc_addr ||
         in->size < KV_SEGALLOC_GRAN) {
         KV_LOGW("MOUNT rejected: missing node id, segment, rpc address or size");
@@ -1475,41 +1533,23 @@ static int h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct k
     n->ssd_capacity = in->ssd_capacity;
     n->ssd_used = in->ssd_used;
     n->last_hb_ms = kv_now_ms();
-    sorted = kv_calloc(in->n_objects + 1, sizeof(*sorted));
-    if (!sorted)
-        goto out_nomem;
-    if (in->n_objects) {
-        memcpy(sorted, in->objects, in->n_objects * sizeof(*sorted));
-        qsort(sorted, in->n_objects, sizeof(*sorted), cmp_nobj_off);
-    }
+    n->mounting = in->more;
     pthread_mutex_lock(&m->lock);
     struct mnode *old = node_find(m, in->node_id);
     if (old)
         node_remove(m, old, "mounted again");
-    int64_t wall = kv_wall_ms();
-    size_t ok = 0, rejected = 0;
-    for (size_t i = 0; i < in->n_objects; i++) {
-        const Kvstash__NodeObject *x = sorted[i];
-        if (mount_merge(m, n, x, wall)) {
-            ok++;
-        } else {
-            rejected++;
-            /* tell the node to forget it (not the range: it is not ours) */
-            /* size 0: the node forgets it; our allocator has no range for it */
-            bool dram = x->tier == KVSTASH__TIER__TIER_DRAM;
-            if (key_ok(x->key))
-                defer_free(m, n, x->key, x->offset, 0, dram, !dram, true, x->created_ms, 0);
-        }
-    }
+    mount_objects(m, n, sorted, in->n_objects);
+    size_t ok = n->mount_ok, rejected = n->mount_rejected;
     n->next = m->nodes;
     m->nodes = n;
     m->nnodes++;
     n->refs++; /* the node list's reference; ours is dropped below */
     uint64_t epoch = m->epoch;
     pthread_mutex_unlock(&m->lock);
-    KV_LOGI("node %s mounted: segment %s, %llu bytes DRAM, SSD %llu/%llu, rpc %s; %zu objects "
+    KV_LOGI("node %s mounted%s: segment %s, %llu bytes DRAM, SSD %llu/%llu, rpc %s; %zu objects "
             "indexed, %zu rejected",
-            n->id, n->segment, (unsigned long long)n->size, (unsigned long long)n->ssd_used,
+            n->id, in->more ? " (first part; more follow)" : "", n->segment,
+            (unsigned long long)n->size, (unsigned long long)n->ssd_used,
             (unsigned long long)n->ssd_capacity, n->rpc_addr, ok, rejected);
     Kvstash__MountResp r = KVSTASH__MOUNT_RESP__INIT;
     r.epoch = epoch;

@@ -28,7 +28,9 @@ struct mnode {
     uint64_t pending_free; /* DRAM bytes allocated but queued for a deferred free */
     int64_t last_hb_ms;    /* monotonic */
     bool removed;
-    int refs; /* the node list holds one; RPCs in flight hold one each */
+    bool mounting;                   /* a MOUNT in parts is under way: no placement on it yet */
+    size_t mount_ok, mount_rejected; /* objects of the mount so far */
+    int refs;                        /* the node list holds one; RPCs in flight hold one each */
     struct mnode *next;
 };
 

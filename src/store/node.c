@@ -71,6 +71,7 @@ struct kv_node {
     char host_id[256];
     char leader_key[512];
     int heartbeat_ms;
+    size_t mount_chunk; /* objects per MOUNT part */
     struct kv_meta *meta;
     struct kv_xfer *x;
     uint8_t *base;
@@ -486,23 +487,37 @@ static int do_mount(struct kv_node *n)
         mr.rpc_addr = n->rpc_addr;
         mr.ssd_capacity = n->ssd ? kv_ssd_capacity(n->ssd) : 0;
         mr.ssd_used = n->ssd ? kv_ssd_used(n->ssd) : 0;
-        mr.n_objects = a.n;
-        mr.objects = pv;
+        /* in parts of mount_chunk objects, so that any number of objects fits the RPC frame
+         * limit (64 MiB: ~500 000 objects in one frame); the master places nothing on us until
+         * the last part */
+        size_t chunk = n->mount_chunk, parts = 0;
         Kvstash__MountResp *resp = NULL;
-        /* the client pointer stays valid: only this thread replaces it */
-        rc = kv_rpc_call_pb(mc, KV_RPC_MOUNT, &mr.base, &kvstash__mount_resp__descriptor,
-                            (ProtobufCMessage **)&resp, 30000, NULL, 0);
-        if (rc == KV_OK) {
-            pthread_mutex_lock(&n->lock);
-            n->epoch = resp->epoch;
-            pthread_mutex_unlock(&n->lock);
-            kv_rpc_pb_free(&resp->base);
-            KV_LOGI("node %s mounted on master %s (epoch %llu): segment %s, %zu objects "
-                    "reported",
-                    n->id, addr, (unsigned long long)n->epoch, n->segment, a.n);
-        } else {
-            KV_LOGW_RL(5000, "MOUNT on master %s: %s", addr, kv_strerror(rc));
+        for (size_t off = 0; rc == KV_OK && (off < a.n || off == 0); off += chunk) {
+            size_t cnt = KV_MIN(chunk, a.n - off);
+            mr.n_objects = cnt;
+            mr.objects = pv + off;
+            mr.part = off > 0;
+            mr.more = off + cnt < a.n;
+            /* the client pointer stays valid: only this thread replaces it */
+            rc = kv_rpc_call_pb(mc, KV_RPC_MOUNT, &mr.base, &kvstash__mount_resp__descriptor,
+                                (ProtobufCMessage **)&resp, 30000, NULL, 0);
+            if (rc == KV_OK) {
+                pthread_mutex_lock(&n->lock);
+                n->epoch = resp->epoch;
+                pthread_mutex_unlock(&n->lock);
+                kv_rpc_pb_free(&resp->base);
+                resp = NULL;
+                parts++;
+            }
+            if (!mr.more)
+                break;
         }
+        if (rc == KV_OK)
+            KV_LOGI("node %s mounted on master %s (epoch %llu): segment %s, %zu objects "
+                    "reported in %zu part(s)",
+                    n->id, addr, (unsigned long long)n->epoch, n->segment, a.n, parts);
+        else
+            KV_LOGW_RL(5000, "MOUNT on master %s (part %zu): %s", addr, parts + 1, kv_strerror(rc));
     }
     for (size_t i = 0; i < a.n; i++)
         kv_free(a.v[i].key);
@@ -701,6 +716,7 @@ int kv_node_start(const struct kv_node_opts *o, struct kv_node **out)
     }
     snprintf(n->leader_key, sizeof(n->leader_key), "/kvstash/%s/masters/leader", n->cluster);
     n->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000;
+    n->mount_chunk = o->mount_chunk > 0 ? o->mount_chunk : 65536;
     n->cap = o->capacity;
     if (gethostname(n->host_id, sizeof(n->host_id) - 1) < 0)
         snprintf(n->host_id, sizeof(n->host_id), "unknown");

@@ -94,6 +94,7 @@ struct kv_node_opts {
     const char *protocol;       /* transfer protocol; NULL = auto */
     const char *token;          /* transfer token; NULL = none */
     int heartbeat_ms;           /* 0 = 1000 */
+    size_t mount_chunk;         /* objects per MOUNT part; 0 = 65536 (~6 MiB frames) */
 };
 
 struct kv_node;

@@ -46,18 +46,25 @@ static struct kv_master *start_master(const struct kv_master_opts *base)
     return m;
 }
 
-static struct kv_node *start_node(const char *id, uint64_t cap, const char *ssd)
+static struct kv_node *start_node2(const char *id, uint64_t cap, const char *ssd,
+                                   size_t mount_chunk)
 {
     struct kv_node_opts o = {.metadata = url,
                              .node_id = id,
                              .capacity = cap,
                              .ssd_dir = ssd,
                              .ssd_capacity = ssd ? 64u << 20 : 0,
-                             .heartbeat_ms = 200};
+                             .heartbeat_ms = 200,
+                             .mount_chunk = mount_chunk};
     struct kv_node *n;
     assert_int_equal(kv_node_start(&o, &n), KV_OK);
     assert_int_equal(kv_node_wait_mounted(n, 5000), KV_OK);
     return n;
+}
+
+static struct kv_node *start_node(const char *id, uint64_t cap, const char *ssd)
+{
+    return start_node2(id, cap, ssd, 0);
 }
 
 static struct kv_rpc_client *client(struct kv_master *m)
@@ -442,7 +449,8 @@ static void test_failover(void **state)
     struct kv_master *m2 = start_master(&mo);
     kv_sleep_ms(300);
     assert_false(kv_master_is_leader(m2));
-    struct kv_node *a = start_node("a", 4u << 20, NULL);
+    /* a re-mounts in parts of 3 objects (20 objects: 7 parts), b in one */
+    struct kv_node *a = start_node2("a", 4u << 20, NULL, 3);
     struct kv_node *b = start_node("b", 4u << 20, ssd_dirs[1]);
     struct kv_rpc_client *c1 = client(m1), *c2 = client(m2);
     /* the standby refuses clients and names the leader */
@@ -487,28 +495,82 @@ static void test_failover(void **state)
     kv_master_stop(m2);
 }
 
-static int mount(struct kv_rpc_client *c, const char *id, Kvstash__NodeObject **objs, size_t n)
+static int mount_part(struct kv_rpc_client *c, const char *id, Kvstash__NodeObject **objs, size_t n,
+                      bool part, bool more)
 {
     Kvstash__MountReq mr = KVSTASH__MOUNT_REQ__INIT;
     mr.node_id = (char *)id;
     mr.segment = (char *)id;
     mr.size = 1 << 20;
-    mr.rpc_addr = "127.0.0.1:1"; /* nobody: the master's NODE_FREEs fail and are retried */
+    mr.rpc_addr = "127.0.0.1:1";
     mr.ssd_capacity = 1 << 20;
     mr.n_objects = n;
     mr.objects = objs;
+    mr.part = part;
+    mr.more = more;
     return kv_rpc_call_pb(c, KV_RPC_MOUNT, &mr.base, &kvstash__mount_resp__descriptor, NULL, 2000,
                           NULL, 0);
+}
+
+static int mount(struct kv_rpc_client *c, const char *id, Kvstash__NodeObject **objs, size_t n)
+{
+    return mount_part(c, id, objs, n, false, false);
+}
+
+/* A leader without nodes (no eviction rounds of its own) and a client of it. */
+static struct kv_master *mount_test_master(struct kv_rpc_client **cl)
+{
+    new_url();
+    struct kv_master_opts mo = {.evict_interval_ms = 60000};
+    struct kv_master *m = start_master(&mo);
+    assert_int_equal(kv_master_wait_leader(m, 5000), KV_OK);
+    *cl = client(m);
+    return m;
+}
+
+/* A MOUNT in parts: objects of every part are indexed; nothing is placed on the node before
+ * its last part (its ranges are not all reserved yet); a part without a mount under way, or
+ * after the last one, is refused. */
+static void test_mount_in_parts(void **state)
+{
+    (void)state;
+    struct kv_rpc_client *cl;
+    struct kv_master *m = mount_test_master(&cl);
+    Kvstash__NodeObject o[3];
+    Kvstash__NodeObject *po[3];
+    static const char *const keys[] = {"p0", "p1", "p2"};
+    for (int i = 0; i < 3; i++) {
+        kvstash__node_object__init(&o[i]);
+        po[i] = &o[i];
+        o[i].key = (char *)keys[i];
+        o[i].size = 1000;
+        o[i].offset = (uint64_t)i * 4096;
+        o[i].checksum = 1;
+        o[i].created_ms = 5;
+    }
+    assert_int_equal(mount_part(cl, "np", po, 1, true, true), KV_EINVAL); /* no mount under way */
+    assert_int_equal(mount_part(cl, "np", po, 1, false, true), KV_OK);
+    assert_int_equal(kv_master_node_count(m), 1);
+    /* not yet, and no eviction on its behalf either (p0 stays) */
+    assert_int_equal(put(cl, "new", 4096, 1, 0, false, false, NULL), KV_ENOSPC);
+    assert_int_equal(mount_part(cl, "np", po + 1, 1, true, true), KV_OK);
+    assert_int_equal(mount_part(cl, "np", po + 2, 1, true, false), KV_OK); /* the last part */
+    assert_int_equal(kv_master_object_count(m), 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(kv_master_key_info(m, keys[i], NULL, NULL, NULL), KV_OK);
+    char ids[KV_STORE_MAX_REPLICAS][64];
+    assert_int_equal(put(cl, "new", 4096, 1, 0, false, false, ids), KV_OK);
+    assert_string_equal(ids[0], "np");
+    assert_int_equal(mount_part(cl, "np", po, 1, true, false), KV_EINVAL); /* mount is over */
+    kv_rpc_client_destroy(cl);
+    kv_master_stop(m);
 }
 
 static void test_mount_merge_and_garbage(void **state)
 {
     (void)state;
-    new_url();
-    struct kv_master_opts mo = {.evict_interval_ms = 60000};
-    struct kv_master *m = start_master(&mo);
-    assert_int_equal(kv_master_wait_leader(m, 5000), KV_OK);
-    struct kv_rpc_client *cl = client(m);
+    struct kv_rpc_client *cl;
+    struct kv_master *m = mount_test_master(&cl);
     Kvstash__NodeObject o[5];
     Kvstash__NodeObject *po[5];
     for (int i = 0; i < 5; i++) {
@@ -591,6 +653,7 @@ int main(void)
         cmocka_unit_test(test_ttl_pending_remove),
         cmocka_unit_test(test_demote_promote_restart),
         cmocka_unit_test(test_failover),
+        cmocka_unit_test(test_mount_in_parts),
         cmocka_unit_test(test_mount_merge_and_garbage),
     };
     if (getenv("KV_TEST_DEBUG"))
