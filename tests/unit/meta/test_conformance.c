@@ -18,18 +18,17 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "backend_server.h"
 #include "common/alloc.h"
 #include "common/net.h"
 #include "common/util.h"
@@ -44,7 +43,7 @@ struct backend {
     const char *name;
     char url[256];
     bool notbuilt;
-    pid_t pid; /* server process group (etcd, redis), 0 = none */
+    pid_t pid; /* server process group (etcd, redis), <= 0 = none */
     char tmpdir[128];
     struct kv_metad *md; /* http */
     struct kv_meta *m;   /* shared handle for the group */
@@ -87,88 +86,11 @@ static void check_absent(struct kv_meta *m, const char *key)
     assert_int_equal(kv_meta_get(m, key, &v, &len), KV_ENOENT);
 }
 
-/* Polls until key is absent or deadline_ms (from now) passes; true when gone. */
-static bool wait_absent(struct kv_meta *m, const char *key, int deadline_ms)
-{
-    int64_t end = kv_now_ms() + deadline_ms;
-    while (kv_now_ms() < end) {
-        char *v = NULL;
-        size_t len;
-        int rc = kv_meta_get(m, key, &v, &len);
-        kv_meta_free(v);
-        if (rc == KV_ENOENT)
-            return true;
-        kv_sleep_ms(50);
-    }
-    return false;
-}
-
 #define SKIP_IF_NOTBUILT(b)                                                                        \
     do {                                                                                           \
         if ((b)->notbuilt)                                                                         \
             skip();                                                                                \
     } while (0)
-
-/* ---- watch recorder ---- */
-
-struct rec_ev {
-    int type;
-    char key[128];
-    char val[64];
-    size_t len;
-};
-
-struct recorder {
-    pthread_mutex_t lock;
-    struct rec_ev evs[64];
-    int n;
-    atomic_int sleep_ms;    /* callback duration, to test unwatch waiting */
-    atomic_int in_callback; /* 1 while a callback runs */
-};
-
-static void rec_init(struct recorder *r)
-{
-    memset(r, 0, sizeof(*r));
-    pthread_mutex_init(&r->lock, NULL);
-}
-
-static void rec_cb(void *ud, const struct kv_meta_event *ev)
-{
-    struct recorder *r = ud;
-    atomic_store(&r->in_callback, 1);
-    pthread_mutex_lock(&r->lock);
-    if (r->n < (int)KV_ARRAY_SIZE(r->evs)) {
-        struct rec_ev *e = &r->evs[r->n++];
-        e->type = ev->type;
-        snprintf(e->key, sizeof(e->key), "%s", ev->key);
-        e->len = ev->len;
-        if (ev->value)
-            memcpy(e->val, ev->value, KV_MIN(ev->len, sizeof(e->val)));
-    }
-    pthread_mutex_unlock(&r->lock);
-    if (r->sleep_ms)
-        kv_sleep_ms(r->sleep_ms);
-    atomic_store(&r->in_callback, 0);
-}
-
-static int rec_count(struct recorder *r)
-{
-    pthread_mutex_lock(&r->lock);
-    int n = r->n;
-    pthread_mutex_unlock(&r->lock);
-    return n;
-}
-
-static bool rec_wait(struct recorder *r, int n, int deadline_ms)
-{
-    int64_t end = kv_now_ms() + deadline_ms;
-    while (kv_now_ms() < end) {
-        if (rec_count(r) >= n)
-            return true;
-        kv_sleep_ms(20);
-    }
-    return rec_count(r) >= n;
-}
 
 /* ---- server processes ---- */
 
@@ -187,34 +109,9 @@ static bool have_binary(const char *name)
     return false;
 }
 
-static pid_t spawn(char *const argv[], const char *logpath)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-        int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    if (pid > 0)
-        setpgid(pid, pid);
-    return pid;
-}
-
 static void stop_server(struct backend *b)
 {
-    if (b->pid > 0) {
-        kill(-b->pid, SIGKILL);
-        kill(b->pid, SIGKILL);
-        waitpid(b->pid, NULL, 0);
-        b->pid = 0;
-    }
+    srv_kill_reap(&b->pid);
     kv_metad_stop(b->md);
     b->md = NULL;
 }
@@ -224,7 +121,7 @@ static void rm_tmpdir(struct backend *b)
     if (!b->tmpdir[0])
         return;
     char *argv[] = {"rm", "-rf", b->tmpdir, NULL};
-    pid_t pid = spawn(argv, "/dev/null");
+    pid_t pid = srv_spawn(argv, "/dev/null");
     if (pid > 0)
         waitpid(pid, NULL, 0);
     b->tmpdir[0] = '\0';
@@ -326,7 +223,7 @@ static int setup_etcd(void **state)
                     "default", "--listen-client-urls", client,  "--advertise-client-urls",
                     client,    "--listen-peer-urls",   peer,    "--initial-advertise-peer-urls",
                     peer,      "--initial-cluster",    cluster, NULL};
-    be_etcd.pid = spawn(argv, log);
+    be_etcd.pid = srv_spawn(argv, log);
     if (be_etcd.pid < 0)
         return -1;
     snprintf(be_etcd.url, sizeof(be_etcd.url), "etcd://127.0.0.1:%u", p1);
@@ -352,7 +249,7 @@ static int setup_redis(void **state)
     char *argv[] = {
         "redis-server", "--port", port,          "--bind", "127.0.0.1", "--save",        "",
         "--appendonly", "no",     "--daemonize", "no",     "--dir",     be_redis.tmpdir, NULL};
-    be_redis.pid = spawn(argv, log);
+    be_redis.pid = srv_spawn(argv, log);
     if (be_redis.pid < 0)
         return -1;
     snprintf(be_redis.url, sizeof(be_redis.url), "redis://127.0.0.1:%u", p);
@@ -584,10 +481,10 @@ static void test_lease_expiry(void **state)
     key_of(prefix, sizeof(prefix), b, "lease_expiry", "");
     key_of(k, sizeof(k), b, "lease_expiry", "bound");
     key_of(k2, sizeof(k2), b, "lease_expiry", "free");
-    struct recorder r;
+    struct rec r;
     rec_init(&r);
     uint64_t wid;
-    assert_int_equal(kv_meta_watch(m, prefix, rec_cb, &r, &wid), KV_OK);
+    assert_int_equal(kv_meta_watch(m, prefix, rec_fn, &r, &wid), KV_OK);
     int64_t lease = 0;
     assert_int_equal(kv_meta_lease_grant(m, TTL_S, &lease), KV_OK);
     assert_true(lease > 0);
@@ -595,7 +492,7 @@ static void test_lease_expiry(void **state)
     assert_int_equal(kv_meta_put(m, k2, "stays", 5, 0), KV_OK);
     check_value(m, k, "alive", 5);
     int64_t t0 = kv_now_ms();
-    assert_true(wait_absent(m, k, 15000));
+    assert_true(wait_gone(m, k, 15000));
     assert_true(kv_now_ms() - t0 >= 500); /* not deleted right away */
     check_value(m, k2, "stays", 5);
     assert_int_equal(kv_meta_lease_keepalive(m, lease), KV_EMETA_LEASE);
@@ -724,7 +621,7 @@ static void test_autorenew(void **state)
     /* closing the handle stops renewal without revoking: the key then expires */
     kv_meta_close(m);
     check_value(b->m, k, "a", 1);
-    assert_true(wait_absent(b->m, k, 15000));
+    assert_true(wait_gone(b->m, k, 15000));
 }
 
 static void test_watch(void **state)
@@ -740,10 +637,10 @@ static void test_watch(void **state)
     key_of(kb, sizeof(kb), b, "watch", "b/k");
     /* an event made before the watch is never delivered */
     assert_int_equal(kv_meta_put(m, k2, "old", 3, 0), KV_OK);
-    struct recorder r;
+    struct rec r;
     rec_init(&r);
     uint64_t wid;
-    assert_int_equal(kv_meta_watch(m, pa, rec_cb, &r, &wid), KV_OK);
+    assert_int_equal(kv_meta_watch(m, pa, rec_fn, &r, &wid), KV_OK);
     struct kv_meta *m2 = open_url(b->url); /* writes from another handle are seen too */
     assert_int_equal(kv_meta_put(m2, k1, "v1", 2, 0), KV_OK);
     assert_int_equal(kv_meta_put(m2, kb, "other", 5, 0), KV_OK); /* not under the prefix */
@@ -784,10 +681,10 @@ static void test_watch(void **state)
     assert_int_equal(kv_meta_unwatch(m, wid), KV_ENOENT);
 
     /* close stops a handle's watches */
-    struct recorder r2;
+    struct rec r2;
     rec_init(&r2);
     uint64_t wid2;
-    assert_int_equal(kv_meta_watch(m2, pb, rec_cb, &r2, &wid2), KV_OK);
+    assert_int_equal(kv_meta_watch(m2, pb, rec_fn, &r2, &wid2), KV_OK);
     assert_int_equal(kv_meta_del(m, kb), KV_OK);
     assert_true(rec_wait(&r2, 1, 10000));
     /* an idle watch (its long poll or stream waiting) stops promptly: well under the hold
@@ -810,12 +707,12 @@ static void test_outage(void **state)
 {
     struct backend *b = *state;
     SKIP_IF_NOTBUILT(b);
-    struct recorder r;
+    struct rec r;
     rec_init(&r);
     uint64_t wid;
     char k[256];
     key_of(k, sizeof(k), b, "outage", "k");
-    assert_int_equal(kv_meta_watch(b->m, k, rec_cb, &r, &wid), KV_OK);
+    assert_int_equal(kv_meta_watch(b->m, k, rec_fn, &r, &wid), KV_OK);
     assert_int_equal(kv_meta_put(b->m, k, "v", 1, 0), KV_OK);
     stop_server(b);
     int64_t t0 = kv_now_ms();
@@ -956,10 +853,10 @@ static void test_embedded_watch_many(void **state)
     struct backend *b = *state;
     struct kv_meta *m = b->m;
     /* 1000 events on 10 keys arrive in order per key */
-    struct recorder r;
+    struct rec r;
     rec_init(&r);
     uint64_t wid;
-    assert_int_equal(kv_meta_watch(m, "/many/", rec_cb, &r, &wid), KV_OK);
+    assert_int_equal(kv_meta_watch(m, "/many/", rec_fn, &r, &wid), KV_OK);
     for (int i = 0; i < 60; i++) {
         char k[32], v[32];
         snprintf(k, sizeof(k), "/many/%d", i % 3);

@@ -9,24 +9,20 @@
  * kills and reaps it even when a test fails. Skips (exit 0 with a message) when no etcd
  * binary is installed.
  */
-#include <fcntl.h>
 #include <ftw.h>
-#include <pthread.h>
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "alloc_loop.h"
+#include "backend_server.h"
 #include "common/alloc.h"
 #include "common/net.h"
 #include "common/util.h"
@@ -37,34 +33,6 @@ static char g_dir[256];
 static char g_url[128];
 static uint16_t g_port, g_peer;
 static pid_t g_pid = -1;
-
-static pid_t spawn(char *const argv[], const char *log)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    if (pid > 0)
-        setpgid(pid, pid);
-    return pid;
-}
-
-static void kill_reap(pid_t *pid)
-{
-    if (*pid > 0) {
-        kill(-*pid, SIGKILL);
-        waitpid(*pid, NULL, 0);
-    }
-    *pid = -1;
-}
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -92,28 +60,10 @@ static int start_etcd(void)
                     purl,      "--initial-cluster",
                     cluster,   "--log-level",
                     "warn",    NULL};
-    g_pid = spawn(argv, log);
+    g_pid = srv_spawn(argv, log);
     if (g_pid < 0)
         return -1;
-    /* wait until it answers */
-    struct kv_meta_opts o = {.timeout_ms = 500};
-    int64_t deadline = kv_now_ms() + 20000;
-    while (kv_now_ms() < deadline) {
-        struct kv_meta *m = NULL;
-        if (kv_meta_open(g_url, &o, &m) == KV_OK) {
-            kv_meta_close(m);
-            return 0;
-        }
-        int st;
-        if (waitpid(g_pid, &st, WNOHANG) == g_pid) {
-            fprintf(stderr, "etcd exited early; see %s\n", log);
-            g_pid = -1;
-            return -1;
-        }
-        kv_sleep_ms(100);
-    }
-    fprintf(stderr, "etcd did not answer within 20 s; see %s\n", log);
-    return -1;
+    return srv_wait_ready(g_url, &g_pid, "etcd", log, 20000);
 }
 
 static int group_setup(void **state)
@@ -131,17 +81,14 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    kill_reap(&g_pid);
+    srv_kill_reap(&g_pid);
     nftw(g_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     return 0;
 }
 
 static struct kv_meta *open_ok(void)
 {
-    struct kv_meta *m = NULL;
-    assert_int_equal(kv_meta_open(g_url, NULL, &m), KV_OK);
-    assert_string_equal(kv_meta_backend(m), "etcd");
-    return m;
+    return srv_open(g_url, "etcd");
 }
 
 /* ---------------------------------------------------------------- decoders */
@@ -354,16 +301,24 @@ static void test_bad_urls(void **state)
     }
 }
 
+/* Opens a handle whose first endpoint is a free port where nothing listens (*dead), then the
+ * live etcd. */
+static struct kv_meta *open_failover(uint16_t *dead)
+{
+    assert_int_equal(kv_net_free_port(dead), KV_OK);
+    char url[160];
+    snprintf(url, sizeof(url), "etcd://127.0.0.1:%u,127.0.0.1:%u", (unsigned)*dead,
+             (unsigned)g_port);
+    struct kv_meta *m = NULL;
+    assert_int_equal(kv_meta_open(url, NULL, &m), KV_OK);
+    return m;
+}
+
 static void test_failover(void **state)
 {
     (void)state;
     uint16_t dead;
-    assert_int_equal(kv_net_free_port(&dead), KV_OK);
-    char url[160];
-    snprintf(url, sizeof(url), "etcd://127.0.0.1:%u,127.0.0.1:%u", (unsigned)dead,
-             (unsigned)g_port);
-    struct kv_meta *m = NULL;
-    assert_int_equal(kv_meta_open(url, NULL, &m), KV_OK);
+    struct kv_meta *m = open_failover(&dead);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(kv_meta_put(m, "/t/fo/k", "v", 1, 0), KV_OK);
         char *v = NULL;
@@ -377,6 +332,7 @@ static void test_failover(void **state)
     /* every endpoint dead: KV_EMETA_UNAVAIL, bounded */
     uint16_t dead2;
     assert_int_equal(kv_net_free_port(&dead2), KV_OK);
+    char url[160];
     snprintf(url, sizeof(url), "etcd://127.0.0.1:%u,127.0.0.1:%u", (unsigned)dead, (unsigned)dead2);
     int64_t t0 = kv_now_ms();
     m = NULL;
@@ -387,81 +343,13 @@ static void test_failover(void **state)
 
 /* ---------------------------------------------------------------- CAS contention */
 
-struct cas_arg {
-    int n;
-    int done;
-};
-
-static void *cas_worker(void *p)
-{
-    struct cas_arg *a = p;
-    struct kv_meta *m = NULL;
-    if (kv_meta_open(g_url, NULL, &m) != KV_OK)
-        return NULL;
-    for (int i = 0; i < a->n; i++) {
-        for (int tries = 0; tries < 1000; tries++) {
-            char *v = NULL;
-            size_t len = 0;
-            if (kv_meta_get(m, "/t/cas/counter", &v, &len) != KV_OK)
-                break;
-            int64_t cur = 0;
-            kv_parse_i64(v, &cur);
-            char nv[32];
-            int nl = snprintf(nv, sizeof(nv), "%lld", (long long)(cur + 1));
-            int rc = kv_meta_cas(m, "/t/cas/counter", v, len, nv, (size_t)nl, 0);
-            kv_meta_free(v);
-            if (rc == KV_OK) {
-                a->done++;
-                break;
-            }
-            if (rc != KV_EMETA_CAS)
-                break;
-        }
-    }
-    kv_meta_close(m);
-    return NULL;
-}
-
 static void test_cas_contention(void **state)
 {
     (void)state;
-    struct kv_meta *m = open_ok();
-    assert_int_equal(kv_meta_put(m, "/t/cas/counter", "0", 1, 0), KV_OK);
-    enum { T = 4, N = 25 };
-    pthread_t th[T];
-    struct cas_arg args[T];
-    for (int i = 0; i < T; i++) {
-        args[i] = (struct cas_arg){N, 0};
-        assert_int_equal(pthread_create(&th[i], NULL, cas_worker, &args[i]), 0);
-    }
-    for (int i = 0; i < T; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].done, N);
-    }
-    char *v = NULL;
-    size_t len = 0;
-    assert_int_equal(kv_meta_get(m, "/t/cas/counter", &v, &len), KV_OK);
-    assert_string_equal(v, "100");
-    kv_meta_free(v);
-    kv_meta_close(m);
+    meta_cas_contention(g_url, "etcd", 25, 1000);
 }
 
 /* ---------------------------------------------------------------- leases */
-
-static bool wait_gone(struct kv_meta *m, const char *key, int ms)
-{
-    int64_t deadline = kv_now_ms() + ms;
-    while (kv_now_ms() < deadline) {
-        char *v = NULL;
-        size_t len = 0;
-        int rc = kv_meta_get(m, key, &v, &len);
-        kv_meta_free(v);
-        if (rc == KV_ENOENT)
-            return true;
-        kv_sleep_ms(100);
-    }
-    return false;
-}
 
 static void test_lease(void **state)
 {
@@ -498,56 +386,11 @@ static void test_alloc_failures(void **state)
 
 /* ---------------------------------------------------------------- watch */
 
-struct rec {
-    pthread_mutex_t lock;
-    int n;
-    int type[64];
-    char key[64][64];
-    char val[64][16];
-    size_t len[64];
-};
-
-static void rec_fn(void *ud, const struct kv_meta_event *ev)
-{
-    struct rec *r = ud;
-    pthread_mutex_lock(&r->lock);
-    if (r->n < 64) {
-        r->type[r->n] = ev->type;
-        snprintf(r->key[r->n], sizeof(r->key[0]), "%s", ev->key);
-        r->len[r->n] = ev->len;
-        if (ev->value)
-            memcpy(r->val[r->n], ev->value, KV_MIN(ev->len, sizeof(r->val[0])));
-        r->n++;
-    }
-    pthread_mutex_unlock(&r->lock);
-}
-
-static int rec_count(struct rec *r)
-{
-    pthread_mutex_lock(&r->lock);
-    int n = r->n;
-    pthread_mutex_unlock(&r->lock);
-    return n;
-}
-
-static bool wait_events(struct rec *r, int n, int ms)
-{
-    int64_t deadline = kv_now_ms() + ms;
-    while (kv_now_ms() < deadline) {
-        if (rec_count(r) >= n)
-            return true;
-        kv_sleep_ms(20);
-    }
-    return false;
-}
-
 static void test_watch(void **state)
 {
     (void)state;
     struct kv_meta *m = open_ok();
-    struct rec *r = kv_calloc(1, sizeof(*r));
-    assert_non_null(r);
-    pthread_mutex_init(&r->lock, NULL);
+    struct rec *r = rec_new();
     assert_int_equal(kv_meta_put(m, "/t/w/before", "0", 1, 0), KV_OK);
     uint64_t id = 0;
     assert_int_equal(kv_meta_watch(m, "/t/w/", rec_fn, r, &id), KV_OK);
@@ -557,18 +400,18 @@ static void test_watch(void **state)
     assert_int_equal(kv_meta_del(m, "/t/w/a"), KV_OK);
     assert_int_equal(kv_meta_lease_grant(m, 1, &lease), KV_OK);
     assert_int_equal(kv_meta_put(m, "/t/w/l", "L", 1, lease), KV_OK);
-    assert_true(wait_events(r, 4, 10000)); /* put, del, put, expiry del */
+    assert_true(rec_wait(r, 4, 10000)); /* put, del, put, expiry del */
     assert_int_equal(r->n, 4);
-    assert_int_equal(r->type[0], KV_META_EV_PUT);
-    assert_string_equal(r->key[0], "/t/w/a");
-    assert_int_equal(r->len[0], 3);
-    assert_memory_equal(r->val[0], "x\0y", 3);
-    assert_int_equal(r->type[1], KV_META_EV_DEL);
-    assert_string_equal(r->key[1], "/t/w/a");
-    assert_int_equal(r->type[2], KV_META_EV_PUT);
-    assert_string_equal(r->key[2], "/t/w/l");
-    assert_int_equal(r->type[3], KV_META_EV_DEL);
-    assert_string_equal(r->key[3], "/t/w/l");
+    assert_int_equal(r->evs[0].type, KV_META_EV_PUT);
+    assert_string_equal(r->evs[0].key, "/t/w/a");
+    assert_int_equal(r->evs[0].len, 3);
+    assert_memory_equal(r->evs[0].val, "x\0y", 3);
+    assert_int_equal(r->evs[1].type, KV_META_EV_DEL);
+    assert_string_equal(r->evs[1].key, "/t/w/a");
+    assert_int_equal(r->evs[2].type, KV_META_EV_PUT);
+    assert_string_equal(r->evs[2].key, "/t/w/l");
+    assert_int_equal(r->evs[3].type, KV_META_EV_DEL);
+    assert_string_equal(r->evs[3].key, "/t/w/l");
 
     /* after unwatch, no callback */
     assert_int_equal(kv_meta_unwatch(m, id), KV_OK);
@@ -579,83 +422,25 @@ static void test_watch(void **state)
 
     /* a watch fails over too: a dead endpoint first */
     uint16_t dead;
-    assert_int_equal(kv_net_free_port(&dead), KV_OK);
-    char url[160];
-    snprintf(url, sizeof(url), "etcd://127.0.0.1:%u,127.0.0.1:%u", (unsigned)dead,
-             (unsigned)g_port);
-    struct kv_meta *m2 = NULL;
-    assert_int_equal(kv_meta_open(url, NULL, &m2), KV_OK);
+    struct kv_meta *m2 = open_failover(&dead);
     uint64_t id2 = 0;
     assert_int_equal(kv_meta_watch(m2, "/t/wf/", rec_fn, r, &id2), KV_OK);
     assert_int_equal(kv_meta_put(m, "/t/wf/x", "fx", 2, 0), KV_OK);
-    assert_true(wait_events(r, 5, 5000));
-    assert_string_equal(r->key[4], "/t/wf/x");
+    assert_true(rec_wait(r, 5, 5000));
+    assert_string_equal(r->evs[4].key, "/t/wf/x");
     kv_meta_close(m2);
 
     /* close stops a live watch */
     assert_int_equal(kv_meta_watch(m, "/t/w/", rec_fn, r, &id), KV_OK);
     kv_meta_close(m);
-    pthread_mutex_destroy(&r->lock);
-    kv_free(r);
+    rec_free(r);
 }
 
-/* A stopped (hung, not dead) server: every call gives up with KV_EMETA_UNAVAIL after about
- * the timeout instead of hanging, unwatch returns at once, and calls work again after
- * SIGCONT. */
+/* A stopped (hung, not dead) server: calls give up in bounded time (backend_server.h). */
 static void test_server_stopped(void **state)
 {
     (void)state;
-    struct kv_meta_opts o = {.timeout_ms = 800};
-    struct kv_meta *m = NULL;
-    assert_int_equal(kv_meta_open(g_url, &o, &m), KV_OK);
-    assert_int_equal(kv_meta_put(m, "/t/st/k", "1", 1, 0), KV_OK);
-    struct rec *r = kv_calloc(1, sizeof(*r));
-    assert_non_null(r);
-    pthread_mutex_init(&r->lock, NULL);
-    uint64_t id = 0;
-    assert_int_equal(kv_meta_watch(m, "/t/st/k", rec_fn, r, &id), KV_OK);
-    assert_int_equal(kill(-g_pid, SIGSTOP), 0);
-    int st = 0; /* kill() returns before every thread has stopped: wait for the group stop */
-    assert_int_equal(waitpid(g_pid, &st, WUNTRACED), g_pid);
-    assert_true(WIFSTOPPED(st));
-    int64_t t0 = kv_now_ms();
-    char *v = NULL;
-    size_t len = 0;
-    int rc1 = kv_meta_get(m, "/t/st/k", &v, &len);
-    int rc2 = kv_meta_put(m, "/t/st/k", "2", 1, 0);
-    int64_t lease = 0;
-    int rc3 = kv_meta_lease_grant(m, 5, &lease);
-    uint64_t id2 = 0;
-    int rc4 = kv_meta_watch(m, "/t/st/k", rec_fn, r, &id2);
-    struct kv_meta *m2 = NULL;
-    int rc5 = kv_meta_open(g_url, &o, &m2);
-    int64_t t1 = kv_now_ms();
-    int rc6 = kv_meta_unwatch(m, id);
-    int64_t t2 = kv_now_ms();
-    kill(-g_pid, SIGCONT);
-    assert_int_equal(rc1, KV_EMETA_UNAVAIL);
-    assert_int_equal(rc2, KV_EMETA_UNAVAIL);
-    assert_int_equal(rc3, KV_EMETA_UNAVAIL);
-    assert_int_equal(rc4, KV_EMETA_UNAVAIL);
-    assert_int_equal(rc5, KV_EMETA_UNAVAIL);
-    assert_null(m2);
-    assert_int_equal(rc6, KV_OK);
-    assert_true(t1 - t0 < 15000); /* 5 calls of about 0.8 s each, nowhere near a hang */
-    assert_true(t2 - t1 < 3000);
-    /* back to normal once the server runs again */
-    int rc = KV_EMETA_UNAVAIL;
-    int64_t deadline = kv_now_ms() + 10000;
-    while (rc != KV_OK && kv_now_ms() < deadline) {
-        rc = kv_meta_get(m, "/t/st/k", &v, &len);
-        if (rc == KV_OK)
-            kv_meta_free(v);
-        else
-            kv_sleep_ms(100);
-    }
-    assert_int_equal(rc, KV_OK);
-    kv_meta_close(m);
-    pthread_mutex_destroy(&r->lock);
-    kv_free(r);
+    meta_server_stopped(g_url, g_pid, "/t/st/k");
 }
 
 /* Last: kills etcd (requests fail with KV_EMETA_UNAVAIL in bounded time), restarts it on the
@@ -664,40 +449,24 @@ static void test_server_stopped(void **state)
 static void test_kill_restart(void **state)
 {
     (void)state;
-    struct kv_meta_opts o = {.timeout_ms = 1000};
-    struct kv_meta *m = NULL;
-    assert_int_equal(kv_meta_open(g_url, &o, &m), KV_OK);
-    struct rec *r = kv_calloc(1, sizeof(*r));
-    assert_non_null(r);
-    pthread_mutex_init(&r->lock, NULL);
-    uint64_t id = 0;
-    assert_int_equal(kv_meta_watch(m, "/t/kr/", rec_fn, r, &id), KV_OK);
-    assert_int_equal(kv_meta_put(m, "/t/kr/1", "1", 1, 0), KV_OK);
-    assert_true(wait_events(r, 1, 5000));
-
-    kill_reap(&g_pid);
-    int64_t t0 = kv_now_ms();
-    char *v = NULL;
-    size_t len = 0;
-    assert_int_equal(kv_meta_get(m, "/t/kr/1", &v, &len), KV_EMETA_UNAVAIL);
-    assert_int_equal(kv_meta_put(m, "/t/kr/2", "2", 1, 0), KV_EMETA_UNAVAIL);
-    assert_true(kv_now_ms() - t0 < 10000);
+    struct outage o;
+    outage_begin(&o, g_url, &g_pid, "/t/kr/");
 
     assert_int_equal(start_etcd(), 0);
     /* a second handle writes right away; the watch must still see it */
     struct kv_meta *m2 = NULL;
     assert_int_equal(kv_meta_open(g_url, NULL, &m2), KV_OK);
     assert_int_equal(kv_meta_put(m2, "/t/kr/3", "3", 1, 0), KV_OK);
-    assert_true(wait_events(r, 2, 10000));
-    assert_int_equal(kv_meta_get(m, "/t/kr/3", &v, &len), KV_OK);
+    assert_true(rec_wait(o.r, 2, 10000));
+    char *v = NULL;
+    size_t len = 0;
+    assert_int_equal(kv_meta_get(o.m, "/t/kr/3", &v, &len), KV_OK);
     kv_meta_free(v);
-    assert_int_equal(kv_meta_unwatch(m, id), KV_OK);
-    assert_int_equal(r->n, 2);
-    assert_string_equal(r->key[1], "/t/kr/3");
+    assert_int_equal(kv_meta_unwatch(o.m, o.id), KV_OK);
+    assert_int_equal(o.r->n, 2);
+    assert_string_equal(o.r->evs[1].key, "/t/kr/3");
     kv_meta_close(m2);
-    kv_meta_close(m);
-    pthread_mutex_destroy(&r->lock);
-    kv_free(r);
+    outage_end(&o);
 }
 
 int main(void)

@@ -9,23 +9,19 @@
  * The server runs in its own process group with PR_SET_PDEATHSIG, and the group teardown
  * kills and reaps it even when a test fails. Skips when redis-server is not installed.
  */
-#include <fcntl.h>
-#include <pthread.h>
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "alloc_loop.h"
+#include "backend_server.h"
 #include "common/alloc.h"
 #include "common/net.h"
 #include "common/util.h"
@@ -35,34 +31,6 @@ static char g_log[256];
 static char g_url[128];
 static uint16_t g_port;
 static pid_t g_pid = -1;
-
-static pid_t spawn(char *const argv[], const char *log)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    if (pid > 0)
-        setpgid(pid, pid);
-    return pid;
-}
-
-static void kill_reap(pid_t *pid)
-{
-    if (*pid > 0) {
-        kill(-*pid, SIGKILL);
-        waitpid(*pid, NULL, 0);
-    }
-    *pid = -1;
-}
 
 static int group_setup(void **state)
 {
@@ -75,43 +43,23 @@ static int group_setup(void **state)
     snprintf(port, sizeof(port), "%u", (unsigned)g_port);
     char *argv[] = {"redis-server", "--port", port,    "--bind", "127.0.0.1",  "--save",  "",
                     "--appendonly", "no",     "--dir", "/tmp",   "--loglevel", "warning", NULL};
-    g_pid = spawn(argv, g_log);
+    g_pid = srv_spawn(argv, g_log);
     if (g_pid < 0)
         return -1;
-    struct kv_meta_opts o = {.timeout_ms = 500};
-    int64_t deadline = kv_now_ms() + 10000;
-    while (kv_now_ms() < deadline) {
-        struct kv_meta *m = NULL;
-        if (kv_meta_open(g_url, &o, &m) == KV_OK) {
-            kv_meta_close(m);
-            return 0;
-        }
-        int st;
-        if (waitpid(g_pid, &st, WNOHANG) == g_pid) {
-            fprintf(stderr, "redis-server exited early; see %s\n", g_log);
-            g_pid = -1;
-            return -1;
-        }
-        kv_sleep_ms(50);
-    }
-    fprintf(stderr, "redis-server did not answer within 10 s; see %s\n", g_log);
-    return -1;
+    return srv_wait_ready(g_url, &g_pid, "redis-server", g_log, 10000);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    kill_reap(&g_pid);
+    srv_kill_reap(&g_pid);
     unlink(g_log);
     return 0;
 }
 
 static struct kv_meta *open_url(const char *url)
 {
-    struct kv_meta *m = NULL;
-    assert_int_equal(kv_meta_open(url, NULL, &m), KV_OK);
-    assert_string_equal(kv_meta_backend(m), "redis");
-    return m;
+    return srv_open(url, "redis");
 }
 
 static void test_bad_urls(void **state)
@@ -227,78 +175,10 @@ static void test_list_glob(void **state)
     kv_meta_close(m);
 }
 
-struct cas_arg {
-    int n;
-    int done;
-};
-
-static void *cas_worker(void *p)
-{
-    struct cas_arg *a = p;
-    struct kv_meta *m = NULL;
-    if (kv_meta_open(g_url, NULL, &m) != KV_OK)
-        return NULL;
-    for (int i = 0; i < a->n; i++) {
-        for (int tries = 0; tries < 10000; tries++) {
-            char *v = NULL;
-            size_t len = 0;
-            if (kv_meta_get(m, "/t/cas/counter", &v, &len) != KV_OK)
-                break;
-            int64_t cur = 0;
-            kv_parse_i64(v, &cur);
-            char nv[32];
-            int nl = snprintf(nv, sizeof(nv), "%lld", (long long)(cur + 1));
-            int rc = kv_meta_cas(m, "/t/cas/counter", v, len, nv, (size_t)nl, 0);
-            kv_meta_free(v);
-            if (rc == KV_OK) {
-                a->done++;
-                break;
-            }
-            if (rc != KV_EMETA_CAS)
-                break;
-        }
-    }
-    kv_meta_close(m);
-    return NULL;
-}
-
 static void test_cas_contention(void **state)
 {
     (void)state;
-    struct kv_meta *m = open_url(g_url);
-    assert_int_equal(kv_meta_put(m, "/t/cas/counter", "0", 1, 0), KV_OK);
-    enum { T = 4, N = 50 };
-    pthread_t th[T];
-    struct cas_arg args[T];
-    for (int i = 0; i < T; i++) {
-        args[i] = (struct cas_arg){N, 0};
-        assert_int_equal(pthread_create(&th[i], NULL, cas_worker, &args[i]), 0);
-    }
-    for (int i = 0; i < T; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].done, N);
-    }
-    char *v = NULL;
-    size_t len = 0;
-    assert_int_equal(kv_meta_get(m, "/t/cas/counter", &v, &len), KV_OK);
-    assert_string_equal(v, "200");
-    kv_meta_free(v);
-    kv_meta_close(m);
-}
-
-static bool wait_gone(struct kv_meta *m, const char *key, int ms)
-{
-    int64_t deadline = kv_now_ms() + ms;
-    while (kv_now_ms() < deadline) {
-        char *v = NULL;
-        size_t len = 0;
-        int rc = kv_meta_get(m, key, &v, &len);
-        kv_meta_free(v);
-        if (rc == KV_ENOENT)
-            return true;
-        kv_sleep_ms(50);
-    }
-    return false;
+    meta_cas_contention(g_url, "redis", 50, 10000);
 }
 
 static void test_lease(void **state)
@@ -353,56 +233,11 @@ static void test_alloc_failures(void **state)
     meta_alloc_failure_loop(g_url, "/r/af/");
 }
 
-struct rec {
-    pthread_mutex_t lock;
-    int n;
-    int type[64];
-    char key[64][64];
-    char val[64][16];
-    size_t len[64];
-};
-
-static void rec_fn(void *ud, const struct kv_meta_event *ev)
-{
-    struct rec *r = ud;
-    pthread_mutex_lock(&r->lock);
-    if (r->n < 64) {
-        r->type[r->n] = ev->type;
-        snprintf(r->key[r->n], sizeof(r->key[0]), "%s", ev->key);
-        r->len[r->n] = ev->len;
-        if (ev->value)
-            memcpy(r->val[r->n], ev->value, KV_MIN(ev->len, sizeof(r->val[0])));
-        r->n++;
-    }
-    pthread_mutex_unlock(&r->lock);
-}
-
-static int rec_count(struct rec *r)
-{
-    pthread_mutex_lock(&r->lock);
-    int n = r->n;
-    pthread_mutex_unlock(&r->lock);
-    return n;
-}
-
-static bool wait_events(struct rec *r, int n, int ms)
-{
-    int64_t deadline = kv_now_ms() + ms;
-    while (kv_now_ms() < deadline) {
-        if (rec_count(r) >= n)
-            return true;
-        kv_sleep_ms(20);
-    }
-    return false;
-}
-
 static void test_watch(void **state)
 {
     (void)state;
     struct kv_meta *m = open_url(g_url);
-    struct rec *r = kv_calloc(1, sizeof(*r));
-    assert_non_null(r);
-    pthread_mutex_init(&r->lock, NULL);
+    struct rec *r = rec_new();
     uint64_t id = 0;
     assert_int_equal(kv_meta_watch(m, "/w/a*", rec_fn, r, &id), KV_OK);
     int64_t lease = 0, lease2 = 0;
@@ -420,29 +255,29 @@ static void test_watch(void **state)
     assert_int_equal(kv_meta_lease_grant(m, 1, &lease), KV_OK);
     assert_int_equal(kv_meta_put(m, "/w/a*l", "L", 1, lease), KV_OK);
     /* put v1, put v2, del, put R, revoke del, put L, expiry del */
-    assert_true(wait_events(r, 7, 10000));
+    assert_true(rec_wait(r, 7, 10000));
     kv_sleep_ms(100);
     assert_int_equal(rec_count(r), 7);
-    assert_int_equal(r->type[0], KV_META_EV_PUT);
-    assert_string_equal(r->key[0], "/w/a*1");
-    assert_int_equal(r->len[0], 2);
-    assert_memory_equal(r->val[0], "v1", 2);
-    assert_int_equal(r->type[1], KV_META_EV_PUT);
-    assert_int_equal(r->len[1], 3);
-    assert_memory_equal(r->val[1],
+    assert_int_equal(r->evs[0].type, KV_META_EV_PUT);
+    assert_string_equal(r->evs[0].key, "/w/a*1");
+    assert_int_equal(r->evs[0].len, 2);
+    assert_memory_equal(r->evs[0].val, "v1", 2);
+    assert_int_equal(r->evs[1].type, KV_META_EV_PUT);
+    assert_int_equal(r->evs[1].len, 3);
+    assert_memory_equal(r->evs[1].val,
                         "v\0"
                         "2",
                         3);
-    assert_int_equal(r->type[2], KV_META_EV_DEL);
-    assert_string_equal(r->key[2], "/w/a*1");
-    assert_int_equal(r->type[3], KV_META_EV_PUT);
-    assert_string_equal(r->key[3], "/w/a*r");
-    assert_int_equal(r->type[4], KV_META_EV_DEL);
-    assert_string_equal(r->key[4], "/w/a*r");
-    assert_int_equal(r->type[5], KV_META_EV_PUT);
-    assert_string_equal(r->key[5], "/w/a*l");
-    assert_int_equal(r->type[6], KV_META_EV_DEL);
-    assert_string_equal(r->key[6], "/w/a*l");
+    assert_int_equal(r->evs[2].type, KV_META_EV_DEL);
+    assert_string_equal(r->evs[2].key, "/w/a*1");
+    assert_int_equal(r->evs[3].type, KV_META_EV_PUT);
+    assert_string_equal(r->evs[3].key, "/w/a*r");
+    assert_int_equal(r->evs[4].type, KV_META_EV_DEL);
+    assert_string_equal(r->evs[4].key, "/w/a*r");
+    assert_int_equal(r->evs[5].type, KV_META_EV_PUT);
+    assert_string_equal(r->evs[5].key, "/w/a*l");
+    assert_int_equal(r->evs[6].type, KV_META_EV_DEL);
+    assert_string_equal(r->evs[6].key, "/w/a*l");
 
     assert_int_equal(kv_meta_unwatch(m, id), KV_OK);
     assert_int_equal(kv_meta_unwatch(m, id), KV_ENOENT);
@@ -453,96 +288,30 @@ static void test_watch(void **state)
     /* close stops a live watch */
     assert_int_equal(kv_meta_watch(m, "", rec_fn, r, &id), KV_OK);
     kv_meta_close(m);
-    pthread_mutex_destroy(&r->lock);
-    kv_free(r);
+    rec_free(r);
 }
 
-/* A stopped (hung, not dead) server: every call gives up with KV_EMETA_UNAVAIL after about
- * the timeout instead of hanging, unwatch returns at once, and calls work again after
- * SIGCONT. */
+/* A stopped (hung, not dead) server: calls give up in bounded time (backend_server.h). */
 static void test_server_stopped(void **state)
 {
     (void)state;
-    struct kv_meta_opts o = {.timeout_ms = 800};
-    struct kv_meta *m = NULL;
-    assert_int_equal(kv_meta_open(g_url, &o, &m), KV_OK);
-    assert_int_equal(kv_meta_put(m, "/st/k", "1", 1, 0), KV_OK);
-    struct rec *r = kv_calloc(1, sizeof(*r));
-    assert_non_null(r);
-    pthread_mutex_init(&r->lock, NULL);
-    uint64_t id = 0;
-    assert_int_equal(kv_meta_watch(m, "/st/k", rec_fn, r, &id), KV_OK);
-    assert_int_equal(kill(-g_pid, SIGSTOP), 0);
-    int st = 0; /* kill() returns before every thread has stopped: wait for the group stop */
-    assert_int_equal(waitpid(g_pid, &st, WUNTRACED), g_pid);
-    assert_true(WIFSTOPPED(st));
-    int64_t t0 = kv_now_ms();
-    char *v = NULL;
-    size_t len = 0;
-    int rc1 = kv_meta_get(m, "/st/k", &v, &len);
-    int rc2 = kv_meta_put(m, "/st/k", "2", 1, 0);
-    int64_t lease = 0;
-    int rc3 = kv_meta_lease_grant(m, 5, &lease);
-    uint64_t id2 = 0;
-    int rc4 = kv_meta_watch(m, "/st/k", rec_fn, r, &id2);
-    struct kv_meta *m2 = NULL;
-    int rc5 = kv_meta_open(g_url, &o, &m2);
-    int64_t t1 = kv_now_ms();
-    int rc6 = kv_meta_unwatch(m, id);
-    int64_t t2 = kv_now_ms();
-    kill(-g_pid, SIGCONT);
-    assert_int_equal(rc1, KV_EMETA_UNAVAIL);
-    assert_int_equal(rc2, KV_EMETA_UNAVAIL);
-    assert_int_equal(rc3, KV_EMETA_UNAVAIL);
-    assert_int_equal(rc4, KV_EMETA_UNAVAIL);
-    assert_int_equal(rc5, KV_EMETA_UNAVAIL);
-    assert_null(m2);
-    assert_int_equal(rc6, KV_OK);
-    assert_true(t1 - t0 < 15000); /* 5 calls of about 0.8 s each, nowhere near a hang */
-    assert_true(t2 - t1 < 3000);
-    /* back to normal once the server runs again */
-    int rc = KV_EMETA_UNAVAIL;
-    int64_t deadline = kv_now_ms() + 10000;
-    while (rc != KV_OK && kv_now_ms() < deadline) {
-        rc = kv_meta_get(m, "/st/k", &v, &len);
-        if (rc == KV_OK)
-            kv_meta_free(v);
-        else
-            kv_sleep_ms(100);
-    }
-    assert_int_equal(rc, KV_OK);
-    kv_meta_close(m);
-    pthread_mutex_destroy(&r->lock);
-    kv_free(r);
+    meta_server_stopped(g_url, g_pid, "/st/k");
 }
 
 /* Last: the server dies; calls fail with KV_EMETA_UNAVAIL in bounded time, watches survive. */
 static void test_server_killed(void **state)
 {
     (void)state;
-    struct kv_meta_opts o = {.timeout_ms = 1000};
-    struct kv_meta *m = NULL;
-    assert_int_equal(kv_meta_open(g_url, &o, &m), KV_OK);
-    struct rec r = {.n = 0};
-    pthread_mutex_init(&r.lock, NULL);
-    uint64_t id = 0;
-    assert_int_equal(kv_meta_watch(m, "/k/", rec_fn, &r, &id), KV_OK);
-    assert_int_equal(kv_meta_put(m, "/k/1", "1", 1, 0), KV_OK);
-    kill_reap(&g_pid);
-    int64_t t0 = kv_now_ms();
-    char *v = NULL;
-    size_t len = 0;
-    assert_int_equal(kv_meta_get(m, "/k/1", &v, &len), KV_EMETA_UNAVAIL);
-    assert_int_equal(kv_meta_put(m, "/k/2", "2", 1, 0), KV_EMETA_UNAVAIL);
+    struct outage o;
+    outage_begin(&o, g_url, &g_pid, "/k/");
     int64_t lease;
-    assert_int_equal(kv_meta_lease_grant(m, 5, &lease), KV_EMETA_UNAVAIL);
+    assert_int_equal(kv_meta_lease_grant(o.m, 5, &lease), KV_EMETA_UNAVAIL);
     struct kv_meta_kv *kvs = NULL;
     size_t n = 0;
-    assert_int_equal(kv_meta_list(m, "/k/", &kvs, &n), KV_EMETA_UNAVAIL);
-    assert_true(kv_now_ms() - t0 < 10000);
-    assert_int_equal(kv_meta_unwatch(m, id), KV_OK); /* returns although reconnecting */
-    kv_meta_close(m);
-    pthread_mutex_destroy(&r.lock);
+    assert_int_equal(kv_meta_list(o.m, "/k/", &kvs, &n), KV_EMETA_UNAVAIL);
+    assert_true(kv_now_ms() - o.t_kill < 10000);
+    assert_int_equal(kv_meta_unwatch(o.m, o.id), KV_OK); /* returns although reconnecting */
+    outage_end(&o);
 }
 
 int main(void)
