@@ -130,53 +130,73 @@ static void *sig_main(void *arg)
     return NULL;
 }
 
-/* ------------------------------------------------------------------ publish */
+/* ------------------------------------------------------------------ subcommand runner */
 
-static int cmd_publish(int argc, char **argv)
+/* A subcommand: its help, options and argument count, and its body, which runs with the
+ * arguments parsed and the P2P handle open (closed again after it) and returns the exit
+ * status. */
+struct p2p_cmd {
+    const char *name; /* argv[1] */
+    const char *synopsis;
+    const char *description;
+    const struct kv_cfg_opt *opts;
+    size_t nopts;
+    size_t min_args, max_args;
+    bool peer;     /* publish, fetch: peer options, and signals blocked for sigwait */
+    bool inflight; /* fetch: the --inflight option */
+    int (*body)(const struct kv_cfg *c, struct kv_p2p *p);
+};
+
+static int run_cmd(const struct p2p_cmd *cmd, int argc, char **argv)
 {
+    char prog[64];
+    snprintf(prog, sizeof(prog), "kvstash p2p %s", cmd->name);
     struct kv_cfg c = {
-        .prog = "kvstash p2p publish",
-        .synopsis = "[OPTIONS] NAME FILE|DIR...",
-        .description = "Publishes files (a directory: every file below it, by relative path) as "
-                       "set NAME and serves them to fetchers until SIGINT/SIGTERM. Files are "
-                       "mapped read-only; peers only read them.",
-        .opts = publish_opts,
-        .nopts = KV_ARRAY_SIZE(publish_opts),
+        .prog = prog,
+        .synopsis = cmd->synopsis,
+        .description = cmd->description,
+        .opts = cmd->opts,
+        .nopts = cmd->nopts,
     };
-    int ex = parse(&c, argc, argv, 2, SIZE_MAX);
+    int ex = parse(&c, argc, argv, cmd->min_args, cmd->max_args);
     if (ex >= 0)
         goto out;
     ex = 1;
-    kv_cli_block_signals();
+    if (cmd->peer)
+        kv_cli_block_signals();
     struct kv_p2p *p;
-    if (open_p2p(&c, true, 0, &p) < 0)
+    if (open_p2p(&c, cmd->peer, cmd->inflight ? (int)kv_cfg_int(&c, "inflight") : 0, &p) < 0)
         goto out;
-    const char *name = c.args[0];
-    int rc = kv_p2p_publish(p, name, (const char *const *)c.args + 1, c.nargs - 1,
-                            kv_cfg_size(&c, "chunk-size"));
-    if (rc < 0) {
-        set_err(&c, name, rc);
-        kv_p2p_close(p);
-        goto out;
-    }
+    ex = cmd->body(&c, p);
+    kv_p2p_close(p);
+out:
+    kv_cfg_fini(&c);
+    return ex;
+}
+
+/* ------------------------------------------------------------------ publish */
+
+static int publish_body(const struct kv_cfg *c, struct kv_p2p *p)
+{
+    const char *name = c->args[0];
+    int rc = kv_p2p_publish(p, name, (const char *const *)c->args + 1, c->nargs - 1,
+                            kv_cfg_size(c, "chunk-size"));
+    if (rc < 0)
+        return set_err(c, name, rc);
     struct kv_p2p_stat st;
     if (kv_p2p_stat(p, name, &st) == KV_OK) {
-        if (kv_cfg_bool(&c, "json")) {
+        if (kv_cfg_bool(c, "json")) {
             print_json(json_pack("{s:s,s:I,s:I,s:I,s:I}", "name", name, "size_bytes",
                                  (json_int_t)st.size_bytes, "files", (json_int_t)st.files, "chunks",
                                  (json_int_t)st.chunks, "chunk_size", (json_int_t)st.chunk_size));
         } else {
             char sz[32];
-            fprintf(stderr, "%s: serving %s: %" PRIu64 " files, %s, %" PRIu64 " chunks\n", c.prog,
+            fprintf(stderr, "%s: serving %s: %" PRIu64 " files, %s, %" PRIu64 " chunks\n", c->prog,
                     name, st.files, kv_format_size(st.size_bytes, sz, sizeof(sz)), st.chunks);
         }
     }
     kv_cli_wait_signal();
-    kv_p2p_close(p);
-    ex = 0;
-out:
-    kv_cfg_fini(&c);
-    return ex;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ fetch */
@@ -208,48 +228,32 @@ static void show_progress(void *ud, uint64_t done, uint64_t total)
         fputc('\n', stderr);
 }
 
-static int cmd_fetch(int argc, char **argv)
+static int fetch_body(const struct kv_cfg *c, struct kv_p2p *p)
 {
-    struct kv_cfg c = {
-        .prog = "kvstash p2p fetch",
-        .synopsis = "[OPTIONS] NAME DEST",
-        .description = "Fetches set NAME into directory DEST from every peer holding it (the "
-                       "publisher last), verifying each chunk; resumes an interrupted fetch. "
-                       "With --seed, keeps serving it afterwards until SIGINT/SIGTERM.",
-        .opts = fetch_opts,
-        .nopts = KV_ARRAY_SIZE(fetch_opts),
-    };
-    int ex = parse(&c, argc, argv, 2, 2);
-    if (ex >= 0)
-        goto out;
-    ex = 1;
-    kv_cli_block_signals();
-    struct kv_p2p *p;
-    if (open_p2p(&c, true, (int)kv_cfg_int(&c, "inflight"), &p) < 0)
-        goto out;
+    int ex = 1;
     sig_p2p = p;
     pthread_t th;
     bool th_ok = pthread_create(&th, NULL, sig_main, NULL) == 0;
-    const char *mode = kv_cfg_str(&c, "progress");
-    bool json = kv_cfg_bool(&c, "json");
+    const char *mode = kv_cfg_str(c, "progress");
+    bool json = kv_cfg_bool(c, "json");
     struct bar b = {
         .t0 = kv_now_ms(),
         .on = strcmp(mode, "always") == 0 ||
               (strcmp(mode, "auto") == 0 && !json && isatty(STDERR_FILENO)),
     };
     struct kv_p2p_fetch_result r;
-    const char *name = c.args[0];
-    int rc = kv_p2p_fetch(p, name, c.args[1], show_progress, &b, &r);
+    const char *name = c->args[0];
+    int rc = kv_p2p_fetch(p, name, c->args[1], show_progress, &b, &r);
     if (rc < 0) {
         if (rc == KV_ECANCELED)
-            fprintf(stderr, "%s: %s: interrupted (run again to resume)\n", c.prog, name);
+            fprintf(stderr, "%s: %s: interrupted (run again to resume)\n", c->prog, name);
         else
-            set_err(&c, name, rc);
+            set_err(c, name, rc);
     } else {
         ex = 0;
         if (json) {
             print_json(json_pack(
-                "{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "name", name, "dest", c.args[1],
+                "{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "name", name, "dest", c->args[1],
                 "size_bytes", (json_int_t)r.size_bytes, "chunks", (json_int_t)r.chunks,
                 "reused_chunks", (json_int_t)r.reused_chunks, "from_publisher",
                 (json_int_t)r.from_publisher, "from_peers", (json_int_t)r.from_peers,
@@ -258,11 +262,11 @@ static int cmd_fetch(int argc, char **argv)
         } else if (b.on) {
             char s1[32], s2[32];
             fprintf(stderr, "%s: %s complete in %.1fs: %s from peers, %s from the publisher\n",
-                    c.prog, name, (double)r.elapsed_ms / 1000.0,
+                    c->prog, name, (double)r.elapsed_ms / 1000.0,
                     kv_format_size(r.from_peers, s1, sizeof(s1)),
                     kv_format_size(r.from_publisher, s2, sizeof(s2)));
         }
-        if (kv_cfg_bool(&c, "seed") && th_ok && atomic_load(&sig_got) == 0) {
+        if (kv_cfg_bool(c, "seed") && th_ok && atomic_load(&sig_got) == 0) {
             pthread_join(th, NULL); /* serve until a signal */
             th_ok = false;
         }
@@ -272,105 +276,47 @@ static int cmd_fetch(int argc, char **argv)
         pthread_join(th, NULL);
     }
     sig_p2p = NULL;
-    kv_p2p_close(p);
-out:
-    kv_cfg_fini(&c);
     return ex;
 }
 
 /* ------------------------------------------------------------------ ls / rm / stat */
 
-static int cmd_ls(int argc, char **argv)
+static int ls_body(const struct kv_cfg *c, struct kv_p2p *p)
 {
-    struct kv_cfg c = {
-        .prog = "kvstash p2p ls",
-        .synopsis = "[OPTIONS]",
-        .description = "Lists the published sets (one name a line; --json: an array).",
-        .opts = plain_opts,
-        .nopts = KV_ARRAY_SIZE(plain_opts),
-    };
-    int ex = parse(&c, argc, argv, 0, 0);
-    if (ex >= 0)
-        goto out;
-    ex = 1;
-    struct kv_p2p *p;
-    if (open_p2p(&c, false, 0, &p) < 0)
-        goto out;
     char **names;
     size_t n;
     int rc = kv_p2p_list(p, &names, &n);
     if (rc < 0) {
-        fprintf(stderr, "%s: %s\n", c.prog, kv_strerror(rc));
-    } else {
-        ex = 0;
-        if (kv_cfg_bool(&c, "json")) {
-            json_t *a = json_array();
-            for (size_t i = 0; a && i < n; i++)
-                json_array_append_new(a, json_string(names[i]));
-            print_json(a);
-        } else {
-            for (size_t i = 0; i < n; i++)
-                printf("%s\n", names[i]);
-        }
-        kv_p2p_names_free(names, n);
+        fprintf(stderr, "%s: %s\n", c->prog, kv_strerror(rc));
+        return 1;
     }
-    kv_p2p_close(p);
-out:
-    kv_cfg_fini(&c);
-    return ex;
+    if (kv_cfg_bool(c, "json")) {
+        json_t *a = json_array();
+        for (size_t i = 0; a && i < n; i++)
+            json_array_append_new(a, json_string(names[i]));
+        print_json(a);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            printf("%s\n", names[i]);
+    }
+    kv_p2p_names_free(names, n);
+    return 0;
 }
 
-static int cmd_rm(int argc, char **argv)
+static int rm_body(const struct kv_cfg *c, struct kv_p2p *p)
 {
-    struct kv_cfg c = {
-        .prog = "kvstash p2p rm",
-        .synopsis = "[OPTIONS] NAME",
-        .description = "Removes set NAME from metadata (manifest, peer records, accounting).",
-        .opts = plain_opts,
-        .nopts = KV_ARRAY_SIZE(plain_opts),
-    };
-    int ex = parse(&c, argc, argv, 1, 1);
-    if (ex >= 0)
-        goto out;
-    ex = 1;
-    struct kv_p2p *p;
-    if (open_p2p(&c, false, 0, &p) < 0)
-        goto out;
-    int rc = kv_p2p_remove(p, c.args[0]);
-    if (rc < 0)
-        set_err(&c, c.args[0], rc);
-    else
-        ex = 0;
-    kv_p2p_close(p);
-out:
-    kv_cfg_fini(&c);
-    return ex;
+    int rc = kv_p2p_remove(p, c->args[0]);
+    return rc < 0 ? set_err(c, c->args[0], rc) : 0;
 }
 
-static int cmd_stat(int argc, char **argv)
+static int stat_body(const struct kv_cfg *c, struct kv_p2p *p)
 {
-    struct kv_cfg c = {
-        .prog = "kvstash p2p stat",
-        .synopsis = "[OPTIONS] NAME",
-        .description = "Shows a set's size, chunks, live holders and what the publishers "
-                       "uploaded (as recorded by the fetchers before each read; docs/p2p.md).",
-        .opts = plain_opts,
-        .nopts = KV_ARRAY_SIZE(plain_opts),
-    };
-    int ex = parse(&c, argc, argv, 1, 1);
-    if (ex >= 0)
-        goto out;
-    ex = 1;
-    struct kv_p2p *p;
-    if (open_p2p(&c, false, 0, &p) < 0)
-        goto out;
     struct kv_p2p_stat s;
-    const char *name = c.args[0];
+    const char *name = c->args[0];
     int rc = kv_p2p_stat(p, name, &s);
-    if (rc < 0) {
-        set_err(&c, name, rc);
-    } else if (kv_cfg_bool(&c, "json")) {
-        ex = 0;
+    if (rc < 0)
+        return set_err(c, name, rc);
+    if (kv_cfg_bool(c, "json")) {
         print_json(json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "name", name,
                              "size_bytes", (json_int_t)s.size_bytes, "chunk_size",
                              (json_int_t)s.chunk_size, "chunks", (json_int_t)s.chunks, "files",
@@ -380,7 +326,6 @@ static int cmd_stat(int argc, char **argv)
                              (json_int_t)s.publisher_uploaded_bytes, "peer_uploaded_bytes",
                              (json_int_t)s.peer_uploaded_bytes));
     } else {
-        ex = 0;
         char a[32], b2[32], d[32], e[32];
         printf("name:        %s\nsize:        %s in %" PRIu64 " files\nchunks:      %" PRIu64
                " of %s\nholders:     %" PRIu64 " (%" PRIu64 " complete, %" PRIu64
@@ -390,11 +335,31 @@ static int cmd_stat(int argc, char **argv)
                s.publishers, kv_format_size(s.publisher_uploaded_bytes, b2, sizeof(b2)),
                kv_format_size(s.peer_uploaded_bytes, e, sizeof(e)));
     }
-    kv_p2p_close(p);
-out:
-    kv_cfg_fini(&c);
-    return ex;
+    return 0;
 }
+
+/* ------------------------------------------------------------------ dispatch */
+
+static const struct p2p_cmd p2p_cmds[] = {
+    {"publish", "[OPTIONS] NAME FILE|DIR...",
+     "Publishes files (a directory: every file below it, by relative path) as set NAME and "
+     "serves them to fetchers until SIGINT/SIGTERM. Files are mapped read-only; peers only "
+     "read them.",
+     publish_opts, KV_ARRAY_SIZE(publish_opts), 2, SIZE_MAX, true, false, publish_body},
+    {"fetch", "[OPTIONS] NAME DEST",
+     "Fetches set NAME into directory DEST from every peer holding it (the publisher last), "
+     "verifying each chunk; resumes an interrupted fetch. With --seed, keeps serving it "
+     "afterwards until SIGINT/SIGTERM.",
+     fetch_opts, KV_ARRAY_SIZE(fetch_opts), 2, 2, true, true, fetch_body},
+    {"ls", "[OPTIONS]", "Lists the published sets (one name a line; --json: an array).", plain_opts,
+     KV_ARRAY_SIZE(plain_opts), 0, 0, false, false, ls_body},
+    {"rm", "[OPTIONS] NAME", "Removes set NAME from metadata (manifest, peer records, accounting).",
+     plain_opts, KV_ARRAY_SIZE(plain_opts), 1, 1, false, false, rm_body},
+    {"stat", "[OPTIONS] NAME",
+     "Shows a set's size, chunks, live holders and what the publishers uploaded (as recorded "
+     "by the fetchers before each read; docs/p2p.md).",
+     plain_opts, KV_ARRAY_SIZE(plain_opts), 1, 1, false, false, stat_body},
+};
 
 int kv_cli_p2p(int argc, char **argv)
 {
@@ -415,16 +380,10 @@ int kv_cli_p2p(int argc, char **argv)
         return 0;
     }
     const char *sub = argv[1];
-    if (strcmp(sub, "publish") == 0)
-        return cmd_publish(argc - 1, argv + 1);
-    if (strcmp(sub, "fetch") == 0)
-        return cmd_fetch(argc - 1, argv + 1);
-    if (strcmp(sub, "ls") == 0)
-        return cmd_ls(argc - 1, argv + 1);
-    if (strcmp(sub, "rm") == 0)
-        return cmd_rm(argc - 1, argv + 1);
-    if (strcmp(sub, "stat") == 0)
-        return cmd_stat(argc - 1, argv + 1);
+    for (size_t i = 0; i < KV_ARRAY_SIZE(p2p_cmds); i++) {
+        if (strcmp(sub, p2p_cmds[i].name) == 0)
+            return run_cmd(&p2p_cmds[i], argc - 1, argv + 1);
+    }
     fprintf(stderr, "kvstash p2p: unknown command '%s' (publish, fetch, ls, rm, stat)\n", sub);
     return 2;
 }
