@@ -1174,8 +1174,9 @@ static void watch_free(struct etcd_watch *w)
     kv_free(w);
 }
 
-static void watch_stop(struct etcd_watch *w)
+static void watch_stop(void *arg)
 {
+    struct etcd_watch *w = arg;
     atomic_store_explicit(&w->stop, true, memory_order_release);
     curl_multi_wakeup(w->multi);
     pthread_join(w->thread, NULL);
@@ -1252,13 +1253,7 @@ out_free:
 static int etcd_unwatch(struct kv_meta *m, uint64_t id)
 {
     struct etcd *e = impl(m);
-    pthread_mutex_lock(&e->watch_lock);
-    struct etcd_watch *w = kv_idtab_remove(&e->watches, id);
-    pthread_mutex_unlock(&e->watch_lock);
-    if (!w)
-        return KV_ENOENT;
-    watch_stop(w);
-    return KV_OK;
+    return kv_meta_watch_remove(&e->watches, &e->watch_lock, id, watch_stop);
 }
 
 static void etcd_free(struct etcd *e)
@@ -1278,19 +1273,7 @@ static void etcd_free(struct etcd *e)
 static void etcd_close(struct kv_meta *m)
 {
     struct etcd *e = impl(m);
-    for (;;) {
-        struct etcd_watch *w = NULL;
-        pthread_mutex_lock(&e->watch_lock);
-        for (uint32_t i = 0; i < e->watches.n && !w; i++) {
-            uint64_t wid;
-            if (kv_idtab_at(&e->watches, i, &wid))
-                w = kv_idtab_remove(&e->watches, wid);
-        }
-        pthread_mutex_unlock(&e->watch_lock);
-        if (!w)
-            break;
-        watch_stop(w);
-    }
+    kv_meta_watch_remove_all(&e->watches, &e->watch_lock, watch_stop);
     etcd_free(e);
     m->impl = NULL;
 }

@@ -35,7 +35,6 @@
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -93,18 +92,6 @@ static void curl_init(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- pure decoders ---- */
 
 int kv_meta_http_decode_list(const char *body, size_t len, struct kv_meta_kv **kvs, size_t *n,
@@ -113,50 +100,20 @@ int kv_meta_http_decode_list(const char *body, size_t len, struct kv_meta_kv **k
     json_t *a = NULL;
     if (kv_json_parse(body, len, &a, err, errlen) < 0)
         return KV_EPROTO;
+    size_t bad;
+    char sub[200] = "";
     int rc = KV_EPROTO;
-    struct kv_meta_kv *out = NULL;
-    size_t cnt = 0;
     if (!json_is_array(a)) {
-        set_err(err, errlen, "list reply is not a JSON array");
-        goto out;
+        kv_meta_set_err(err, errlen, "list reply is not a JSON array");
+    } else {
+        rc = kv_metad_json_kvs(a, kvs, n, &bad, sub, sizeof(sub));
+        if (rc < 0)
+            kv_meta_set_err(err, errlen, "list reply element %zu: %s", bad, sub);
+        if (rc < 0 && rc != KV_ENOMEM)
+            rc = KV_EPROTO;
     }
-    size_t total = json_array_size(a);
-    if (total) {
-        out = kv_calloc(total, sizeof(*out));
-        if (!out) {
-            rc = KV_ENOMEM;
-            goto out;
-        }
-    }
-    for (size_t i = 0; i < total; i++) {
-        json_t *e = json_array_get(a, i);
-        char sub[200] = "";
-        rc = json_is_object(e) ? kv_metad_json_key(e, &out[cnt].key, sub, sizeof(sub)) : KV_EINVAL;
-        if (rc == KV_OK)
-            rc = kv_metad_json_b64(e, "value", &out[cnt].val, &out[cnt].len, sub, sizeof(sub));
-        if (out[cnt].key)
-            cnt++;
-        if (rc < 0) {
-            set_err(err, errlen, "list reply element %zu: %s", i,
-                    json_is_object(e) ? sub : "not an object");
-            rc = rc == KV_ENOMEM ? rc : KV_EPROTO;
-            goto out;
-        }
-    }
-    rc = kv_meta_kvs_sort(out, cnt);
-out:
     json_decref(a);
-    if (rc < 0) {
-        kv_meta_kvs_free(out, cnt);
-        return rc;
-    }
-    if (!cnt) {
-        kv_free(out);
-        out = NULL;
-    }
-    *kvs = out;
-    *n = cnt;
-    return KV_OK;
+    return rc;
 }
 
 void kv_meta_http_evs_free(struct kv_meta_http_ev *evs, size_t n)
@@ -183,7 +140,8 @@ int kv_meta_http_decode_watch(const char *body, size_t len, uint64_t *rev,
     json_t *a = json_object_get(o, "events");
     if (!json_is_object(o) || !json_is_integer(r) || json_integer_value(r) < 0 ||
         !json_is_array(a)) {
-        set_err(err, errlen, "watch reply lacks 'revision' (integer >= 0) or 'events' (array)");
+        kv_meta_set_err(err, errlen,
+                        "watch reply lacks 'revision' (integer >= 0) or 'events' (array)");
         goto out;
     }
     size_t total = json_array_size(a);
@@ -201,21 +159,20 @@ int kv_meta_http_decode_watch(const char *body, size_t len, uint64_t *rev,
         if (!json_is_object(e) || !json_is_string(t) ||
             (strcmp(json_string_value(t), "put") != 0 &&
              strcmp(json_string_value(t), "delete") != 0)) {
-            set_err(err, errlen, "watch event %zu: not an object with type put|delete", i);
+            kv_meta_set_err(err, errlen, "watch event %zu: not an object with type put|delete", i);
+            rc = KV_EPROTO; /* rc may hold KV_OK from the previous event */
             goto out;
         }
         struct kv_meta_http_ev *ev = &out[cnt];
         ev->type = json_string_value(t)[0] == 'p' ? KV_META_EV_PUT : KV_META_EV_DEL;
-        rc = kv_metad_json_key(e, &ev->key, sub, sizeof(sub));
-        if (rc == KV_OK && ev->type == KV_META_EV_PUT)
-            rc = kv_metad_json_b64(e, "value", &ev->val, &ev->len, sub, sizeof(sub));
-        if (ev->key)
-            cnt++;
+        rc = kv_metad_json_kv(e, ev->type == KV_META_EV_PUT, &ev->key, &ev->val, &ev->len, sub,
+                              sizeof(sub));
         if (rc < 0) {
-            set_err(err, errlen, "watch event %zu: %s", i, sub);
+            kv_meta_set_err(err, errlen, "watch event %zu: %s", i, sub);
             rc = rc == KV_ENOMEM ? rc : KV_EPROTO;
             goto out;
         }
+        cnt++;
     }
     rc = KV_OK;
 out:
@@ -440,31 +397,44 @@ static char *join(const char *a, const char *b)
     return s;
 }
 
+/* Sends method to url (consumed; NULL means it could not be built: KV_ENOMEM) and maps the
+ * status (on404: the error of a 404 without X-Kvstash-Error). With r, on KV_OK *r holds the
+ * reply for the caller to resp_fini(); without r, or on error, the reply is already released. */
+static int call(struct kv_meta *m, const char *method, char *url, const void *body, size_t blen,
+                const char *ctype, int on404, struct resp *r)
+{
+    if (!url)
+        return KV_ENOMEM;
+    struct resp local;
+    struct resp *rr = r ? r : &local;
+    int rc = http_do(m, method, url, body, blen, ctype, rr);
+    kv_free(url);
+    if (rc < 0)
+        return rc;
+    rc = status_err(rr, on404);
+    if (rc < 0 || !r)
+        resp_fini(rr);
+    return rc;
+}
+
 /* ---- ops ---- */
 
 static int http_get(struct kv_meta *m, const char *key, char **val, size_t *len)
 {
     struct http_impl *h = m->impl;
-    char *url = make_url(h->meta_url, "key", key, 0);
-    if (!url)
-        return KV_ENOMEM;
     struct resp r;
-    int rc = http_do(m, "GET", url, NULL, 0, NULL, &r);
-    kv_free(url);
+    int rc = call(m, "GET", make_url(h->meta_url, "key", key, 0), NULL, 0, NULL, KV_ENOENT, &r);
     if (rc < 0)
         return rc;
-    rc = status_err(&r, KV_ENOENT);
+    if (!r.body) {
+        r.body = kv_memdup0("", 0);
+        if (!r.body)
+            rc = KV_ENOMEM;
+    }
     if (rc == KV_OK) {
-        if (!r.body) {
-            r.body = kv_memdup0("", 0);
-            if (!r.body)
-                rc = KV_ENOMEM;
-        }
-        if (rc == KV_OK) {
-            *val = r.body;
-            *len = r.len;
-            r.body = NULL;
-        }
+        *val = r.body;
+        *len = r.len;
+        r.body = NULL;
     }
     resp_fini(&r);
     return rc;
@@ -473,69 +443,42 @@ static int http_get(struct kv_meta *m, const char *key, char **val, size_t *len)
 static int http_put(struct kv_meta *m, const char *key, const void *val, size_t len, int64_t lease)
 {
     struct http_impl *h = m->impl;
-    char *url = make_url(h->meta_url, "key", key, lease);
-    if (!url)
-        return KV_ENOMEM;
-    struct resp r;
-    int rc = http_do(m, "PUT", url, val, len, "application/octet-stream", &r);
-    kv_free(url);
-    if (rc < 0)
-        return rc;
-    rc = status_err(&r, lease ? KV_EMETA_LEASE : KV_EPROTO);
-    resp_fini(&r);
-    return rc;
+    return call(m, "PUT", make_url(h->meta_url, "key", key, lease), val, len,
+                "application/octet-stream", lease ? KV_EMETA_LEASE : KV_EPROTO, NULL);
 }
 
 static int http_del(struct kv_meta *m, const char *key)
 {
     struct http_impl *h = m->impl;
-    char *url = make_url(h->meta_url, "key", key, 0);
-    if (!url)
-        return KV_ENOMEM;
-    struct resp r;
-    int rc = http_do(m, "DELETE", url, NULL, 0, NULL, &r);
-    kv_free(url);
-    if (rc < 0)
-        return rc;
-    rc = status_err(&r, KV_ENOENT);
-    resp_fini(&r);
-    return rc;
+    return call(m, "DELETE", make_url(h->meta_url, "key", key, 0), NULL, 0, NULL, KV_ENOENT, NULL);
 }
 
 static int http_list(struct kv_meta *m, const char *prefix, struct kv_meta_kv **kvs, size_t *n)
 {
     struct http_impl *h = m->impl;
-    char *url = make_url(h->meta_url, "prefix", prefix, 0);
-    if (!url)
-        return KV_ENOMEM;
     struct resp r;
-    int rc = http_do(m, "GET", url, NULL, 0, NULL, &r);
-    kv_free(url);
+    int rc =
+        call(m, "GET", make_url(h->meta_url, "prefix", prefix, 0), NULL, 0, NULL, KV_EPROTO, &r);
     if (rc < 0)
         return rc;
-    rc = status_err(&r, KV_EPROTO);
-    if (rc == KV_OK) {
-        char err[256] = "";
-        rc = kv_meta_http_decode_list(r.body ? r.body : "", r.len, kvs, n, err, sizeof(err));
-        if (rc < 0)
-            KV_LOGW_RL(5000, "metadata server %s: bad list reply: %s", h->root, err);
-    }
+    char err[256] = "";
+    rc = kv_meta_http_decode_list(r.body ? r.body : "", r.len, kvs, n, err, sizeof(err));
+    if (rc < 0)
+        KV_LOGW_RL(5000, "metadata server %s: bad list reply: %s", h->root, err);
     resp_fini(&r);
     return rc;
 }
 
-/* POSTs the JSON o (consumed) to root + path. */
-static int post_json(struct kv_meta *m, const char *path, json_t *o, struct resp *r)
+/* POSTs the JSON o (consumed) to root + path; status and r as call(). */
+static int post_json(struct kv_meta *m, const char *path, json_t *o, int on404, struct resp *r)
 {
     struct http_impl *h = m->impl;
     char *body = o ? kv_json_dump(o) : NULL;
     json_decref(o);
-    char *url = join(h->root, path);
     int rc = KV_ENOMEM;
-    if (body && url)
-        rc = http_do(m, "POST", url, body, strlen(body), "application/json", r);
+    if (body)
+        rc = call(m, "POST", join(h->root, path), body, strlen(body), "application/json", on404, r);
     kv_free(body);
-    kv_free(url);
     return rc;
 }
 
@@ -566,13 +509,7 @@ static int http_cas(struct kv_meta *m, const char *key, const void *expect, size
     if (lease && json_object_set_new(o, "lease", json_integer(lease)) != 0)
         goto out_free;
     json_decref(arr);
-    struct resp r;
-    rc = post_json(m, "/metadata/cas", o, &r);
-    if (rc < 0)
-        return rc;
-    rc = status_err(&r, lease ? KV_EMETA_LEASE : KV_EPROTO);
-    resp_fini(&r);
-    return rc;
+    return post_json(m, "/metadata/cas", o, lease ? KV_EMETA_LEASE : KV_EPROTO, NULL);
 out_free:
     json_decref(arr);
     json_decref(o);
@@ -592,11 +529,10 @@ static int lease_call(struct kv_meta *m, const char *op, const char *field, int6
     char path[32];
     snprintf(path, sizeof(path), "/lease/%s", op);
     struct resp r;
-    int rc = post_json(m, path, o, &r);
+    int rc = post_json(m, path, o, KV_EMETA_LEASE, &r);
     if (rc < 0)
         return rc;
-    rc = status_err(&r, KV_EMETA_LEASE);
-    if (rc == KV_OK && id_out) {
+    if (id_out) {
         json_t *j = NULL;
         char err[200] = "";
         rc = kv_json_parse(r.body ? r.body : "", r.len, &j, err, sizeof(err));
@@ -634,23 +570,17 @@ static int watch_current_rev(struct kv_meta *m, const char *prefix_esc, uint64_t
     struct http_impl *h = m->impl;
     size_t n = strlen(h->root) + strlen(prefix_esc) + 32;
     char *url = kv_malloc(n);
-    if (!url)
-        return KV_ENOMEM;
-    snprintf(url, n, "%s/watch?prefix=%s", h->root, prefix_esc);
+    if (url)
+        snprintf(url, n, "%s/watch?prefix=%s", h->root, prefix_esc);
     struct resp r;
-    int rc = http_do(m, "GET", url, NULL, 0, NULL, &r);
-    kv_free(url);
+    int rc = call(m, "GET", url, NULL, 0, NULL, KV_ENOTSUP, &r);
     if (rc < 0)
         return rc;
-    rc = status_err(&r, KV_ENOTSUP);
-    if (rc == KV_OK) {
-        struct kv_meta_http_ev *evs = NULL;
-        size_t ne = 0;
-        char err[200] = "";
-        rc = kv_meta_http_decode_watch(r.body ? r.body : "", r.len, rev, &evs, &ne, err,
-                                       sizeof(err));
-        kv_meta_http_evs_free(evs, ne);
-    }
+    struct kv_meta_http_ev *evs = NULL;
+    size_t ne = 0;
+    char err[200] = "";
+    rc = kv_meta_http_decode_watch(r.body ? r.body : "", r.len, rev, &evs, &ne, err, sizeof(err));
+    kv_meta_http_evs_free(evs, ne);
     resp_fini(&r);
     return rc;
 }
@@ -819,8 +749,9 @@ out_free:
 
 /* Stops w (already out of the table): joins its thread, or lets it free itself when called
  * from its own callback (invariant 1). */
-static void watch_stop(struct http_watch *w)
+static void watch_stop(void *arg)
 {
+    struct http_watch *w = arg;
     atomic_store(&w->stop, true);
     if (pthread_equal(pthread_self(), w->thread)) {
         atomic_store(&w->self_free, true);
@@ -835,31 +766,13 @@ static void watch_stop(struct http_watch *w)
 static int http_unwatch(struct kv_meta *m, uint64_t id)
 {
     struct http_impl *h = m->impl;
-    pthread_mutex_lock(&h->wlock);
-    struct http_watch *w = kv_idtab_remove(&h->watches, id);
-    pthread_mutex_unlock(&h->wlock);
-    if (!w)
-        return KV_ENOENT;
-    watch_stop(w);
-    return KV_OK;
+    return kv_meta_watch_remove(&h->watches, &h->wlock, id, watch_stop);
 }
 
 static void http_close(struct kv_meta *m)
 {
     struct http_impl *h = m->impl;
-    for (;;) {
-        struct http_watch *w = NULL;
-        pthread_mutex_lock(&h->wlock);
-        for (uint32_t i = 0; i < h->watches.n && !w; i++) {
-            uint64_t id;
-            if (kv_idtab_at(&h->watches, i, &id))
-                w = kv_idtab_remove(&h->watches, id);
-        }
-        pthread_mutex_unlock(&h->wlock);
-        if (!w)
-            break;
-        watch_stop(w);
-    }
+    kv_meta_watch_remove_all(&h->watches, &h->wlock, watch_stop);
     kv_idtab_fini(&h->watches);
     for (int i = 0; i < h->npool; i++)
         curl_easy_cleanup(h->pool[i]);

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 
+#include "common/idtab.h"
 #include "kvstash/meta.h"
 
 #define KV_META_MAX_KEY 4096
@@ -61,5 +62,18 @@ int kv_meta_redis_open(struct kv_meta *m, const char *rest);
 
 /* Copies a list result into a freshly allocated, key-sorted array (helpers for backends). */
 int kv_meta_kvs_sort(struct kv_meta_kv *kvs, size_t n);
+
+/* meta_util.c. Formats a message into err (errlen bytes, always NUL-terminated); a no-op when
+ * err is NULL or errlen 0. */
+void kv_meta_set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Removes watch id from watches under lock, then calls stop(w) without the lock: KV_OK, or
+ * KV_ENOENT when id is not there. For kv_meta_ops.unwatch. */
+int kv_meta_watch_remove(struct kv_idtab *watches, pthread_mutex_t *lock, uint64_t id,
+                         void (*stop)(void *w));
+/* Removes every watch, one at a time, calling stop() on each without the lock (a stop may
+ * join a thread that takes lock). For kv_meta_ops.close; the table stays initialised. */
+void kv_meta_watch_remove_all(struct kv_idtab *watches, pthread_mutex_t *lock,
+                              void (*stop)(void *w));
 
 #endif

@@ -111,18 +111,6 @@ struct kv_metad {
 
 /* ---- pure codecs (metad_int.h) ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 char *kv_metad_b64_encode(const void *p, size_t len)
 {
     size_t n = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_ORIGINAL);
@@ -162,15 +150,15 @@ int kv_metad_b64_decode(const char *b64, size_t b64len, size_t max, char **out, 
 static int check_key(const char *key, size_t len, char *err, size_t errlen)
 {
     if (len == 0) {
-        set_err(err, errlen, "empty key");
+        kv_meta_set_err(err, errlen, "empty key");
         return KV_EINVAL;
     }
     if (len >= KV_META_MAX_KEY) {
-        set_err(err, errlen, "key longer than %d bytes", KV_META_MAX_KEY - 1);
+        kv_meta_set_err(err, errlen, "key longer than %d bytes", KV_META_MAX_KEY - 1);
         return KV_EINVAL;
     }
     if (strlen(key) != len) {
-        set_err(err, errlen, "key contains a NUL byte");
+        kv_meta_set_err(err, errlen, "key contains a NUL byte");
         return KV_EINVAL;
     }
     return KV_OK;
@@ -193,13 +181,13 @@ int kv_metad_decode_query(const char *query, struct kv_metad_query *q, char *err
         return KV_OK;
     }
     if (strcasestr(query, "%00")) {
-        set_err(err, errlen, "query contains a NUL byte (%%00)");
+        kv_meta_set_err(err, errlen, "query contains a NUL byte (%%00)");
         return KV_EINVAL;
     }
     struct evkeyvalq params;
     TAILQ_INIT(&params);
     if (evhttp_parse_query_str(query, &params) != 0) {
-        set_err(err, errlen, "malformed query string");
+        kv_meta_set_err(err, errlen, "malformed query string");
         evhttp_clear_headers(&params);
         return KV_EINVAL;
     }
@@ -212,7 +200,7 @@ int kv_metad_decode_query(const char *query, struct kv_metad_query *q, char *err
         if (strcmp(name, "key") == 0 || strcmp(name, "prefix") == 0) {
             char **dst = name[0] == 'k' ? &r.key : &r.prefix;
             if (*dst) {
-                set_err(err, errlen, "parameter '%s' given twice", name);
+                kv_meta_set_err(err, errlen, "parameter '%s' given twice", name);
                 rc = KV_EINVAL;
                 goto out;
             }
@@ -222,7 +210,7 @@ int kv_metad_decode_query(const char *query, struct kv_metad_query *q, char *err
                 if (rc < 0)
                     goto out;
             } else if (vl >= KV_META_MAX_KEY) {
-                set_err(err, errlen, "prefix longer than %d bytes", KV_META_MAX_KEY - 1);
+                kv_meta_set_err(err, errlen, "prefix longer than %d bytes", KV_META_MAX_KEY - 1);
                 rc = KV_EINVAL;
                 goto out;
             }
@@ -233,20 +221,20 @@ int kv_metad_decode_query(const char *query, struct kv_metad_query *q, char *err
             }
         } else if (strcmp(name, "lease") == 0) {
             if (seen_lease || kv_parse_i64(v, &r.lease) < 0 || r.lease < 0) {
-                set_err(err, errlen,
-                        seen_lease ? "parameter 'lease' given twice"
-                                   : "bad lease '%s' (want a lease id >= 0)",
-                        v);
+                kv_meta_set_err(err, errlen,
+                                seen_lease ? "parameter 'lease' given twice"
+                                           : "bad lease '%s' (want a lease id >= 0)",
+                                v);
                 rc = KV_EINVAL;
                 goto out;
             }
             seen_lease = true;
         } else if (strcmp(name, "after") == 0) {
             if (r.has_after || kv_parse_u64(v, &r.after) < 0) {
-                set_err(err, errlen,
-                        r.has_after ? "parameter 'after' given twice"
-                                    : "bad after '%s' (want a revision >= 0)",
-                        v);
+                kv_meta_set_err(err, errlen,
+                                r.has_after ? "parameter 'after' given twice"
+                                            : "bad after '%s' (want a revision >= 0)",
+                                v);
                 rc = KV_EINVAL;
                 goto out;
             }
@@ -254,10 +242,10 @@ int kv_metad_decode_query(const char *query, struct kv_metad_query *q, char *err
         } else if (strcmp(name, "timeout_ms") == 0) {
             int64_t t;
             if (seen_timeout || kv_parse_i64(v, &t) < 0 || t < 0) {
-                set_err(err, errlen,
-                        seen_timeout ? "parameter 'timeout_ms' given twice"
-                                     : "bad timeout_ms '%s' (want >= 0)",
-                        v);
+                kv_meta_set_err(err, errlen,
+                                seen_timeout ? "parameter 'timeout_ms' given twice"
+                                             : "bad timeout_ms '%s' (want >= 0)",
+                                v);
                 rc = KV_EINVAL;
                 goto out;
             }
@@ -291,11 +279,11 @@ int kv_metad_json_key(json_t *o, char **out, char *err, size_t errlen)
         int rc = kv_metad_b64_decode(json_string_value(kb), json_string_length(kb), KV_META_MAX_KEY,
                                      &key, &len);
         if (rc < 0) {
-            set_err(err, errlen, "field 'key_b64' is not valid base64");
+            kv_meta_set_err(err, errlen, "field 'key_b64' is not valid base64");
             return rc == KV_ENOMEM ? rc : KV_EINVAL;
         }
     } else {
-        set_err(err, errlen, "field 'key' missing or not a string");
+        kv_meta_set_err(err, errlen, "field 'key' missing or not a string");
         return KV_EINVAL;
     }
     int rc = check_key(key, len, err, errlen);
@@ -313,16 +301,65 @@ int kv_metad_json_b64(json_t *o, const char *field, char **out, size_t *len, cha
 {
     json_t *v = json_object_get(o, field);
     if (!v || !json_is_string(v)) {
-        set_err(err, errlen, "field '%s' missing or not a string", field);
+        kv_meta_set_err(err, errlen, "field '%s' missing or not a string", field);
         return KV_EINVAL;
     }
     int rc = kv_metad_b64_decode(json_string_value(v), json_string_length(v), KV_META_MAX_VALUE,
                                  out, len);
     if (rc == KV_EINVAL)
-        set_err(err, errlen, "field '%s' is not valid base64", field);
+        kv_meta_set_err(err, errlen, "field '%s' is not valid base64", field);
     else if (rc == KV_E2BIG)
-        set_err(err, errlen, "field '%s' is larger than %u bytes", field, KV_META_MAX_VALUE);
+        kv_meta_set_err(err, errlen, "field '%s' is larger than %u bytes", field,
+                        KV_META_MAX_VALUE);
     return rc;
+}
+
+/* One {"key"|"key_b64", "value"} object; out-params written only on success. */
+int kv_metad_json_kv(json_t *e, bool with_value, char **key, char **val, size_t *len, char *err,
+                     size_t errlen)
+{
+    if (!json_is_object(e)) {
+        kv_meta_set_err(err, errlen, "not an object");
+        return KV_EINVAL;
+    }
+    char *k = NULL, *v = NULL;
+    size_t vlen = 0;
+    int rc = kv_metad_json_key(e, &k, err, errlen);
+    if (rc == KV_OK && with_value)
+        rc = kv_metad_json_b64(e, "value", &v, &vlen, err, errlen);
+    if (rc < 0) {
+        kv_free(k);
+        return rc;
+    }
+    *key = k;
+    *val = v;
+    *len = vlen;
+    return KV_OK;
+}
+
+int kv_metad_json_kvs(json_t *arr, struct kv_meta_kv **kvs, size_t *n, size_t *bad, char *err,
+                      size_t errlen)
+{
+    size_t total = json_array_size(arr), cnt = 0;
+    struct kv_meta_kv *out = total ? kv_calloc(total, sizeof(*out)) : NULL;
+    *bad = 0;
+    if (total && !out) {
+        kv_meta_set_err(err, errlen, "out of memory");
+        return KV_ENOMEM;
+    }
+    for (; cnt < total; cnt++) {
+        struct kv_meta_kv *kv = &out[cnt];
+        int rc = kv_metad_json_kv(json_array_get(arr, cnt), true, &kv->key, &kv->val, &kv->len, err,
+                                  errlen);
+        if (rc < 0) {
+            *bad = cnt;
+            kv_meta_kvs_free(out, cnt);
+            return rc;
+        }
+    }
+    *kvs = out;
+    *n = cnt;
+    return kv_meta_kvs_sort(out, cnt);
 }
 
 void kv_metad_cas_fini(struct kv_metad_cas *c)
@@ -344,7 +381,7 @@ int kv_metad_decode_cas(const char *body, size_t len, struct kv_metad_cas *c, ch
         return KV_EINVAL;
     struct kv_metad_cas r = {0};
     if (!json_is_object(o)) {
-        set_err(err, errlen, "body is not a JSON object");
+        kv_meta_set_err(err, errlen, "body is not a JSON object");
         rc = KV_EINVAL;
         goto out;
     }
@@ -363,7 +400,7 @@ int kv_metad_decode_cas(const char *body, size_t len, struct kv_metad_cas *c, ch
     json_t *l = json_object_get(o, "lease");
     if (l && !json_is_null(l)) {
         if (!json_is_integer(l) || json_integer_value(l) < 0) {
-            set_err(err, errlen, "field 'lease' is not an integer >= 0");
+            kv_meta_set_err(err, errlen, "field 'lease' is not an integer >= 0");
             rc = KV_EINVAL;
             goto out;
         }
@@ -390,12 +427,12 @@ int kv_metad_decode_lease(const char *body, size_t len, const char *field, int64
     int64_t max = ttl ? 86400LL * 365 : INT64_MAX;
     json_t *v = json_is_object(o) ? json_object_get(o, field) : NULL;
     if (!json_is_object(o)) {
-        set_err(err, errlen, "body is not a JSON object");
+        kv_meta_set_err(err, errlen, "body is not a JSON object");
     } else if (!v || !json_is_integer(v)) {
-        set_err(err, errlen, "field '%s' missing or not an integer", field);
+        kv_meta_set_err(err, errlen, "field '%s' missing or not an integer", field);
     } else if (json_integer_value(v) < 1 || json_integer_value(v) > max) {
-        set_err(err, errlen, "field '%s' out of range (%s)", field,
-                ttl ? "1..31536000 seconds" : "a lease id > 0");
+        kv_meta_set_err(err, errlen, "field '%s' out of range (%s)", field,
+                        ttl ? "1..31536000 seconds" : "a lease id > 0");
     } else {
         *out = json_integer_value(v);
         rc = KV_OK;
@@ -418,61 +455,36 @@ int kv_metad_parse_data(const char *buf, size_t len, struct kv_meta_kv **kvs, si
     json_t *arr = json_object_get(o, "kvs");
     if (!json_is_object(o) || !json_is_string(fmt) ||
         strcmp(json_string_value(fmt), DATA_FORMAT) != 0) {
-        set_err(err, errlen, "not a kvstash metad data file (field 'format' is not '%s')",
-                DATA_FORMAT);
+        kv_meta_set_err(err, errlen, "not a kvstash metad data file (field 'format' is not '%s')",
+                        DATA_FORMAT);
         goto out;
     }
     if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
-        set_err(err, errlen, "unsupported data file version (want 1)");
+        kv_meta_set_err(err, errlen, "unsupported data file version (want 1)");
         goto out;
     }
     if (!json_is_array(arr)) {
-        set_err(err, errlen, "field 'kvs' missing or not an array");
+        kv_meta_set_err(err, errlen, "field 'kvs' missing or not an array");
         goto out;
     }
-    size_t total = json_array_size(arr);
-    if (total) {
-        out = kv_calloc(total, sizeof(*out));
-        if (!out) {
-            rc = KV_ENOMEM;
-            goto out;
-        }
-    }
-    for (size_t i = 0; i < total; i++) {
-        json_t *e = json_array_get(arr, i);
-        char sub[200] = "";
-        if (!json_is_object(e)) {
-            set_err(err, errlen, "kvs[%zu] is not an object", i);
-            goto out;
-        }
-        rc = kv_metad_json_key(e, &out[cnt].key, sub, sizeof(sub));
-        if (rc == KV_OK)
-            rc = kv_metad_json_b64(e, "value", &out[cnt].val, &out[cnt].len, sub, sizeof(sub));
-        if (out[cnt].key)
-            cnt++;
-        if (rc < 0) {
-            set_err(err, errlen, "kvs[%zu]: %s", i, sub);
-            goto out;
-        }
-    }
-    rc = kv_meta_kvs_sort(out, cnt);
+    size_t bad;
+    char sub[200] = "";
+    rc = kv_metad_json_kvs(arr, &out, &cnt, &bad, sub, sizeof(sub));
+    if (rc < 0)
+        kv_meta_set_err(err, errlen, "kvs[%zu]: %s", bad, sub);
     for (size_t i = 1; rc == KV_OK && i < cnt; i++) {
         if (strcmp(out[i - 1].key, out[i].key) == 0) {
-            set_err(err, errlen, "key '%.200s' appears twice", out[i].key);
+            kv_meta_set_err(err, errlen, "key '%.200s' appears twice", out[i].key);
             rc = KV_EINVAL;
         }
     }
 out:
     json_decref(o);
     if (rc < 0) {
-        kv_meta_kvs_free(out, cnt);
+        kv_meta_kvs_free(out, cnt); /* only a duplicate key leaves an array here */
         return rc;
     }
-    if (!cnt) {
-        kv_free(out);
-        out = NULL;
-    }
-    *kvs = out;
+    *kvs = out; /* NULL when empty */
     *n = cnt;
     return KV_OK;
 }

@@ -75,6 +75,17 @@ int kv_metad_json_key(json_t *o, char **out, char *err, size_t errlen);
 /* Reads the base64 string field of o into an owned buffer of at most KV_META_MAX_VALUE bytes. */
 int kv_metad_json_b64(json_t *o, const char *field, char **out, size_t *len, char *err,
                       size_t errlen);
+/* Reads the object e: its key (kv_metad_json_key) into *key and, when with_value, its "value"
+ * (kv_metad_json_b64) into *val and *len (else NULL and 0). Both owned (kv_free). On error
+ * the out-params are unchanged, nothing stays allocated and err names the problem: KV_EINVAL (not
+ * an object, a bad field), KV_E2BIG (value too large), KV_ENOMEM. */
+int kv_metad_json_kv(json_t *e, bool with_value, char **key, char **val, size_t *len, char *err,
+                     size_t errlen);
+/* Reads the JSON array arr of such objects (with values) into an owned array sorted by key
+ * (NULL when empty; free with kv_meta_kvs_free). On error nothing stays allocated, *bad is the
+ * failing element's index and err names its problem (errors as kv_metad_json_kv). */
+int kv_metad_json_kvs(json_t *arr, struct kv_meta_kv **kvs, size_t *n, size_t *bad, char *err,
+                      size_t errlen);
 /* Appends {"key" (or "key_b64" for a key that is not UTF-8), "value": base64 (omitted when val
  * is NULL)} to the array arr. */
 int kv_metad_json_add_kv(json_t *arr, const char *key, const char *val, size_t len);

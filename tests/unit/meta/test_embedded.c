@@ -269,6 +269,10 @@ static void test_data_codec(void **state)
         {"{\"format\":\"kvstash-metad\",\"version\":2,\"kvs\":[]}", "version"},
         {"{\"format\":\"other\"}", "format"},
         {"{\"format\":\"kvstash-metad\",\"version\":1,\"kvs\":[{\"key\":\"a\"}]}", "kvs[0]"},
+        /* a bad element after a good one (was accepted, the list silently cut short) */
+        {"{\"format\":\"kvstash-metad\",\"version\":1,\"kvs\":[{\"key\":\"a\",\"value\":\"\"},"
+         "7]}",
+         "kvs[1]"},
         {"not json", "line 1"},
     };
     for (size_t i = 0; i < KV_ARRAY_SIZE(bad); i++) {
@@ -316,6 +320,12 @@ static void test_client_decoders(void **state)
     const char *bad = "{\"revision\":1,\"events\":[{\"type\":\"zap\",\"key\":\"k\"}]}";
     assert_int_equal(kv_meta_http_decode_watch(bad, strlen(bad), &rev, &evs, &n, err, sizeof(err)),
                      KV_EPROTO);
+    /* a bad event after a good one (was returned as success with the good events only) */
+    const char *bad2 = "{\"revision\":2,\"events\":[{\"type\":\"delete\",\"key\":\"k\"},"
+                       "{\"type\":\"zap\",\"key\":\"k\"}]}";
+    assert_int_equal(
+        kv_meta_http_decode_watch(bad2, strlen(bad2), &rev, &evs, &n, err, sizeof(err)), KV_EPROTO);
+    assert_non_null(strstr(err, "event 1"));
 }
 
 static struct kv_meta *open_ok(const char *url)
