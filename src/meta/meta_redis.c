@@ -873,8 +873,9 @@ static void watch_free(struct redis_watch *w)
     kv_free(w);
 }
 
-static void watch_stop(struct redis_watch *w)
+static void watch_stop(void *arg)
 {
+    struct redis_watch *w = arg;
     atomic_store_explicit(&w->stop, true, memory_order_release);
     uint64_t one = 1;
     ssize_t wr = write(w->stopfd, &one, sizeof(one));
@@ -939,13 +940,7 @@ out_free:
 static int redis_unwatch(struct kv_meta *m, uint64_t id)
 {
     struct redis *r = impl(m);
-    pthread_mutex_lock(&r->watch_lock);
-    struct redis_watch *w = kv_idtab_remove(&r->watches, id);
-    pthread_mutex_unlock(&r->watch_lock);
-    if (!w)
-        return KV_ENOENT;
-    watch_stop(w);
-    return KV_OK;
+    return kv_meta_watch_remove(&r->watches, &r->watch_lock, id, watch_stop);
 }
 
 static void redis_free(struct redis *r)
@@ -961,19 +956,7 @@ static void redis_free(struct redis *r)
 static void redis_close(struct kv_meta *m)
 {
     struct redis *r = impl(m);
-    for (;;) {
-        struct redis_watch *w = NULL;
-        pthread_mutex_lock(&r->watch_lock);
-        for (uint32_t i = 0; i < r->watches.n && !w; i++) {
-            uint64_t wid;
-            if (kv_idtab_at(&r->watches, i, &wid))
-                w = kv_idtab_remove(&r->watches, wid);
-        }
-        pthread_mutex_unlock(&r->watch_lock);
-        if (!w)
-            break;
-        watch_stop(w);
-    }
+    kv_meta_watch_remove_all(&r->watches, &r->watch_lock, watch_stop);
     redis_free(r);
     m->impl = NULL;
 }
