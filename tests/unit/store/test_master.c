@@ -470,6 +470,21 @@ static void test_failover(void **state)
     for (int i = 0; i < 100 && kv_master_node_count(m2) < 2; i++)
         kv_sleep_ms(50);
     assert_int_equal(kv_master_node_count(m2), 2);
+    /* a is counted from its first MOUNT part on: wait until its last part is in too (every
+     * object back to 2 replicas), then check exactly */
+    for (int t = 0; t < 100; t++) {
+        int full = 0;
+        for (int i = 0; i < 20; i++) {
+            char key[32];
+            int nrep = 0;
+            snprintf(key, sizeof(key), "f%d", i);
+            if (kv_master_key_info(m2, key, &nrep, NULL, NULL) == KV_OK && nrep == 2)
+                full++;
+        }
+        if (full == 20)
+            break;
+        kv_sleep_ms(50);
+    }
     assert_int_equal(kv_master_object_count(m2), 20);
     for (int i = 0; i < 20; i++) {
         char key[32];
