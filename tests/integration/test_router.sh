@@ -5,56 +5,8 @@
 # (SSE proven incremental), request ids, bad requests (400/404/405/413/503), slow engines (504),
 # dying engines (retry on another, out of rotation, back when healthy), and each policy's choice.
 set -euo pipefail
-BIN=${KVSTASH_BIN:-$(pwd)/kvstash}
-SRC=${KVSTASH_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-FAKE=$SRC/tests/integration/router_fake_engine.py
-PY=/usr/bin/python3
-W=$(mktemp -d /tmp/kvstash-router-test.XXXXXX)
-pids=()
-cleanup() {
-    local rc=$?
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    # a sanitizer build reports leaks and errors at exit, into the router's log
-    if grep -l "Sanitizer" "$W"/*.log 2>/dev/null; then
-        grep -h -A30 "Sanitizer" "$W"/*.log | head -60 >&2
-        rc=1
-    fi
-    rm -rf "$W"
-    exit $rc
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*" >&2
-    for f in "$W"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
-    exit 1
-}
-ok() { echo "ok - $*"; }
-
-declare -A EPID EPORT
-start_engine() { # NAME MODELS [PORT]
-    local name=$1 models=$2 port=${3:-0}
-    rm -f "$W/$name.port"
-    "$PY" "$FAKE" --name "$name" --models "$models" --ctl "$W" --port "$port" \
-        --port-file "$W/$name.port" >"$W/engine-$name.log" 2>&1 &
-    EPID[$name]=$!
-    pids+=($!)
-    for _ in $(seq 200); do [ -s "$W/$name.port" ] && break; sleep 0.02; done
-    [ -s "$W/$name.port" ] || fail "engine $name did not start"
-    EPORT[$name]=$(cat "$W/$name.port")
-}
-
-declare -A RPORT
-start_router() { # NAME ARGS...
-    local name=$1
-    shift
-    "$BIN" router --addr 127.0.0.1:0 --log-level "${ROUTER_LOG_LEVEL:-info}" "$@" >"$W/router-$name.out" \
-        2>"$W/router-$name.log" &
-    pids+=($!)
-    for _ in $(seq 250); do grep -q 'listening on http' "$W/router-$name.out" 2>/dev/null && break; sleep 0.02; done
-    grep -q 'listening on http' "$W/router-$name.out" || fail "router $name did not start"
-    RPORT[$name]=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$W/router-$name.out" | sed 's/.*://')
-}
+# shellcheck source=tests/integration/lib_router.sh
+. "$(dirname "$0")/lib_router.sh" router-test
 
 # chat ROUTER MODEL [extra curl args...] -> response body on stdout; HTTP code in $W/code
 chat() {
@@ -67,15 +19,6 @@ chat() {
 }
 engine_of() { jq -r .engine; }
 code() { cat "$W/code"; }
-wait_until() { # TIMEOUT_S CMD...
-    local t=$1
-    shift
-    local end=$((SECONDS + t))
-    while ! "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $end ] || return 1
-        sleep 0.05
-    done
-}
 metrics() { curl -s "http://127.0.0.1:${RPORT[$1]}/metrics"; }
 healthy_is() { # ROUTER URL 0|1   (no pipe into grep -q: with pipefail, curl's SIGPIPE would fail it)
     local m
