@@ -121,6 +121,7 @@ int kv_cli_serve(int argc, char **argv)
         .rpc_addr = rpc,
         .admin_addr = admin,
         .kv_expire_time_s = (uint32_t)kv_cfg_int(&cfg, "kv-expire-time"),
+        .in_process_rpc = true, /* its node calls it directly, not through a socket */
     };
     rc = kv_master_start(&mopts, &m);
     if (rc < 0) {
@@ -143,6 +144,7 @@ int kv_cli_serve(int argc, char **argv)
         .bind = kv_cfg_str(&cfg, "bind"),
         .protocol = strcmp(proto, "auto") == 0 ? NULL : proto,
         .token = kv_cfg_str(&cfg, "token"),
+        .in_process_rpc = true, /* the master commits every put here: a call, not a socket */
     };
     rc = kv_node_start(&nopts, &node);
     if (rc < 0) {

@@ -54,6 +54,8 @@
 #define DEFAULT_TIMEOUT_MS 10000
 #define MAX_REPLICAS 16 /* replicas a client reads or writes per object */
 #define GET_ROUNDS 4
+#define INLINE_MAX_DEFAULT (64u << 10) /* see inline_max */
+#define INLINE_REQ_MAX (8u << 20)      /* bytes of values in one PUT request */
 
 struct leader {
     atomic_int refs;
@@ -66,6 +68,7 @@ struct kv_store {
     char *cluster;
     char *protocol;
     int timeout_ms;
+    size_t inline_max;    /* values up to this size go inside the PUT request */
     struct kv_meta *meta; /* NULL only while opening without metadata */
     struct kv_xfer *xfer;
     char client_id[96];
@@ -271,6 +274,18 @@ int kv_store_open(const struct kv_store_opts *opts, struct kv_store **out)
         strcmp(opts->protocol, "tcp") != 0 && strcmp(opts->protocol, "shm") != 0 &&
         strcmp(opts->protocol, "rdma") != 0)
         return KV_EINVAL;
+    /* KVSTASH_PUT_INLINE_MAX: values up to this size travel inside the PUT request */
+    size_t inline_max = INLINE_MAX_DEFAULT;
+    const char *im = getenv("KVSTASH_PUT_INLINE_MAX");
+    if (im && *im) {
+        uint64_t v;
+        if (kv_parse_size(im, &v) < 0 || v > INLINE_REQ_MAX) {
+            KV_LOGE("KVSTASH_PUT_INLINE_MAX='%s': need a size of at most 8MiB (0: never inline)",
+                    im);
+            return KV_EINVAL;
+        }
+        inline_max = (size_t)v;
+    }
     struct kv_store *s = kv_calloc(1, sizeof(*s));
     if (!s)
         return KV_ENOMEM;
@@ -281,6 +296,7 @@ int kv_store_open(const struct kv_store_opts *opts, struct kv_store **out)
     snprintf(s->client_id, sizeof(s->client_id), "%s-%d-%u", host, (int)getpid(),
              atomic_fetch_add(&seq, 1));
     s->timeout_ms = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+    s->inline_max = inline_max;
     s->master = opts->master ? kv_strdup(opts->master) : NULL;
     s->cluster = kv_strdup(opts->cluster ? opts->cluster : "default");
     s->protocol = kv_strdup(opts->protocol ? opts->protocol : "auto");
@@ -417,6 +433,55 @@ static int run_batch(struct kv_store *s, const struct kv_xfer_req *reqs, size_t 
 
 /* ---- put ---------------------------------------------------------------------------------- */
 
+/* PUT of values carried in the request (small values): one master round trip. */
+static int put_inline(struct kv_store *s, size_t n, const char *const *keys,
+                      const void *const *bufs, const size_t *lens, const struct kv_put_opts *opts,
+                      int replicas, int *results)
+{
+    Kvstash__PutItem *items = kv_calloc(n, sizeof(*items));
+    Kvstash__PutItem **pitems = kv_calloc(n, sizeof(*pitems));
+    int rc = KV_ENOMEM;
+    if (!items || !pitems)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        kvstash__put_item__init(&items[i]);
+        items[i].key = (char *)keys[i];
+        items[i].size = lens[i];
+        items[i].replicas = (uint32_t)replicas;
+        items[i].ttl_s = opts ? opts->ttl_s : 0;
+        items[i].pin = opts ? opts->pin : false;
+        items[i].data.len = lens[i];
+        items[i].data.data = (uint8_t *)bufs[i];
+        items[i].checksum = kv_hash64(bufs[i], lens[i]);
+        pitems[i] = &items[i];
+    }
+    Kvstash__PutStartReq req = KVSTASH__PUT_START_REQ__INIT;
+    req.n_items = n;
+    req.items = pitems;
+    ProtobufCMessage *resp = NULL;
+    rc = call(s, KV_RPC_PUT, &req.base, &kvstash__status_list__descriptor, &resp, false);
+    if (rc < 0) {
+        for (size_t i = 0; i < n; i++)
+            results[i] = rc;
+        goto out;
+    }
+    Kvstash__StatusList *sl = (Kvstash__StatusList *)resp;
+    if (sl->n_status != n)
+        KV_LOGW("PUT: %zu statuses for %zu items", sl->n_status, n);
+    for (size_t i = 0; i < n; i++)
+        results[i] = i < sl->n_status ? sl->status[i] : KV_EPROTO;
+    kv_rpc_pb_free(resp);
+    rc = KV_OK;
+out:
+    kv_free(items);
+    kv_free(pitems);
+    return rc;
+}
+
+static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
+                      const void *const *bufs, const size_t *lens, const struct kv_put_opts *opts,
+                      int replicas, int *results);
+
 int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
                        const void *const *bufs, const size_t *lens, const struct kv_put_opts *opts,
                        int *results)
@@ -428,6 +493,58 @@ int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
     int replicas = opts && opts->replicas ? opts->replicas : 1;
     if (replicas < 1 || replicas > MAX_REPLICAS)
         return KV_EINVAL;
+    /* values up to s->inline_max travel inside the PUT request (in requests of up to
+     * INLINE_REQ_MAX bytes); larger ones are written by the client into the nodes' segments */
+    const char **k2 = kv_calloc(n, sizeof(*k2));
+    const void **b2 = kv_calloc(n, sizeof(*b2));
+    size_t *l2 = kv_calloc(n, sizeof(*l2));
+    size_t *pos = kv_calloc(n, sizeof(*pos));
+    int *r2 = kv_calloc(n, sizeof(*r2));
+    int rc = KV_ENOMEM;
+    if (!k2 || !b2 || !l2 || !pos || !r2)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        results[i] = KV_ECANCELED; /* not asked: the master could not be reached */
+    rc = KV_OK;
+    for (int pass = 0; pass < 2 && rc == KV_OK; pass++) {
+        size_t m = 0, bytes = 0;
+        for (size_t i = 0; i <= n && rc == KV_OK; i++) {
+            bool small = i < n && s->inline_max && lens[i] <= s->inline_max && key_ok(keys[i]) &&
+                         (bufs[i] || !lens[i]);
+            bool flush = i == n || (pass == 0 && small && m && bytes + lens[i] > INLINE_REQ_MAX);
+            if (flush && m) {
+                rc = pass == 0 ? put_inline(s, m, k2, b2, l2, opts, replicas, r2)
+                               : put_staged(s, m, k2, b2, l2, opts, replicas, r2);
+                for (size_t j = 0; j < m; j++)
+                    results[pos[j]] = r2[j];
+                m = bytes = 0;
+            }
+            if (i == n || small != (pass == 0))
+                continue;
+            k2[m] = keys[i];
+            b2[m] = bufs[i];
+            l2[m] = lens[i];
+            pos[m++] = i;
+            bytes += lens[i];
+        }
+    }
+    for (size_t i = 0; i < n && rc < 0; i++)
+        if (results[i] == KV_ECANCELED)
+            results[i] = rc;
+out:
+    kv_free(k2);
+    kv_free(b2);
+    kv_free(l2);
+    kv_free(pos);
+    kv_free(r2);
+    return rc;
+}
+
+/* PUT_START, the client's writes into the nodes' segments, PUT_END. */
+static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
+                      const void *const *bufs, const size_t *lens, const struct kv_put_opts *opts,
+                      int replicas, int *results)
+{
     size_t *idx = kv_calloc(n, sizeof(*idx)); /* request item j -> key idx[j] */
     Kvstash__PutItem *items = kv_calloc(n, sizeof(*items));
     Kvstash__PutItem **pitems = kv_calloc(n, sizeof(*pitems));

@@ -731,7 +731,10 @@ static int h_hello(struct kv_master *m, const uint8_t *req, size_t len, struct k
     return reply(resp, &r.base);
 }
 
-static int put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__PutSlot *slot)
+/* Places one item as a PENDING object. slot (may be NULL) gets the replicas for the writer;
+ * *out (may be NULL) the object. */
+static int put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__PutSlot *slot,
+                         struct mobj **out)
 {
     if (!key_ok(it->key))
         return KV_EINVAL;
@@ -755,9 +758,9 @@ static int put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstas
         kv_free(o);
         return KV_ENOSPC;
     }
-    Kvstash__Replica **rs = kv_calloc((size_t)got, sizeof(*rs));
-    Kvstash__Replica *ra = kv_calloc((size_t)got, sizeof(*ra));
-    if (!rs || !ra || kv_smap_put(&m->index, o->key, o) < 0) {
+    Kvstash__Replica **rs = slot ? kv_calloc((size_t)got, sizeof(*rs)) : NULL;
+    Kvstash__Replica *ra = slot ? kv_calloc((size_t)got, sizeof(*ra)) : NULL;
+    if ((slot && (!rs || !ra)) || kv_smap_put(&m->index, o->key, o) < 0) {
         kv_free(rs);
         kv_free(ra);
         for (int i = 0; i < got; i++)
@@ -775,6 +778,10 @@ static int put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstas
     o->created_wall = kv_wall_ms();
     o->put_deadline = kv_now_ms() + m->put_timeout_ms;
     o->lease_until = o->put_deadline; /* the writer may touch the ranges until then */
+    if (out)
+        *out = o;
+    if (!slot)
+        return KV_OK;
     for (int i = 0; i < got; i++) {
         kvstash__replica__init(&ra[i]);
         ra[i].node_id = kv_strdup(o->rep[i].node->id);
@@ -802,6 +809,50 @@ static void free_slots(Kvstash__PutSlot *slots, size_t n)
     }
 }
 
+/* Places items[0..n) as PENDING objects: status[i] gets each item's status, slots[i] (slots may
+ * be NULL) its replicas, objs[i] (objs may be NULL) its object. Items that found no room get one
+ * more try after an eviction pass over the nodes. Takes the lock. */
+static void place_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, int32_t *status,
+                        Kvstash__PutSlot *slots, struct mobj **objs)
+{
+    uint64_t need = 0;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < n; i++) {
+        status[i] = put_start_one(m, items[i], slots ? &slots[i] : NULL, objs ? &objs[i] : NULL);
+        if (status[i] == KV_ENOSPC && (int)KV_MAX(items[i]->replicas, 1) <= m->nnodes)
+            need += rounded(items[i]->size) * KV_MAX(items[i]->replicas, 1);
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (!need)
+        return;
+    /* synchronous eviction on every node, then one retry */
+    pthread_mutex_lock(&m->lock);
+    int nn = m->nnodes;
+    pthread_mutex_unlock(&m->lock);
+    for (int pass = 0; pass < nn && pass < 8; pass++) {
+        pthread_mutex_lock(&m->lock);
+        struct mnode *t = m->nodes;
+        for (int j = 0; t && j < pass; j++)
+            t = t->next;
+        if (t)
+            t->refs++;
+        pthread_mutex_unlock(&m->lock);
+        if (!t)
+            break;
+        evict_pass(m, t, need);
+        pthread_mutex_lock(&m->lock);
+        node_unref(t);
+        pthread_mutex_unlock(&m->lock);
+    }
+    process_dfree(m);
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < n; i++)
+        if (status[i] == KV_ENOSPC)
+            status[i] =
+                put_start_one(m, items[i], slots ? &slots[i] : NULL, objs ? &objs[i] : NULL);
+    pthread_mutex_unlock(&m->lock);
+}
+
 static int h_put_start(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp)
 {
     Kvstash__PutStartReq *in;
@@ -812,47 +863,18 @@ static int h_put_start(struct kv_master *m, const uint8_t *req, size_t len, stru
     size_t n = in->n_items;
     Kvstash__PutSlot *slots = kv_calloc(n ? n : 1, sizeof(*slots));
     Kvstash__PutSlot **ps = kv_calloc(n ? n : 1, sizeof(*ps));
-    if (!slots || !ps) {
+    int32_t *st = kv_calloc(n ? n : 1, sizeof(*st));
+    if (!slots || !ps || !st) {
         rc = KV_ENOMEM;
         goto out;
     }
-    uint64_t need = 0;
-    pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < n; i++) {
         kvstash__put_slot__init(&slots[i]);
         ps[i] = &slots[i];
-        slots[i].status = put_start_one(m, in->items[i], &slots[i]);
-        if (slots[i].status == KV_ENOSPC && (int)KV_MAX(in->items[i]->replicas, 1) <= m->nnodes)
-            need += rounded(in->items[i]->size) * KV_MAX(in->items[i]->replicas, 1);
     }
-    pthread_mutex_unlock(&m->lock);
-    if (need) {
-        /* synchronous eviction on every node, then one retry */
-        pthread_mutex_lock(&m->lock);
-        int nn = m->nnodes;
-        pthread_mutex_unlock(&m->lock);
-        for (int pass = 0; pass < nn && pass < 8; pass++) {
-            pthread_mutex_lock(&m->lock);
-            struct mnode *t = m->nodes;
-            for (int j = 0; t && j < pass; j++)
-                t = t->next;
-            if (t)
-                t->refs++;
-            pthread_mutex_unlock(&m->lock);
-            if (!t)
-                break;
-            evict_pass(m, t, need);
-            pthread_mutex_lock(&m->lock);
-            node_unref(t);
-            pthread_mutex_unlock(&m->lock);
-        }
-        process_dfree(m);
-        pthread_mutex_lock(&m->lock);
-        for (size_t i = 0; i < n; i++)
-            if (slots[i].status == KV_ENOSPC)
-                slots[i].status = put_start_one(m, in->items[i], &slots[i]);
-        pthread_mutex_unlock(&m->lock);
-    }
+    place_items(m, in->items, n, st, slots, NULL);
+    for (size_t i = 0; i < n; i++)
+        slots[i].status = st[i];
     Kvstash__PutStartResp r = KVSTASH__PUT_START_RESP__INIT;
     r.n_slots = n;
     r.slots = ps;
@@ -861,18 +883,239 @@ static int h_put_start(struct kv_master *m, const uint8_t *req, size_t len, stru
 out:
     kv_free(slots);
     kv_free(ps);
+    kv_free(st);
     kv_rpc_pb_free(&in->base);
     return rc;
 }
 
-struct commit_grp {
+/* ---- group commit ----
+ *
+ * A PutEnd tells each replica's node about its objects (NODE_COMMIT) before it answers, so an
+ * acknowledged put survives the leader's death. Concurrent PutEnds share those round trips: each
+ * queues one commit_req per node on the node's queue and waits; a waiter that finds a node's
+ * queue non-empty with fewer than COMMIT_INFLIGHT commits in flight becomes the leader of a
+ * batch, takes the whole queue (up to COMMIT_BATCH_MAX objects) and sends it as one NODE_COMMIT,
+ * then wakes everyone whose request it carried. Under load one round trip commits the puts of
+ * many clients, and many puts are in flight per node; alone, a put pays one round trip as before.
+ * The queue and the done flags are guarded by m->lock; waiters sleep on m->commit_cond. */
+
+#define COMMIT_INFLIGHT 2
+#define COMMIT_BATCH_MAX 8192
+#define COMMIT_BYTES_MAX (16u << 20)
+
+struct commit_req {
     struct mnode *node;
-    Kvstash__NodeObject **objs;
+    Kvstash__NodeObject **objs; /* borrowed from the waiting PutEnd until done */
     size_t n;
-    int rc;
-    int32_t *status;
-    size_t nstatus;
+    size_t bytes;    /* inline data carried */
+    int rc;          /* the NODE_COMMIT's result (valid when done) */
+    int32_t *status; /* n per-object statuses (caller-owned) */
+    bool done;
+    struct commit_req *next;
 };
+
+/* Sends one batch from n's queue. Called with the lock held and n->cq non-empty; returns with it
+ * held. */
+static void commit_lead(struct kv_master *m, struct mnode *n)
+{
+    struct commit_req *batch = n->cq_head, *last = batch;
+    size_t total = batch->n, bytes = batch->bytes;
+    while (last->next && total + last->next->n <= COMMIT_BATCH_MAX &&
+           bytes + last->next->bytes <= COMMIT_BYTES_MAX) {
+        last = last->next;
+        total += last->n;
+        bytes += last->bytes;
+    }
+    n->cq_head = last->next;
+    if (!n->cq_head)
+        n->cq_tail = &n->cq_head;
+    last->next = NULL;
+    n->cq_inflight++;
+    n->refs++;
+    uint64_t epoch = m->epoch;
+    pthread_mutex_unlock(&m->lock);
+
+    int rc = KV_OK;
+    Kvstash__NodeObject **all = batch->objs;
+    if (batch->next) { /* several requests: one array for the message */
+        all = kv_malloc(total * sizeof(*all));
+        if (all) {
+            size_t k = 0;
+            for (struct commit_req *r = batch; r; r = r->next)
+                for (size_t j = 0; j < r->n; j++)
+                    all[k++] = r->objs[j];
+        } else {
+            rc = KV_ENOMEM;
+        }
+    }
+    Kvstash__StatusList *sl = NULL;
+    if (rc == KV_OK) {
+        Kvstash__ObjectsReq oreq = KVSTASH__OBJECTS_REQ__INIT;
+        oreq.epoch = epoch;
+        oreq.n_objects = total;
+        oreq.objects = all;
+        rc = call_node(n, KV_RPC_NODE_COMMIT, &oreq.base, &kvstash__status_list__descriptor,
+                       (ProtobufCMessage **)&sl);
+    }
+    if (all != batch->objs)
+        kv_free(all);
+
+    pthread_mutex_lock(&m->lock);
+    size_t k = 0;
+    for (struct commit_req *r = batch, *next; r; r = next) {
+        next = r->next;
+        r->rc = rc;
+        for (size_t j = 0; j < r->n; j++, k++)
+            r->status[j] = rc < 0 ? rc : k < sl->n_status ? sl->status[k] : KV_EPROTO;
+        r->done = true;
+    }
+    if (sl)
+        kv_rpc_pb_free(&sl->base);
+    n->cq_inflight--;
+    node_unref(n);
+    pthread_cond_broadcast(&m->commit_cond);
+}
+
+/* Commits reqs[0..nr) (one per node) and waits until each is done. Called and returns with the
+ * lock held; the nodes are referenced by the caller. */
+static void commit_wait(struct kv_master *m, struct commit_req *reqs, size_t nr)
+{
+    for (size_t i = 0; i < nr; i++) {
+        struct mnode *n = reqs[i].node;
+        reqs[i].next = NULL;
+        *n->cq_tail = &reqs[i];
+        n->cq_tail = &reqs[i].next;
+    }
+    for (;;) {
+        bool all_done = true, led = false;
+        for (size_t i = 0; i < nr; i++) {
+            if (reqs[i].done)
+                continue;
+            all_done = false;
+            struct mnode *n = reqs[i].node;
+            if (n->cq_head && n->cq_inflight < COMMIT_INFLIGHT) {
+                commit_lead(m, n);
+                led = true;
+                break;
+            }
+        }
+        if (all_done)
+            return;
+        if (!led)
+            pthread_cond_wait(&m->commit_cond, &m->lock);
+    }
+}
+
+/* Commits objs[0..n) (NULL entries skipped; each PENDING with a reference held for this call)
+ * on their replicas' nodes, then makes each COMPLETE or drops it: st[i] gets the outcome.
+ * data (may be NULL) holds each object's bytes for the nodes to write first (inline puts). Called
+ * and returns with the lock held; drops it while waiting for the nodes. */
+static int commit_complete(struct kv_master *m, size_t n, struct mobj **objs,
+                           const ProtobufCBinaryData *data, int32_t *st)
+{
+    size_t maxno = n * KV_STORE_MAX_REPLICAS + 1;
+    Kvstash__NodeObject *nos = kv_calloc(maxno, sizeof(*nos));
+    Kvstash__NodeObject **pnos = kv_calloc(maxno, sizeof(*pnos));
+    int32_t *ost = kv_calloc(maxno, sizeof(*ost));
+    /* at most one request per replica of the batch */
+    struct commit_req *g = kv_calloc(maxno, sizeof(*g));
+    size_t ng = 0, nno = 0;
+    bool ok = nos && pnos && ost && g;
+    for (size_t i = 0; i < n && ok; i++) {
+        struct mobj *o = objs[i];
+        for (int r = 0; o && r < o->nrep; r++) {
+            struct mnode *node = o->rep[r].node;
+            size_t gi = 0;
+            while (gi < ng && g[gi].node != node)
+                gi++;
+            if (gi == ng) {
+                g[ng].node = node;
+                node->refs++;
+                ng++;
+            }
+        }
+    }
+    /* lay out NodeObjects request by request (each contiguous) */
+    int64_t wall = kv_wall_ms();
+    for (size_t gi = 0; gi < ng; gi++) {
+        g[gi].objs = pnos + nno;
+        g[gi].status = ost + nno;
+        for (size_t i = 0; i < n; i++) {
+            struct mobj *o = objs[i];
+            int r = o ? rep_find(o, g[gi].node) : -1;
+            if (r < 0)
+                continue;
+            Kvstash__NodeObject *x = &nos[nno];
+            kvstash__node_object__init(x);
+            x->key = o->key;
+            x->size = o->size;
+            x->checksum = o->checksum;
+            x->tier = KVSTASH__TIER__TIER_DRAM;
+            x->offset = o->rep[r].off;
+            x->expire_at_ms = wall + (int64_t)o->ttl_s * 1000;
+            x->pin = o->pin;
+            x->created_ms = o->created_wall;
+            if (data)
+                x->data = data[i];
+            pnos[nno++] = x;
+            g[gi].n++;
+            g[gi].bytes += x->data.len;
+        }
+    }
+    commit_wait(m, g, ng);
+    wall = kv_wall_ms();
+    for (size_t i = 0; i < n; i++) {
+        struct mobj *o = objs[i];
+        if (!o)
+            continue;
+        for (int r = o->nrep - 1; r >= 0; r--) {
+            bool acked = false;
+            for (size_t gi = 0; ok && gi < ng; gi++) {
+                if (g[gi].node != o->rep[r].node)
+                    continue;
+                for (size_t j = 0; j < g[gi].n; j++)
+                    if (g[gi].objs[j]->key == o->key)
+                        acked = g[gi].rc == KV_OK && g[gi].status[j] == KV_OK;
+            }
+            if (!acked) {
+                defer_free(m, o->rep[r].node, o->key, o->rep[r].off, rounded(o->size), true, false,
+                           true, o->created_wall, o->lease_until);
+                rep_drop(o, r);
+            }
+        }
+        if (o->dead) {
+            st[i] = KV_ENOENT;
+        } else if (o->nrep == 0) {
+            st[i] = ok ? KV_EIO : KV_ENOMEM;
+            m->errors++;
+            obj_unlink(m, o);
+        } else {
+            o->state = OBJ_COMPLETE;
+            m->npending--;
+            o->lease_until = 0;
+            o->expire_wall = wall + (int64_t)o->ttl_s * 1000;
+            lru_push(m, o);
+            m->puts++;
+            st[i] = KV_OK;
+        }
+        obj_put_done(m, o);
+    }
+    for (size_t gi = 0; gi < ng; gi++)
+        node_unref(g[gi].node);
+    kv_free(g);
+    kv_free(ost);
+    kv_free(nos);
+    kv_free(pnos);
+    return ok ? KV_OK : KV_ENOMEM;
+}
+
+static int reply_status(struct kv_buf *resp, int32_t *st, size_t n)
+{
+    Kvstash__StatusList r = KVSTASH__STATUS_LIST__INIT;
+    r.n_status = n;
+    r.status = st;
+    return reply(resp, &r.base);
+}
 
 static int h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp)
 {
@@ -884,12 +1127,7 @@ static int h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct
     size_t n = in->n_items;
     int32_t *st = kv_calloc(n ? n : 1, sizeof(*st));
     struct mobj **objs = kv_calloc(n ? n : 1, sizeof(*objs));
-    Kvstash__NodeObject *nos = kv_calloc(n * KV_STORE_MAX_REPLICAS + 1, sizeof(*nos));
-    Kvstash__NodeObject **pnos = kv_calloc(n * KV_STORE_MAX_REPLICAS + 1, sizeof(*pnos));
-    /* at most one group per replica of the batch */
-    struct commit_grp *g = kv_calloc(n * KV_STORE_MAX_REPLICAS + 1, sizeof(*g));
-    size_t ng = 0, nno = 0;
-    if (!st || !objs || !nos || !pnos || !g) {
+    if (!st || !objs) {
         rc = KV_ENOMEM;
         goto out;
     }
@@ -917,117 +1155,58 @@ static int h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct
         o->checksum = it->checksum;
         o->refs++;
         objs[i] = o;
-        for (int r = 0; r < o->nrep; r++) {
-            struct mnode *node = o->rep[r].node;
-            size_t gi = 0;
-            while (gi < ng && g[gi].node != node)
-                gi++;
-            if (gi == ng) {
-                g[ng].node = node;
-                node->refs++;
-                g[ng].objs = pnos + nno; /* contiguous per group: filled below */
-                ng++;
-            }
-        }
     }
-    /* lay out NodeObjects group by group */
-    nno = 0;
-    for (size_t gi = 0; gi < ng; gi++) {
-        g[gi].objs = pnos + nno;
-        for (size_t i = 0; i < n; i++) {
-            struct mobj *o = objs[i];
-            int r = o ? rep_find(o, g[gi].node) : -1;
-            if (r < 0)
-                continue;
-            Kvstash__NodeObject *x = &nos[nno];
-            kvstash__node_object__init(x);
-            x->key = o->key;
-            x->size = o->size;
-            x->checksum = o->checksum;
-            x->tier = KVSTASH__TIER__TIER_DRAM;
-            x->offset = o->rep[r].off;
-            x->expire_at_ms = kv_wall_ms() + (int64_t)o->ttl_s * 1000;
-            x->pin = o->pin;
-            x->created_ms = o->created_wall;
-            pnos[nno++] = x;
-            g[gi].n++;
-        }
-    }
-    uint64_t epoch = m->epoch;
+    commit_complete(m, n, objs, NULL, st);
     pthread_mutex_unlock(&m->lock);
-    for (size_t gi = 0; gi < ng; gi++) {
-        Kvstash__ObjectsReq oreq = KVSTASH__OBJECTS_REQ__INIT;
-        oreq.epoch = epoch;
-        oreq.n_objects = g[gi].n;
-        oreq.objects = g[gi].objs;
-        Kvstash__StatusList *sl = NULL;
-        g[gi].rc = call_node(g[gi].node, KV_RPC_NODE_COMMIT, &oreq.base,
-                             &kvstash__status_list__descriptor, (ProtobufCMessage **)&sl);
-        if (g[gi].rc == KV_OK) {
-            g[gi].status = kv_calloc(g[gi].n + 1, sizeof(int32_t));
-            if (!g[gi].status)
-                g[gi].rc = KV_ENOMEM;
-            for (size_t j = 0; g[gi].status && j < g[gi].n; j++)
-                g[gi].status[j] = j < sl->n_status ? sl->status[j] : KV_EPROTO;
-            g[gi].nstatus = g[gi].n;
-            kv_rpc_pb_free(&sl->base);
-        }
-    }
-    pthread_mutex_lock(&m->lock);
-    int64_t mono = kv_now_ms(), wall = kv_wall_ms();
-    for (size_t i = 0; i < n; i++) {
-        struct mobj *o = objs[i];
-        if (!o)
-            continue;
-        for (int r = o->nrep - 1; r >= 0; r--) {
-            bool acked = false;
-            for (size_t gi = 0; gi < ng; gi++) {
-                if (g[gi].node != o->rep[r].node)
-                    continue;
-                for (size_t j = 0; j < g[gi].n; j++)
-                    if (g[gi].objs[j]->key == o->key)
-                        acked = g[gi].rc == KV_OK && g[gi].status[j] == KV_OK;
-            }
-            if (!acked) {
-                defer_free(m, o->rep[r].node, o->key, o->rep[r].off, rounded(o->size), true, false,
-                           true, o->created_wall, o->lease_until);
-                rep_drop(o, r);
-            }
-        }
-        if (o->dead) {
-            st[i] = KV_ENOENT;
-        } else if (o->nrep == 0) {
-            st[i] = KV_EIO;
-            m->errors++;
-            obj_unlink(m, o);
-        } else {
-            o->state = OBJ_COMPLETE;
-            m->npending--;
-            o->lease_until = 0;
-            o->expire_wall = wall + (int64_t)o->ttl_s * 1000;
-            lru_push(m, o);
-            m->puts++;
-            st[i] = KV_OK;
-        }
-        (void)mono;
-        obj_put_done(m, o);
-    }
-    for (size_t gi = 0; gi < ng; gi++)
-        node_unref(g[gi].node);
-    pthread_mutex_unlock(&m->lock);
-    Kvstash__StatusList r = KVSTASH__STATUS_LIST__INIT;
-    r.n_status = n;
-    r.status = st;
-    rc = reply(resp, &r.base);
+    rc = reply_status(resp, st, n);
 out:
-    if (g)
-        for (size_t gi = 0; gi < ng; gi++)
-            kv_free(g[gi].status);
-    kv_free(g);
     kv_free(st);
     kv_free(objs);
-    kv_free(nos);
-    kv_free(pnos);
+    kv_rpc_pb_free(&in->base);
+    return rc;
+}
+
+/* PUT: small values carried in the request. Each item is placed as PutStart would, its bytes go
+ * to the replicas' nodes inside the (group) NODE_COMMIT, and the object is COMPLETE when they
+ * acknowledged: one client round trip instead of PutStart + write + PutEnd. */
+static int h_put(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp)
+{
+    Kvstash__PutStartReq *in;
+    int rc =
+        kv_rpc_pb_unpack(&kvstash__put_start_req__descriptor, req, len, (ProtobufCMessage **)&in);
+    if (rc < 0)
+        return rc;
+    size_t n = in->n_items;
+    int32_t *st = kv_calloc(n ? n : 1, sizeof(*st));
+    struct mobj **objs = kv_calloc(n ? n : 1, sizeof(*objs));
+    ProtobufCBinaryData *data = kv_calloc(n ? n : 1, sizeof(*data));
+    if (!st || !objs || !data) {
+        rc = KV_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (in->items[i]->data.len != in->items[i]->size)
+            rc = KV_EPROTO; /* the request is malformed as a whole */
+    if (rc < 0)
+        goto out;
+    place_items(m, in->items, n, st, NULL, objs);
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < n; i++) {
+        if (st[i] != KV_OK) {
+            objs[i] = NULL;
+            continue;
+        }
+        objs[i]->checksum = in->items[i]->checksum;
+        objs[i]->refs++;
+        data[i] = in->items[i]->data;
+    }
+    commit_complete(m, n, objs, data, st);
+    pthread_mutex_unlock(&m->lock);
+    rc = reply_status(resp, st, n);
+out:
+    kv_free(st);
+    kv_free(objs);
+    kv_free(data);
     kv_rpc_pb_free(&in->base);
     return rc;
 }
@@ -1515,6 +1694,7 @@ static int h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct k
     if (!n)
         goto out_nomem;
     n->refs = 1;
+    n->cq_tail = &n->cq_head;
     n->id = kv_strdup(in->node_id);
     n->segment = kv_strdup(in->segment);
     n->host_id = kv_strdup(in->host_id ? in->host_id : "");
@@ -1598,6 +1778,7 @@ int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len, 
     case KV_RPC_HELLO:
     case KV_RPC_PUT_START:
     case KV_RPC_PUT_END:
+    case KV_RPC_PUT:
     case KV_RPC_GET:
     case KV_RPC_EXISTS:
     case KV_RPC_REMOVE:
@@ -1621,6 +1802,9 @@ int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len, 
         break;
     case KV_RPC_PUT_END:
         rc = h_put_end(m, req, len, resp);
+        break;
+    case KV_RPC_PUT:
+        rc = h_put(m, req, len, resp);
         break;
     case KV_RPC_GET:
         rc = h_get(m, req, len, resp);
@@ -1813,6 +1997,7 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
     pthread_mutex_init(&m->evict_lock, NULL);
     pthread_mutex_init(&m->wake_lock, NULL);
     pthread_cond_init(&m->cond, NULL);
+    pthread_cond_init(&m->commit_cond, NULL);
     pthread_cond_init(&m->wake_cond, NULL);
     kv_smap_init(&m->index);
     m->lru.lru_next = m->lru.lru_prev = &m->lru;
@@ -1840,6 +2025,11 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
     if (strcmp(adv, "0.0.0.0") == 0 || !*adv)
         adv = "127.0.0.1";
     snprintf(m->rpc_addr, sizeof(m->rpc_addr), "%s:%u", adv, kv_rpc_server_port(m->rpc));
+    if (o->in_process_rpc) {
+        rc = kv_rpc_local_add(host, kv_rpc_server_port(m->rpc), kv_master_handle, m, &m->local);
+        if (rc < 0)
+            goto out_rpc;
+    }
     if (o->admin_addr && strcmp(o->admin_addr, "off") != 0) {
         rc = kv_master_admin_start(m, o->admin_addr);
         if (rc < 0) {
@@ -1864,6 +2054,7 @@ out_maint:
 out_admin:
     kv_master_admin_stop(m);
 out_rpc:
+    kv_rpc_local_remove(m->local);
     kv_rpc_server_stop(m->rpc);
 out_meta:
     kv_meta_close(m->meta);
@@ -1873,6 +2064,7 @@ out_locks:
     pthread_mutex_destroy(&m->evict_lock);
     pthread_mutex_destroy(&m->wake_lock);
     pthread_cond_destroy(&m->cond);
+    pthread_cond_destroy(&m->commit_cond);
     pthread_cond_destroy(&m->wake_cond);
 out_free:
     kv_free(m->id);
@@ -1889,6 +2081,7 @@ void kv_master_stop(struct kv_master *m)
         return;
     atomic_store(&m->stopping, true);
     kv_master_campaign_stop(m); /* resigns: the leader key goes at once */
+    kv_rpc_local_remove(m->local);
     kv_rpc_server_stop(m->rpc);
     pthread_mutex_lock(&m->wake_lock);
     m->wake_flag = true;
@@ -1911,6 +2104,7 @@ void kv_master_stop(struct kv_master *m)
     pthread_mutex_destroy(&m->evict_lock);
     pthread_mutex_destroy(&m->wake_lock);
     pthread_cond_destroy(&m->cond);
+    pthread_cond_destroy(&m->commit_cond);
     pthread_cond_destroy(&m->wake_cond);
     KV_LOGI("master %s stopped", m->id);
     kv_free(m->id);

@@ -14,6 +14,7 @@
 #include "store/alloc_seg.h"
 #include "store/master_map.h"
 #include "store/rpc.h"
+#include "store/rpc_local.h"
 #include "store/store_int.h"
 
 struct mnode {
@@ -31,6 +32,10 @@ struct mnode {
     bool mounting;                   /* a MOUNT in parts is under way: no placement on it yet */
     size_t mount_ok, mount_rejected; /* objects of the mount so far */
     int refs;                        /* the node list holds one; RPCs in flight hold one each */
+    /* group commit (master.c): PutEnds' requests waiting for a NODE_COMMIT, and how many
+     * NODE_COMMITs are in flight */
+    struct commit_req *cq_head, **cq_tail;
+    int cq_inflight;
     struct mnode *next;
 };
 
@@ -90,12 +95,14 @@ struct kv_master {
     char epoch_key[512];
     struct kv_meta *meta;
     struct kv_rpc_server *rpc;
+    struct kv_rpc_local *local; /* in-process registration (opts.in_process_rpc) or NULL */
 
     /* lock guards everything below up to "end lock"; lock order: evict_lock -> lock */
     pthread_mutex_t lock;
-    pthread_cond_t cond;  /* promotions finished; maintenance wake-ups */
-    struct kv_smap index; /* key -> struct mobj */
-    struct mobj lru;      /* sentinel */
+    pthread_cond_t cond;        /* promotions finished; maintenance wake-ups */
+    pthread_cond_t commit_cond; /* a group commit finished (waiters re-check their requests) */
+    struct kv_smap index;       /* key -> struct mobj */
+    struct mobj lru;            /* sentinel */
     struct mnode *nodes;
     int nnodes;
     struct dfree *dfree;

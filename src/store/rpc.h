@@ -29,12 +29,16 @@
  *     REMOVE       KeyList      -> StatusList     (KV_OK or KV_ENOENT per key)
  *     LIST         ListReq      -> ListResp
  *     STAT         -            -> StatResp       (JSON of /api/v1/cluster)
+ *     PUT          PutStartReq  -> StatusList     (small values inline: items carry data and
+ *                                                  checksum; one status per item)
  *   node -> master
  *     MOUNT        MountReq     -> MountResp
  *     HEARTBEAT    HeartbeatReq -> MountResp      (frame status KV_ENOENT: unknown node,
  *                                                  MOUNT again)
  *   master -> node
- *     NODE_COMMIT  ObjectsReq   -> StatusList     (objects now held in DRAM)
+ *     NODE_COMMIT  ObjectsReq   -> StatusList     (objects now held in DRAM; an object with
+ *                                                  data gets those bytes written at its offset
+ *                                                  first)
  *     NODE_FREE    ObjectsReq   -> StatusList     (forget DRAM bytes and SSD file; key only)
  *     NODE_DEMOTE  ObjectsReq   -> DemoteResp     (write DRAM bytes to SSD, forget DRAM)
  *     NODE_PROMOTE PromoteReq   -> -              (read the SSD file into DRAM at offset)
@@ -71,6 +75,7 @@ enum kv_rpc_method {
     KV_RPC_REMOVE = 6,
     KV_RPC_LIST = 7,
     KV_RPC_STAT = 8,
+    KV_RPC_PUT = 9,
     KV_RPC_MOUNT = 20,
     KV_RPC_HEARTBEAT = 21,
     KV_RPC_NODE_COMMIT = 40,

@@ -46,6 +46,7 @@ struct kv_master_opts {
     uint32_t node_timeout_ms;       /* node removed when silent for; 0 = 5000 */
     uint32_t evict_interval_ms;     /* eviction / deferred-free / reclaim period; 0 = 100 */
     int leader_ttl_s;               /* leader lease ttl; 0 = 3 */
+    bool in_process_rpc;            /* answer RPC clients of this process directly (rpc_local.h) */
 };
 
 struct kv_master;
@@ -95,6 +96,8 @@ struct kv_node_opts {
     const char *token;          /* transfer token; NULL = none */
     int heartbeat_ms;           /* 0 = 1000 */
     size_t mount_chunk;         /* objects per MOUNT part; 0 = 65536 (~6 MiB frames) */
+    bool in_process_rpc;        /* answer RPC clients of this process directly (rpc_local.h):
+                                   `serve`, whose master commits every put on this node */
 };
 
 struct kv_node;

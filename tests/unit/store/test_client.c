@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -737,6 +738,9 @@ static void test_alloc_failures(void **state)
 
 int main(void)
 {
+    /* this fake master speaks the staged put (PUT_START, writes, PUT_END); the inline PUT of
+     * small values is tested against the real master in test_client_cluster.c */
+    setenv("KVSTASH_PUT_INLINE_MAX", "0", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_bad_args),

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include "kvstash/meta.h"
 #include "kvstash/store.h"
 #include "store/replay.h"
+#include "store/rpc.h"
 #include "store/store_int.h"
 
 #define NNODES 3
@@ -127,6 +129,71 @@ static void test_roundtrip(void **state)
     assert_int_equal(kv_store_stat_json(s, &json), KV_OK);
     assert_non_null(strstr(json, "nodes"));
     kv_store_free(json);
+    kv_store_close(s);
+}
+
+/* One batch mixing values carried inside the PUT request (<= 64 KiB by default) with values
+ * the client writes into the segments itself: every result lands on its own key. */
+static void test_inline_and_staged(void **state)
+{
+    (void)state;
+    struct kv_store *s = open_store();
+    static uint8_t v[6][200000];
+    size_t sizes[6] = {1024, 200000, 65536, 65537, 0, 4096};
+    const char *keys[6];
+    const void *bufs[6];
+    char names[6][32];
+    int res[6];
+    for (int i = 0; i < 6; i++) {
+        snprintf(names[i], sizeof(names[i]), "mix/%d", i);
+        keys[i] = names[i];
+        fill(v[i], sizes[i], 100 + (unsigned)i);
+        bufs[i] = v[i];
+        res[i] = 12345;
+    }
+    assert_int_equal(kv_store_batch_put(s, 6, keys, bufs, sizes, NULL, res), KV_OK);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(res[i], KV_OK);
+    /* first writer wins on both paths */
+    assert_int_equal(kv_store_batch_put(s, 6, keys, bufs, sizes, NULL, res), KV_OK);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(res[i], KV_EEXIST);
+    static uint8_t r[200000];
+    for (int i = 0; i < 6; i++) {
+        size_t len = 1;
+        assert_int_equal(kv_store_get(s, keys[i], r, sizeof(r), &len), KV_OK);
+        assert_int_equal(len, sizes[i]);
+        assert_memory_equal(r, v[i], len);
+    }
+    kv_store_close(s);
+
+    /* a bad KVSTASH_PUT_INLINE_MAX is refused at open, naming the variable */
+    setenv("KVSTASH_PUT_INLINE_MAX", "lots", 1);
+    struct kv_store_opts o = {.metadata = g_url, .timeout_ms = 5000};
+    struct kv_store *bad = NULL;
+    assert_int_equal(kv_store_open(&o, &bad), KV_EINVAL);
+    assert_null(bad);
+    unsetenv("KVSTASH_PUT_INLINE_MAX");
+
+    /* a PUT whose item carries fewer bytes than its size is malformed: rejected, nothing stored */
+    struct kv_rpc_client *c = NULL;
+    assert_int_equal(kv_rpc_client_create(kv_master_rpc_addr(g_master), 0, &c), KV_OK);
+    Kvstash__PutItem it = KVSTASH__PUT_ITEM__INIT, *pit = &it;
+    it.key = "mix/short";
+    it.size = 100;
+    it.data.len = 10;
+    it.data.data = v[0];
+    Kvstash__PutStartReq req = KVSTASH__PUT_START_REQ__INIT;
+    req.n_items = 1;
+    req.items = &pit;
+    ProtobufCMessage *out = NULL;
+    assert_int_equal(kv_rpc_call_pb(c, KV_RPC_PUT, &req.base, &kvstash__status_list__descriptor,
+                                    &out, 5000, NULL, 0),
+                     KV_EPROTO);
+    assert_null(out);
+    kv_rpc_client_destroy(c);
+    s = open_store();
+    assert_int_equal(kv_store_exists(s, "mix/short"), 0);
     kv_store_close(s);
 }
 
@@ -326,6 +393,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_batch),
+        cmocka_unit_test(test_inline_and_staged),
         cmocka_unit_test(test_race),
         cmocka_unit_test(test_replay_exact_hits),
         cmocka_unit_test(test_node_loss), /* before the fill: nothing evicted yet */
