@@ -24,6 +24,10 @@ KV_API int64_t kv_now_ns(void);
 /* Wall clock, milliseconds since the epoch. */
 KV_API int64_t kv_wall_ms(void);
 KV_API void kv_sleep_ms(int ms);
+struct timespec;
+/* *ts = the CLOCK_REALTIME time ms milliseconds from now (the deadline of a
+ * pthread_cond_timedwait on a default condition variable). */
+KV_API void kv_timespec_in_ms(struct timespec *ts, int64_t ms);
 
 /* Decimal (or 0x hex) signed integer. */
 KV_API int kv_parse_i64(const char *s, int64_t *out);

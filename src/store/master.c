@@ -45,6 +45,10 @@
 
 #define NODE_RPC_TIMEOUT_MS 5000
 #define PROMOTE_WAIT_MS 10000
+#define EVICT_WAIT_MS 3000    /* a put waits this long for the eviction it asked for */
+#define EVICT_SCAN_MAX 16384  /* LRU entries one eviction step looks at under the lock */
+#define TTL_STEP_BUCKETS 4096 /* index buckets one TTL sweep step visits under the lock */
+#define TTL_STEPS_PER_TICK 64 /* TTL sweep steps per maintenance tick */
 
 /* ---- small helpers ---- */
 
@@ -97,13 +101,19 @@ static void lru_remove(struct mobj *o)
     }
 }
 
-static void lru_push(struct kv_master *m, struct mobj *o)
+/* Moves o to the head of the list whose sentinel is head (m->lru or m->pend). */
+static void list_push(struct mobj *head, struct mobj *o)
 {
     lru_remove(o);
-    o->lru_next = m->lru.lru_next;
-    o->lru_prev = &m->lru;
-    m->lru.lru_next->lru_prev = o;
-    m->lru.lru_next = o;
+    o->lru_next = head->lru_next;
+    o->lru_prev = head;
+    head->lru_next->lru_prev = o;
+    head->lru_next = o;
+}
+
+static void lru_push(struct kv_master *m, struct mobj *o)
+{
+    list_push(&m->lru, o);
 }
 
 static void defer_free2(struct kv_master *m, struct mnode *n, const char *key, uint64_t off,
@@ -427,14 +437,16 @@ static void evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
         if (n == force && need > want) {
             /* a forced pass only when evicting can make the room: never drop (pinned) data
              * for a request that would not fit anyway */
-            uint64_t avail = 0;
-            for (struct mobj *o = m->lru.lru_prev; o != &m->lru; o = o->lru_prev) {
+            uint64_t avail = cap - kv_segalloc_used(n->alloc);
+            size_t seen = 0;
+            for (struct mobj *o = m->lru.lru_prev;
+                 o != &m->lru && avail < need && seen < EVICT_SCAN_MAX; o = o->lru_prev, seen++) {
                 int ri = rep_find(o, n);
                 if (ri >= 0 && o->rep[ri].dram && !o->rep[ri].demoting && !o->refs &&
                     o->lease_until <= now)
                     avail += rounded(o->size);
             }
-            if (cap - kv_segalloc_used(n->alloc) + avail >= need)
+            if (avail >= need)
                 want = need;
         }
         if (!want)
@@ -443,7 +455,11 @@ static void evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
         struct victim *v = kv_malloc(cv * sizeof(*v));
         uint64_t got = 0;
         for (int pass = 0; pass < 2 && got < want && v; pass++) {
-            for (struct mobj *o = m->lru.lru_prev; o != &m->lru && got < want; o = o->lru_prev) {
+            /* from the least recently used end, at most EVICT_SCAN_MAX entries under the lock:
+             * a node whose objects sit elsewhere in the list is served by the next pass */
+            size_t seen = 0;
+            for (struct mobj *o = m->lru.lru_prev;
+                 o != &m->lru && got < want && seen < EVICT_SCAN_MAX; o = o->lru_prev, seen++) {
                 if (o->pin != (pass == 1) || o->lease_until > now || o->refs)
                     continue;
                 int ri = rep_find(o, n);
@@ -657,29 +673,74 @@ static void process_dfree(struct kv_master *m)
 
 struct sweep_ctx {
     struct kv_master *m;
-    int64_t mono, wall;
-    bool ttl;
+    int64_t wall;
     uint64_t reclaimed, expired;
 };
 
+/* TTL sweep step: removes expired COMPLETE objects no operation holds. */
 static int sweep_cb(void *ud, const char *key, void *val)
 {
     (void)key;
     struct sweep_ctx *c = ud;
     struct mobj *o = val;
-    if (o->refs)
+    if (o->refs || !expired(o, c->wall))
         return 0;
-    if (o->state == OBJ_PENDING && o->put_deadline <= c->mono) {
-        c->reclaimed++;
-        obj_unlink2(c->m, o, false);
-        return 1;
+    c->expired++;
+    obj_unlink2(c->m, o, false);
+    return 1;
+}
+
+/* Reclaims PENDING objects whose put timed out: the oldest sit at the tail of m->pend (deadlines
+ * grow with insertion), so this looks at the expired ones only. Caller holds the lock. */
+static uint64_t reclaim_pending(struct kv_master *m, int64_t now)
+{
+    uint64_t n = 0;
+    for (struct mobj *o = m->pend.lru_prev, *prev; o != &m->pend; o = prev) {
+        prev = o->lru_prev;
+        if (o->put_deadline > now)
+            break;
+        if (o->refs)
+            continue; /* its PutEnd is committing it: that call decides */
+        obj_unlink(m, o);
+        n++;
     }
-    if (c->ttl && expired(o, c->wall)) {
-        c->expired++;
-        obj_unlink2(c->m, o, false);
-        return 1;
+    return n;
+}
+
+/* Forced eviction asked for by puts (place_items): one pass per node (up to 8) for the bytes
+ * requested, then the requesters are told. Runs on the maintenance thread only. */
+static void evict_requested(struct kv_master *m)
+{
+    pthread_mutex_lock(&m->lock);
+    uint64_t take = m->evict_req_seq, need = m->evict_need;
+    m->evict_need = 0;
+    struct mnode *ns[8];
+    int k = 0;
+    for (struct mnode *n = m->nodes; n && need && k < 8; n = n->next) {
+        n->refs++;
+        ns[k++] = n;
     }
-    return 0;
+    pthread_mutex_unlock(&m->lock);
+    for (int i = 0; i < k; i++)
+        evict_pass(m, ns[i], need);
+    if (k)
+        process_dfree(m);
+    pthread_mutex_lock(&m->lock);
+    for (int i = 0; i < k; i++)
+        node_unref(ns[i]);
+    if (take > m->evict_done_seq) {
+        m->evict_done_seq = take;
+        pthread_cond_broadcast(&m->cond);
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void maint_wake(struct kv_master *m)
+{
+    pthread_mutex_lock(&m->wake_lock);
+    m->wake_flag = true;
+    pthread_cond_broadcast(&m->wake_cond);
+    pthread_mutex_unlock(&m->wake_lock);
 }
 
 void kv_master_maintain_now(struct kv_master *m, bool force_ttl)
@@ -693,21 +754,34 @@ void kv_master_maintain_now(struct kv_master *m, bool force_ttl)
         if (now - n->last_hb_ms > (int64_t)m->node_timeout_ms)
             node_remove(m, n, "no heartbeat within node_timeout");
     }
-    struct sweep_ctx c = {m, now, kv_wall_ms(), false, 0, 0};
-    c.ttl = force_ttl || now - m->last_ttl_sweep >= (int64_t)m->cleanup_ms;
-    if (c.ttl)
+    struct sweep_ctx c = {m, kv_wall_ms(), 0, 0};
+    c.reclaimed = reclaim_pending(m, now);
+    if (force_ttl || (!m->ttl_active && now - m->last_ttl_sweep >= (int64_t)m->cleanup_ms)) {
         m->last_ttl_sweep = now;
-    /* a full sweep of the index: for the TTL, or at most every 250 ms while puts are pending */
-    bool pend = m->npending && now - m->last_pending_sweep >= 250;
-    if (pend)
-        m->last_pending_sweep = now;
-    if (c.ttl || pend)
-        kv_smap_each(&m->index, sweep_cb, &c);
-    m->expired += c.expired;
+        m->ttl_active = true;
+        m->ttl_cursor = 0;
+    }
+    pthread_mutex_unlock(&m->lock);
+    /* the TTL sweep visits the index in steps of TTL_STEP_BUCKETS buckets, letting go of the lock
+     * between steps, at most TTL_STEPS_PER_TICK steps a tick (all of it when forced) */
+    bool more = true;
+    for (int steps = 0; more && (force_ttl || steps < TTL_STEPS_PER_TICK); steps++) {
+        pthread_mutex_lock(&m->lock);
+        more = m->ttl_active;
+        if (more) {
+            uint64_t before = c.expired;
+            c.wall = kv_wall_ms();
+            m->ttl_cursor =
+                kv_smap_each_range(&m->index, m->ttl_cursor, TTL_STEP_BUCKETS, sweep_cb, &c);
+            more = m->ttl_active = m->ttl_cursor != 0;
+            m->expired += c.expired - before;
+        }
+        pthread_mutex_unlock(&m->lock);
+    }
     if (c.reclaimed || c.expired)
         KV_LOGI("cleanup: %llu abandoned puts reclaimed, %llu expired objects removed",
                 (unsigned long long)c.reclaimed, (unsigned long long)c.expired);
-    pthread_mutex_unlock(&m->lock);
+    evict_requested(m);
     evict_pass(m, NULL, 0);
     process_dfree(m);
 }
@@ -773,6 +847,7 @@ static int put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstas
     o->size = it->size;
     o->state = OBJ_PENDING;
     m->npending++;
+    list_push(&m->pend, o);
     o->pin = it->pin;
     o->ttl_s = it->ttl_s ? it->ttl_s : m->expire_s;
     o->created_wall = kv_wall_ms();
@@ -825,27 +900,20 @@ static void place_items(struct kv_master *m, Kvstash__PutItem **items, size_t n,
     pthread_mutex_unlock(&m->lock);
     if (!need)
         return;
-    /* synchronous eviction on every node, then one retry */
+    /* ask the maintenance thread for an eviction pass and wait for it (bounded), then retry once:
+     * evictions stay on one thread, and a burst of puts asks for one pass, not one each */
     pthread_mutex_lock(&m->lock);
-    int nn = m->nnodes;
+    uint64_t my = ++m->evict_req_seq;
+    m->evict_need += need;
     pthread_mutex_unlock(&m->lock);
-    for (int pass = 0; pass < nn && pass < 8; pass++) {
-        pthread_mutex_lock(&m->lock);
-        struct mnode *t = m->nodes;
-        for (int j = 0; t && j < pass; j++)
-            t = t->next;
-        if (t)
-            t->refs++;
-        pthread_mutex_unlock(&m->lock);
-        if (!t)
-            break;
-        evict_pass(m, t, need);
-        pthread_mutex_lock(&m->lock);
-        node_unref(t);
-        pthread_mutex_unlock(&m->lock);
-    }
-    process_dfree(m);
+    maint_wake(m);
     pthread_mutex_lock(&m->lock);
+    int64_t deadline = kv_now_ms() + EVICT_WAIT_MS;
+    while (m->evict_done_seq < my && atomic_load(&m->leader) && kv_now_ms() < deadline) {
+        struct timespec ts;
+        kv_timespec_in_ms(&ts, 100);
+        pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+    }
     for (size_t i = 0; i < n; i++)
         if (status[i] == KV_ENOSPC)
             status[i] =
@@ -1343,12 +1411,7 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
         }
         if (promoting) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 200 * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            kv_timespec_in_ms(&ts, 200);
             o->refs++;
             pthread_cond_timedwait(&m->cond, &m->lock, &ts);
             obj_put_done(m, o);
@@ -1937,12 +2000,7 @@ static void *maint_main(void *arg)
         pthread_mutex_lock(&m->wake_lock);
         if (!m->wake_flag) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += (long)m->evict_ms * 1000000L;
-            while (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            kv_timespec_in_ms(&ts, m->evict_ms);
             pthread_cond_timedwait(&m->wake_cond, &m->wake_lock, &ts);
         }
         m->wake_flag = false;
@@ -2001,6 +2059,7 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
     pthread_cond_init(&m->wake_cond, NULL);
     kv_smap_init(&m->index);
     m->lru.lru_next = m->lru.lru_prev = &m->lru;
+    m->pend.lru_next = m->pend.lru_prev = &m->pend;
     m->last_ttl_sweep = kv_now_ms();
     atomic_init(&m->leader, false);
     atomic_init(&m->stopping, false);
@@ -2083,10 +2142,7 @@ void kv_master_stop(struct kv_master *m)
     kv_master_campaign_stop(m); /* resigns: the leader key goes at once */
     kv_rpc_local_remove(m->local);
     kv_rpc_server_stop(m->rpc);
-    pthread_mutex_lock(&m->wake_lock);
-    m->wake_flag = true;
-    pthread_cond_broadcast(&m->wake_cond);
-    pthread_mutex_unlock(&m->wake_lock);
+    maint_wake(m);
     pthread_join(m->maint_thread, NULL);
     kv_master_admin_stop(m);
     atomic_store(&m->leader, false);

@@ -64,7 +64,8 @@ struct mobj {
     int refs; /* operations in flight outside the lock */
     int nrep;
     struct mrep rep[KV_STORE_MAX_REPLICAS];
-    struct mobj *lru_prev, *lru_next; /* COMPLETE objects only; head = most recent */
+    struct mobj *lru_prev, *lru_next; /* on m->lru when COMPLETE (head = most recent), on m->pend
+                                         when PENDING (head = newest) */
 };
 
 struct dfree {
@@ -110,9 +111,15 @@ struct kv_master {
     uint64_t hits, misses, evictions, demotions, promotions, puts, gets, errors, expired;
     char leader_hint[300]; /* the leader's rpc addr when standby */
     uint64_t epoch;
+    struct mobj pend; /* sentinel: PENDING objects, newest first (so oldest deadline last) */
     int64_t last_ttl_sweep;
-    int64_t last_pending_sweep;
-    uint64_t npending; /* PENDING objects in the index (the sweep runs only when > 0) */
+    size_t ttl_cursor; /* next index bucket of the TTL sweep in progress */
+    bool ttl_active;   /* a TTL sweep is in progress (done in steps between ticks) */
+    uint64_t npending; /* PENDING objects in the index */
+    /* eviction asked for by puts that found no room, done by the maintenance thread */
+    uint64_t evict_need;     /* bytes wanted by the requests not yet taken */
+    uint64_t evict_req_seq;  /* requests made */
+    uint64_t evict_done_seq; /* requests whose eviction pass finished (signalled on cond) */
     /* end lock */
 
     pthread_mutex_t evict_lock; /* serialises eviction passes (taken before lock) */
