@@ -163,6 +163,20 @@ static uint64_t rounded(uint64_t size)
     return size ? (size + g - 1) / g * g : g;
 }
 
+/* A zeroed object for key with room for cap replicas (one allocation: mobj, key, replicas). */
+static struct mobj *obj_new(const char *key, int cap)
+{
+    size_t klen = strlen(key);
+    size_t at = (offsetof(struct mobj, key) + klen + 1 + 7) & ~(size_t)7;
+    struct mobj *o = kv_calloc(1, at + (size_t)cap * sizeof(struct mrep));
+    if (!o)
+        return NULL;
+    memcpy(o->key, key, klen + 1);
+    o->klen = (uint16_t)klen;
+    o->cap = (uint8_t)cap;
+    return o;
+}
+
 /* Queues every replica's space of o for release and frees o. o is dead with refs == 0.
  * A DRAM replica still read under a lease is released in two steps: the node forgets the key
  * at once (NODE_FREE now, so a master elected after a crash is never told about an object that
@@ -172,7 +186,7 @@ static void obj_release(struct kv_master *m, struct mobj *o)
 {
     int64_t nb = o->lease_until, now = kv_now_ms();
     for (int i = 0; i < o->nrep; i++) {
-        struct mrep *r = &o->rep[i];
+        struct mrep *r = &obj_rep(o)[i];
         if (!(r->dram || r->ssd || r->promoting))
             continue;
         bool dram = r->dram || r->promoting;
@@ -186,7 +200,6 @@ static void obj_release(struct kv_master *m, struct mobj *o)
                        o->created_wall, nb);
         }
     }
-    kv_free(o->key);
     kv_free(o);
 }
 
@@ -197,7 +210,7 @@ static void obj_unlink2(struct kv_master *m, struct mobj *o, bool in_map)
     if (o->state == OBJ_PENDING && !o->dead)
         m->npending--;
     if (in_map)
-        kv_smap_del(&m->index, o->key);
+        kv_oidx_del(&m->index, o);
     lru_remove(o);
     o->dead = true;
     if (o->refs == 0)
@@ -217,13 +230,13 @@ static void obj_put_done(struct kv_master *m, struct mobj *o)
 
 static void rep_drop(struct mobj *o, int i)
 {
-    o->rep[i] = o->rep[--o->nrep];
+    obj_rep(o)[i] = obj_rep(o)[--o->nrep];
 }
 
 static int rep_find(struct mobj *o, struct mnode *n)
 {
     for (int i = 0; i < o->nrep; i++)
-        if (o->rep[i].node == n)
+        if (obj_rep(o)[i].node == n)
             return i;
     return -1;
 }
@@ -240,11 +253,9 @@ struct drop_ctx {
     struct mnode *n;
 };
 
-static int drop_node_reps(void *ud, const char *key, void *val)
+static int drop_node_reps(void *ud, struct mobj *o)
 {
-    (void)key;
     struct drop_ctx *c = ud;
-    struct mobj *o = val;
     int i = rep_find(o, c->n);
     if (i < 0)
         return 0;
@@ -267,7 +278,7 @@ static void node_remove(struct kv_master *m, struct mnode *n, const char *why)
     }
     n->removed = true;
     struct drop_ctx c = {m, n};
-    kv_smap_each(&m->index, drop_node_reps, &c);
+    kv_oidx_each(&m->index, drop_node_reps, &c);
     for (struct dfree **pp = &m->dfree; *pp;) {
         struct dfree *d = *pp;
         if (d->node == n) {
@@ -283,18 +294,14 @@ static void node_remove(struct kv_master *m, struct mnode *n, const char *why)
     node_unref(n);
 }
 
-static int drop_all(void *ud, const char *key, void *val)
+static int drop_all(void *ud, struct mobj *o)
 {
     (void)ud;
-    (void)key;
-    struct mobj *o = val;
     lru_remove(o);
     o->dead = true;
     o->nrep = 0;
-    if (o->refs == 0) {
-        kv_free(o->key);
+    if (o->refs == 0)
         kv_free(o);
-    }
     return 1;
 }
 
@@ -303,7 +310,7 @@ void kv_master_reset(struct kv_master *m)
     pthread_mutex_lock(&m->lock);
     while (m->nodes)
         node_remove(m, m->nodes, "this master is no longer the leader");
-    kv_smap_each(&m->index, drop_all, NULL);
+    kv_oidx_each(&m->index, drop_all, NULL);
     m->npending = 0;
     pthread_mutex_unlock(&m->lock);
 }
@@ -442,7 +449,7 @@ static void evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
             for (struct mobj *o = m->lru.lru_prev;
                  o != &m->lru && avail < need && seen < EVICT_SCAN_MAX; o = o->lru_prev, seen++) {
                 int ri = rep_find(o, n);
-                if (ri >= 0 && o->rep[ri].dram && !o->rep[ri].demoting && !o->refs &&
+                if (ri >= 0 && obj_rep(o)[ri].dram && !obj_rep(o)[ri].demoting && !o->refs &&
                     o->lease_until <= now)
                     avail += rounded(o->size);
             }
@@ -463,7 +470,7 @@ static void evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
                 if (o->pin != (pass == 1) || o->lease_until > now || o->refs)
                     continue;
                 int ri = rep_find(o, n);
-                if (ri < 0 || !o->rep[ri].dram || o->rep[ri].demoting)
+                if (ri < 0 || !obj_rep(o)[ri].dram || obj_rep(o)[ri].demoting)
                     continue;
                 if (nv == cv) {
                     struct victim *nvv = kv_realloc(v, cv * 2 * sizeof(*v));
@@ -472,7 +479,7 @@ static void evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
                     v = nvv;
                     cv *= 2;
                 }
-                o->rep[ri].demoting = true;
+                obj_rep(o)[ri].demoting = true;
                 o->refs++;
                 v[nv++].o = o;
                 got += rounded(o->size);
@@ -496,7 +503,7 @@ static void evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
                     objs[i].size = o->size;
                     objs[i].checksum = o->checksum;
                     objs[i].tier = KVSTASH__TIER__TIER_DRAM;
-                    objs[i].offset = o->rep[rep_find(o, n)].off;
+                    objs[i].offset = obj_rep(o)[rep_find(o, n)].off;
                     objs[i].expire_at_ms = o->expire_wall;
                     objs[i].pin = o->pin;
                     objs[i].created_ms = o->created_wall;
@@ -519,7 +526,7 @@ static void evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
             struct mobj *o = v[i].o;
             int ri = rep_find(o, n);
             if (ri >= 0) {
-                struct mrep *r = &o->rep[ri];
+                struct mrep *r = &obj_rep(o)[ri];
                 r->demoting = false;
                 bool ok = demote && rc == KV_OK && dr && i < dr->n_status && dr->status[i] == 0;
                 if (ok) {
@@ -546,12 +553,12 @@ static void evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
         }
         if (dr) {
             for (size_t i = 0; i < dr->n_dropped; i++) {
-                struct mobj *o = kv_smap_get(&m->index, dr->dropped[i]);
+                struct mobj *o = kv_oidx_get(&m->index, dr->dropped[i]);
                 int ri = o ? rep_find(o, n) : -1;
                 if (ri < 0)
                     continue;
-                o->rep[ri].ssd = false;
-                if (!o->rep[ri].dram && !o->rep[ri].promoting && !o->rep[ri].demoting) {
+                obj_rep(o)[ri].ssd = false;
+                if (!obj_rep(o)[ri].dram && !obj_rep(o)[ri].promoting && !obj_rep(o)[ri].demoting) {
                     rep_drop(o, ri);
                     m->evictions++;
                     if (o->nrep == 0 && !o->refs)
@@ -678,11 +685,9 @@ struct sweep_ctx {
 };
 
 /* TTL sweep step: removes expired COMPLETE objects no operation holds. */
-static int sweep_cb(void *ud, const char *key, void *val)
+static int sweep_cb(void *ud, struct mobj *o)
 {
-    (void)key;
     struct sweep_ctx *c = ud;
-    struct mobj *o = val;
     if (o->refs || !expired(o, c->wall))
         return 0;
     c->expired++;
@@ -772,7 +777,7 @@ void kv_master_maintain_now(struct kv_master *m, bool force_ttl)
             uint64_t before = c.expired;
             c.wall = kv_wall_ms();
             m->ttl_cursor =
-                kv_smap_each_range(&m->index, m->ttl_cursor, TTL_STEP_BUCKETS, sweep_cb, &c);
+                kv_oidx_each_range(&m->index, m->ttl_cursor, TTL_STEP_BUCKETS, sweep_cb, &c);
             more = m->ttl_active = m->ttl_cursor != 0;
             m->expired += c.expired - before;
         }
@@ -815,31 +820,27 @@ static int put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstas
     int want = it->replicas ? (int)it->replicas : 1;
     if (want > KV_STORE_MAX_REPLICAS)
         return KV_EINVAL;
-    if (kv_smap_get(&m->index, it->key))
+    if (kv_oidx_get(&m->index, it->key))
         return KV_EEXIST;
     if (want > m->nnodes)
         return KV_ENOSPC;
-    struct mobj *o = kv_calloc(1, sizeof(*o));
-    if (!o || !(o->key = kv_strdup(it->key))) {
-        kv_free(o);
+    struct mobj *o = obj_new(it->key, want);
+    if (!o)
         return KV_ENOMEM;
-    }
-    int got = place(m, it->size, want, o->rep);
+    int got = place(m, it->size, want, obj_rep(o));
     if (got < want) {
         for (int i = 0; i < got; i++)
-            kv_segalloc_free(o->rep[i].node->alloc, o->rep[i].off);
-        kv_free(o->key);
+            kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].off);
         kv_free(o);
         return KV_ENOSPC;
     }
     Kvstash__Replica **rs = slot ? kv_calloc((size_t)got, sizeof(*rs)) : NULL;
     Kvstash__Replica *ra = slot ? kv_calloc((size_t)got, sizeof(*ra)) : NULL;
-    if ((slot && (!rs || !ra)) || kv_smap_put(&m->index, o->key, o) < 0) {
+    if ((slot && (!rs || !ra)) || kv_oidx_put(&m->index, o) < 0) {
         kv_free(rs);
         kv_free(ra);
         for (int i = 0; i < got; i++)
-            kv_segalloc_free(o->rep[i].node->alloc, o->rep[i].off);
-        kv_free(o->key);
+            kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].off);
         kv_free(o);
         return KV_ENOMEM;
     }
@@ -859,9 +860,9 @@ static int put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstas
         return KV_OK;
     for (int i = 0; i < got; i++) {
         kvstash__replica__init(&ra[i]);
-        ra[i].node_id = kv_strdup(o->rep[i].node->id);
-        ra[i].segment = kv_strdup(o->rep[i].node->segment);
-        ra[i].offset = o->rep[i].off;
+        ra[i].node_id = kv_strdup(obj_rep(o)[i].node->id);
+        ra[i].segment = kv_strdup(obj_rep(o)[i].node->segment);
+        ra[i].offset = obj_rep(o)[i].off;
         ra[i].tier = KVSTASH__TIER__TIER_DRAM;
         rs[i] = &ra[i];
     }
@@ -1092,7 +1093,7 @@ static int commit_complete(struct kv_master *m, size_t n, struct mobj **objs,
     for (size_t i = 0; i < n && ok; i++) {
         struct mobj *o = objs[i];
         for (int r = 0; o && r < o->nrep; r++) {
-            struct mnode *node = o->rep[r].node;
+            struct mnode *node = obj_rep(o)[r].node;
             size_t gi = 0;
             while (gi < ng && g[gi].node != node)
                 gi++;
@@ -1119,7 +1120,7 @@ static int commit_complete(struct kv_master *m, size_t n, struct mobj **objs,
             x->size = o->size;
             x->checksum = o->checksum;
             x->tier = KVSTASH__TIER__TIER_DRAM;
-            x->offset = o->rep[r].off;
+            x->offset = obj_rep(o)[r].off;
             x->expire_at_ms = wall + (int64_t)o->ttl_s * 1000;
             x->pin = o->pin;
             x->created_ms = o->created_wall;
@@ -1139,15 +1140,15 @@ static int commit_complete(struct kv_master *m, size_t n, struct mobj **objs,
         for (int r = o->nrep - 1; r >= 0; r--) {
             bool acked = false;
             for (size_t gi = 0; ok && gi < ng; gi++) {
-                if (g[gi].node != o->rep[r].node)
+                if (g[gi].node != obj_rep(o)[r].node)
                     continue;
                 for (size_t j = 0; j < g[gi].n; j++)
                     if (g[gi].objs[j]->key == o->key)
                         acked = g[gi].rc == KV_OK && g[gi].status[j] == KV_OK;
             }
             if (!acked) {
-                defer_free(m, o->rep[r].node, o->key, o->rep[r].off, rounded(o->size), true, false,
-                           true, o->created_wall, o->lease_until);
+                defer_free(m, obj_rep(o)[r].node, o->key, obj_rep(o)[r].off, rounded(o->size), true,
+                           false, true, o->created_wall, o->lease_until);
                 rep_drop(o, r);
             }
         }
@@ -1202,7 +1203,7 @@ static int h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < n; i++) {
         const Kvstash__PutEndItem *it = in->items[i];
-        struct mobj *o = key_ok(it->key) ? kv_smap_get(&m->index, it->key) : NULL;
+        struct mobj *o = key_ok(it->key) ? kv_oidx_get(&m->index, it->key) : NULL;
         if (!o) {
             st[i] = KV_ENOENT;
             continue;
@@ -1283,7 +1284,7 @@ out:
  * it around the RPC. */
 static int promote(struct kv_master *m, struct mobj *o, int ri)
 {
-    struct mnode *n = o->rep[ri].node;
+    struct mnode *n = obj_rep(o)[ri].node;
     uint64_t off;
     int rc = kv_segalloc_alloc(n->alloc, o->size ? o->size : 1, &off);
     if (rc == KV_ENOSPC) {
@@ -1296,7 +1297,8 @@ static int promote(struct kv_master *m, struct mobj *o, int ri)
         bool gone = n->removed;
         node_unref(n);
         obj_put_done(m, o);
-        if (gone || o->dead || (ri = rep_find(o, n)) < 0 || o->rep[ri].dram || o->rep[ri].promoting)
+        if (gone || o->dead || (ri = rep_find(o, n)) < 0 || obj_rep(o)[ri].dram ||
+            obj_rep(o)[ri].promoting)
             return KV_OK; /* the state changed: the caller looks again */
         rc = kv_segalloc_alloc(n->alloc, o->size ? o->size : 1, &off);
     }
@@ -1304,7 +1306,7 @@ static int promote(struct kv_master *m, struct mobj *o, int ri)
         KV_LOGW_RL(2000, "promote %s on node %s: no DRAM: %s", o->key, n->id, kv_strerror(rc));
         return rc;
     }
-    struct mrep *r = &o->rep[ri];
+    struct mrep *r = &obj_rep(o)[ri];
     r->promoting = true;
     r->off = off;
     n->refs++;
@@ -1318,7 +1320,7 @@ static int promote(struct kv_master *m, struct mobj *o, int ri)
     pthread_mutex_lock(&m->lock);
     ri = rep_find(o, n);
     if (ri >= 0) {
-        r = &o->rep[ri];
+        r = &obj_rep(o)[ri];
         r->promoting = false;
         if (rc == KV_OK) {
             r->dram = true;
@@ -1348,7 +1350,7 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
     const struct mnode *failed[16];
     int nfailed = 0, last_rc = KV_ENOENT;
     for (int tries = 0; tries < 16; tries++) {
-        struct mobj *o = key_ok(key) ? kv_smap_get(&m->index, key) : NULL;
+        struct mobj *o = key_ok(key) ? kv_oidx_get(&m->index, key) : NULL;
         if (!o || o->state != OBJ_COMPLETE) {
             it->status = KV_ENOENT;
             m->misses++;
@@ -1363,14 +1365,14 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
         }
         int nd = 0, ssd = -1, promoting = 0;
         for (int i = 0; i < o->nrep; i++) {
-            if (o->rep[i].dram)
+            if (obj_rep(o)[i].dram)
                 nd++;
-            else if (o->rep[i].promoting)
+            else if (obj_rep(o)[i].promoting)
                 promoting++;
-            else if (o->rep[i].ssd && ssd < 0) {
+            else if (obj_rep(o)[i].ssd && ssd < 0) {
                 bool tried = false;
                 for (int f = 0; f < nfailed; f++)
-                    tried = tried || failed[f] == o->rep[i].node;
+                    tried = tried || failed[f] == obj_rep(o)[i].node;
                 if (!tried)
                     ssd = i;
             }
@@ -1386,12 +1388,12 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
             }
             int k = 0;
             for (int i = 0; i < o->nrep; i++) {
-                if (!o->rep[i].dram)
+                if (!obj_rep(o)[i].dram)
                     continue;
                 kvstash__replica__init(&ra[k]);
-                ra[k].node_id = kv_strdup(o->rep[i].node->id);
-                ra[k].segment = kv_strdup(o->rep[i].node->segment);
-                ra[k].offset = o->rep[i].off;
+                ra[k].node_id = kv_strdup(obj_rep(o)[i].node->id);
+                ra[k].segment = kv_strdup(obj_rep(o)[i].node->segment);
+                ra[k].offset = obj_rep(o)[i].off;
                 ra[k].tier = KVSTASH__TIER__TIER_DRAM;
                 rs[k] = &ra[k];
                 k++;
@@ -1420,7 +1422,7 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
             continue;
         }
         if (ssd >= 0) {
-            const struct mnode *n = o->rep[ssd].node;
+            const struct mnode *n = obj_rep(o)[ssd].node;
             int rc = promote(m, o, ssd);
             if (rc < 0) {
                 last_rc = rc;
@@ -1501,7 +1503,7 @@ static int h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req,
     int64_t wall = kv_wall_ms();
     for (size_t i = 0; i < n; i++) {
         const char *k = in->keys[i];
-        struct mobj *o = key_ok(k) ? kv_smap_get(&m->index, k) : NULL;
+        struct mobj *o = key_ok(k) ? kv_oidx_get(&m->index, k) : NULL;
         if (!key_ok(k)) {
             st[i] = KV_EINVAL;
         } else if (remove) {
@@ -1535,11 +1537,10 @@ struct list_ctx {
     int rc;
 };
 
-static int list_cb(void *ud, const char *key, void *val)
+static int list_cb(void *ud, struct mobj *o)
 {
     struct list_ctx *c = ud;
-    struct mobj *o = val;
-    if (o->state != OBJ_COMPLETE || expired(o, c->wall) || !kv_startswith(key, c->prefix))
+    if (o->state != OBJ_COMPLETE || expired(o, c->wall) || !kv_startswith(o->key, c->prefix))
         return 0;
     if (c->n == c->cap) {
         size_t nc = c->cap ? c->cap * 2 : 256;
@@ -1568,7 +1569,7 @@ static int h_list(struct kv_master *m, const uint8_t *req, size_t len, struct kv
         return rc;
     struct list_ctx c = {in->prefix ? in->prefix : "", kv_wall_ms(), NULL, 0, 0, KV_OK};
     pthread_mutex_lock(&m->lock);
-    kv_smap_each(&m->index, list_cb, &c);
+    kv_oidx_each(&m->index, list_cb, &c);
     rc = c.rc;
     if (rc == KV_OK) {
         if (c.n)
@@ -1620,6 +1621,35 @@ static int cmp_nobj_off(const void *a, const void *b)
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
+/* o with room for one more replica: o itself, or a copy that replaces it in the index and its
+ * list (only while no operation holds o: refs == 0). NULL when neither is possible. */
+static struct mobj *obj_grow(struct kv_master *m, struct mobj *o)
+{
+    if (o->nrep < o->cap)
+        return o;
+    if (o->refs || o->cap >= KV_STORE_MAX_REPLICAS)
+        return NULL;
+    struct mobj *g = obj_new(o->key, o->cap + 1);
+    if (!g)
+        return NULL;
+    size_t head = offsetof(struct mobj, key); /* fields; the key is already in g */
+    memcpy(g, o, head);
+    g->cap = (uint8_t)(o->cap + 1);
+    memcpy(obj_rep(g), obj_rep(o), o->nrep * sizeof(struct mrep));
+    kv_oidx_del(&m->index, o);
+    if (kv_oidx_put(&m->index, g) < 0) { /* cannot fail: the key was just removed */
+        kv_oidx_put(&m->index, o);
+        kv_free(g);
+        return NULL;
+    }
+    if (o->lru_prev) { /* take o's place in its list */
+        g->lru_prev->lru_next = g;
+        g->lru_next->lru_prev = g;
+    }
+    kv_free(o);
+    return g;
+}
+
 /* Merges one reported object into the index. Returns false when rejected. */
 static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__NodeObject *x,
                         int64_t wall)
@@ -1629,33 +1659,33 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
     bool dram = x->tier == KVSTASH__TIER__TIER_DRAM;
     if (dram && kv_segalloc_reserve(n->alloc, x->offset, x->size ? x->size : 1) < 0)
         return false;
-    struct mobj *o = kv_smap_get(&m->index, x->key);
+    struct mobj *o = kv_oidx_get(&m->index, x->key);
     if (o) {
         int ri = rep_find(o, n);
         bool same = o->state == OBJ_COMPLETE && o->size == x->size && o->checksum == x->checksum;
-        if (!same || (ri < 0 && o->nrep == KV_STORE_MAX_REPLICAS) ||
-            (ri >= 0 && ((dram && o->rep[ri].dram) || (!dram && o->rep[ri].ssd)))) {
+        if (same && ri < 0)
+            o = obj_grow(m, o);
+        if (!same || !o ||
+            (ri >= 0 && ((dram && obj_rep(o)[ri].dram) || (!dram && obj_rep(o)[ri].ssd)))) {
             if (dram)
                 kv_segalloc_free(n->alloc, x->offset);
             return false;
         }
         if (ri < 0) {
             ri = o->nrep++;
-            memset(&o->rep[ri], 0, sizeof(o->rep[ri]));
-            o->rep[ri].node = n;
+            memset(&obj_rep(o)[ri], 0, sizeof(struct mrep));
+            obj_rep(o)[ri].node = n;
         }
         if (dram) {
-            o->rep[ri].dram = true;
-            o->rep[ri].off = x->offset;
+            obj_rep(o)[ri].dram = true;
+            obj_rep(o)[ri].off = x->offset;
         } else {
-            o->rep[ri].ssd = true;
+            obj_rep(o)[ri].ssd = true;
         }
         return true;
     }
-    o = kv_calloc(1, sizeof(*o));
-    if (!o || !(o->key = kv_strdup(x->key)) || kv_smap_put(&m->index, o->key, o) < 0) {
-        if (o)
-            kv_free(o->key);
+    o = obj_new(x->key, 1);
+    if (!o || kv_oidx_put(&m->index, o) < 0) {
         kv_free(o);
         if (dram)
             kv_segalloc_free(n->alloc, x->offset);
@@ -1675,10 +1705,10 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
         o->expire_wall = wall + (int64_t)m->expire_s * 1000;
     }
     o->nrep = 1;
-    o->rep[0].node = n;
-    o->rep[0].dram = dram;
-    o->rep[0].ssd = !dram;
-    o->rep[0].off = dram ? x->offset : 0;
+    obj_rep(o)[0].node = n;
+    obj_rep(o)[0].dram = dram;
+    obj_rep(o)[0].ssd = !dram;
+    obj_rep(o)[0].off = dram ? x->offset : 0;
     lru_push(m, o);
     return true;
 }
@@ -2057,7 +2087,7 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
     pthread_cond_init(&m->cond, NULL);
     pthread_cond_init(&m->commit_cond, NULL);
     pthread_cond_init(&m->wake_cond, NULL);
-    kv_smap_init(&m->index);
+    kv_oidx_init(&m->index);
     m->lru.lru_next = m->lru.lru_prev = &m->lru;
     m->pend.lru_next = m->pend.lru_prev = &m->pend;
     m->last_ttl_sweep = kv_now_ms();
@@ -2118,7 +2148,7 @@ out_rpc:
 out_meta:
     kv_meta_close(m->meta);
 out_locks:
-    kv_smap_fini(&m->index);
+    kv_oidx_fini(&m->index);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->evict_lock);
     pthread_mutex_destroy(&m->wake_lock);
@@ -2155,7 +2185,7 @@ void kv_master_stop(struct kv_master *m)
         kv_free(d);
     }
     kv_meta_close(m->meta);
-    kv_smap_fini(&m->index);
+    kv_oidx_fini(&m->index);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->evict_lock);
     pthread_mutex_destroy(&m->wake_lock);
@@ -2229,13 +2259,13 @@ int kv_master_node_count(struct kv_master *m)
 int kv_master_key_info(struct kv_master *m, const char *key, int *nrep, int *ndram, int *nssd)
 {
     pthread_mutex_lock(&m->lock);
-    struct mobj *o = kv_smap_get(&m->index, key);
+    struct mobj *o = kv_oidx_get(&m->index, key);
     int rc = KV_ENOENT;
     if (o && o->state == OBJ_COMPLETE) {
         int d = 0, s = 0;
         for (int i = 0; i < o->nrep; i++) {
-            d += o->rep[i].dram;
-            s += o->rep[i].ssd;
+            d += obj_rep(o)[i].dram;
+            s += obj_rep(o)[i].ssd;
         }
         if (nrep)
             *nrep = o->nrep;

@@ -9,7 +9,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "store/alloc_seg.h"
 #include "store/master_map.h"
@@ -39,34 +41,82 @@ struct mnode {
     struct mnode *next;
 };
 
+/* A replica: 16 bytes. */
 struct mrep {
     struct mnode *node;
-    uint64_t off;   /* DRAM offset (dram or promoting) */
-    bool dram;      /* bytes valid in DRAM at off */
-    bool ssd;       /* a file on the node's SSD tier */
-    bool demoting;  /* NODE_DEMOTE in flight (dram still valid) */
-    bool promoting; /* NODE_PROMOTE in flight into off (dram not valid yet) */
+    uint64_t off : 60;      /* DRAM offset (dram or promoting) */
+    uint64_t dram : 1;      /* bytes valid in DRAM at off */
+    uint64_t ssd : 1;       /* a file on the node's SSD tier */
+    uint64_t demoting : 1;  /* NODE_DEMOTE in flight (dram still valid) */
+    uint64_t promoting : 1; /* NODE_PROMOTE in flight into off (dram not valid yet) */
 };
 
 enum { OBJ_PENDING = 0, OBJ_COMPLETE = 1 };
 
+/* An object: one allocation of sizeof(struct mobj) + the key + its replicas (obj_rep()), about
+ * 120 bytes for a 16-byte key and one replica. */
 struct mobj {
-    char *key;
-    uint64_t size, checksum;
-    int state;
-    bool pin;
-    bool dead; /* unlinked from the index; freed when refs drops to 0 */
-    uint32_t ttl_s;
-    int64_t created_wall;
-    int64_t expire_wall; /* wall-clock ms */
-    int64_t lease_until; /* monotonic ms: bytes stay put until then */
-    int64_t put_deadline;
-    int refs; /* operations in flight outside the lock */
-    int nrep;
-    struct mrep rep[KV_STORE_MAX_REPLICAS];
+    struct mobj *hnext;               /* index chain (master_index.c) */
     struct mobj *lru_prev, *lru_next; /* on m->lru when COMPLETE (head = most recent), on m->pend
                                          when PENDING (head = newest) */
+    uint64_t size, checksum;
+    int64_t created_wall;
+    union {
+        int64_t expire_wall;  /* COMPLETE: wall-clock ms, 0 = never */
+        int64_t put_deadline; /* PENDING: monotonic ms, reclaimed after */
+    };
+    int64_t lease_until; /* monotonic ms: bytes stay put until then */
+    uint32_t hash;       /* of the key (master_index.c) */
+    uint32_t ttl_s;
+    int32_t refs;      /* operations in flight outside the lock */
+    uint16_t klen;     /* strlen(key) */
+    uint8_t nrep, cap; /* replicas, and room for them */
+    uint8_t state : 1;
+    uint8_t pin : 1;
+    uint8_t dead : 1; /* unlinked from the index; freed when refs drops to 0 */
+    char key[];       /* NUL-terminated; the replicas follow (obj_rep) */
 };
+
+/* The replicas of o: cap slots, nrep in use. */
+static inline struct mrep *obj_rep(struct mobj *o)
+{
+    size_t at = (offsetof(struct mobj, key) + o->klen + 1 + 7) & ~(size_t)7;
+    return (struct mrep *)((char *)o + at);
+}
+
+/* ---- the index (master_index.c) ---- */
+
+#define KV_OIDX_SHARDS 256
+
+struct kv_oidx_shard {
+    struct mobj **b;
+    size_t nb; /* power of two, or 0 */
+    size_t n;
+};
+
+struct kv_oidx {
+    struct kv_oidx_shard sh[KV_OIDX_SHARDS];
+    size_t n;
+};
+
+void kv_oidx_init(struct kv_oidx *idx);
+/* Frees the buckets (not the objects). */
+void kv_oidx_fini(struct kv_oidx *idx);
+uint32_t kv_oidx_hash(const char *key);
+/* The object for key or NULL. */
+struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key);
+/* Adds o under o->key (sets o->hash). KV_EEXIST when the key is present, KV_ENOMEM. */
+int kv_oidx_put(struct kv_oidx *idx, struct mobj *o);
+/* Removes o (in the index). */
+void kv_oidx_del(struct kv_oidx *idx, struct mobj *o);
+/* Calls fn for the objects of up to nbuckets buckets from cursor `from` (0 = the start); fn
+ * returns non-zero to have the object removed (it may have freed it). Returns the cursor to go
+ * on from, 0 at the end. Objects added or moved by a resize between two calls may be visited
+ * twice or not at all by that scan. */
+uint64_t kv_oidx_each_range(struct kv_oidx *idx, uint64_t from, size_t nbuckets,
+                            int (*fn)(void *ud, struct mobj *o), void *ud);
+/* Every object (as kv_oidx_each_range over all buckets). */
+void kv_oidx_each(struct kv_oidx *idx, int (*fn)(void *ud, struct mobj *o), void *ud);
 
 struct dfree {
     struct mnode *node; /* referenced */
@@ -102,7 +152,7 @@ struct kv_master {
     pthread_mutex_t lock;
     pthread_cond_t cond;        /* promotions finished; maintenance wake-ups */
     pthread_cond_t commit_cond; /* a group commit finished (waiters re-check their requests) */
-    struct kv_smap index;       /* key -> struct mobj */
+    struct kv_oidx index;       /* key -> struct mobj */
     struct mobj lru;            /* sentinel */
     struct mnode *nodes;
     int nnodes;
@@ -113,9 +163,9 @@ struct kv_master {
     uint64_t epoch;
     struct mobj pend; /* sentinel: PENDING objects, newest first (so oldest deadline last) */
     int64_t last_ttl_sweep;
-    size_t ttl_cursor; /* next index bucket of the TTL sweep in progress */
-    bool ttl_active;   /* a TTL sweep is in progress (done in steps between ticks) */
-    uint64_t npending; /* PENDING objects in the index */
+    uint64_t ttl_cursor; /* where the TTL sweep in progress goes on (kv_oidx_each_range) */
+    bool ttl_active;     /* a TTL sweep is in progress (done in steps between ticks) */
+    uint64_t npending;   /* PENDING objects in the index */
     /* eviction asked for by puts that found no room, done by the maintenance thread */
     uint64_t evict_need;     /* bytes wanted by the requests not yet taken */
     uint64_t evict_req_seq;  /* requests made */

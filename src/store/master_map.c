@@ -123,24 +123,3 @@ void kv_smap_each(struct kv_smap *m, int (*fn)(void *ud, const char *key, void *
         }
     }
 }
-
-size_t kv_smap_each_range(struct kv_smap *m, size_t from, size_t nbuckets,
-                          int (*fn)(void *ud, const char *key, void *val), void *ud)
-{
-    size_t end = from + nbuckets < m->nb ? from + nbuckets : m->nb;
-    for (size_t i = from; i < end; i++) {
-        struct kv_smap_ent **pp = &m->b[i];
-        while (*pp) {
-            struct kv_smap_ent *e = *pp;
-            if (fn(ud, e->key, e->val)) {
-                *pp = e->next;
-                kv_free(e->key);
-                kv_free(e);
-                m->n--;
-            } else {
-                pp = &e->next;
-            }
-        }
-    }
-    return end < m->nb ? end : 0;
-}

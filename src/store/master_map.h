@@ -38,11 +38,5 @@ int kv_smap_put(struct kv_smap *m, const char *key, void *val);
 void *kv_smap_del(struct kv_smap *m, const char *key);
 /* Calls fn for each entry; fn returns non-zero to remove the entry (after the call). */
 void kv_smap_each(struct kv_smap *m, int (*fn)(void *ud, const char *key, void *val), void *ud);
-/* As kv_smap_each over buckets [from, from + nbuckets) only, for a scan in steps that lets go of
- * the owner's lock in between. Returns the bucket to continue from, 0 when the scan reached the
- * end. A resize between steps may make a scan visit an entry twice or miss one that moved
- * behind the cursor (it is seen on the next scan). */
-size_t kv_smap_each_range(struct kv_smap *m, size_t from, size_t nbuckets,
-                          int (*fn)(void *ud, const char *key, void *val), void *ud);
 
 #endif
