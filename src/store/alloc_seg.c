@@ -3,7 +3,8 @@
  * alloc_seg.c - TLSF-like offset allocator for a node's segment (interface in alloc_seg.h).
  *
  * Design:
- *  - Blocks are out-of-line records (the managed memory is remote), kept in one doubly linked
+ *  - Blocks are out-of-line records (the managed memory is remote; 48 bytes each, from slabs of
+ *    1024 that live as long as the allocator), kept in one doubly linked
  *    list in address order (phys_prev/phys_next) covering [0, cap) without gaps. Free blocks are
  *    also on a segregated list for their size class; allocated blocks are in a hash table by
  *    offset so kv_segalloc_free() finds them in O(1).
@@ -32,12 +33,22 @@
 #define FL_COUNT 64
 #define SL_COUNT 4
 
+/* 48 bytes, from a pool of slabs (no allocator header per record): the master keeps one per
+ * object, so each byte here is a byte per object. */
 struct blk {
-    uint64_t off; /* bytes */
-    uint64_t size;
+    uint64_t off;       /* bytes */
+    uint64_t size : 63; /* bytes */
+    uint64_t free : 1;
     struct blk *phys_prev, *phys_next;
-    struct blk *free_prev, *free_next;
-    bool free;
+    struct blk *free_prev, *free_next; /* size-class list when free; the pool's free list when
+                                          the record is unused */
+};
+
+#define SLAB_BLKS 1024
+
+struct slab {
+    struct slab *next;
+    struct blk b[SLAB_BLKS];
 };
 
 struct kv_segalloc {
@@ -52,7 +63,38 @@ struct kv_segalloc {
     /* hash of allocated blocks: open addressing, linear probing, backward-shift deletion */
     struct blk **tab;
     uint64_t tab_cap; /* power of two */
+    /* record pool: slabs of SLAB_BLKS, unused records chained through free_next */
+    struct slab *slabs;
+    struct blk *spare;
 };
+
+/* A zeroed block record, or NULL when out of memory. */
+static struct blk *blk_new(struct kv_segalloc *a)
+{
+    if (!a->spare) {
+        struct slab *sl = kv_malloc(sizeof(*sl));
+        if (!sl)
+            return NULL;
+        sl->next = a->slabs;
+        a->slabs = sl;
+        for (size_t i = 0; i < SLAB_BLKS; i++) {
+            sl->b[i].free_next = a->spare;
+            a->spare = &sl->b[i];
+        }
+    }
+    struct blk *b = a->spare;
+    a->spare = b->free_next;
+    memset(b, 0, sizeof(*b));
+    return b;
+}
+
+static void blk_del(struct kv_segalloc *a, struct blk *b)
+{
+    if (!b)
+        return;
+    b->free_next = a->spare;
+    a->spare = b;
+}
 
 static int log2u(uint64_t x)
 {
@@ -195,11 +237,12 @@ int kv_segalloc_create(uint64_t size, struct kv_segalloc **out)
     if (!out || size == 0)
         return KV_EINVAL;
     struct kv_segalloc *a = kv_calloc(1, sizeof(*a));
-    struct blk *b = kv_calloc(1, sizeof(*b));
+    struct blk *b = a ? blk_new(a) : NULL;
     if (!a || !b || tab_grow(a) < 0) {
-        kv_free(b);
-        if (a)
+        if (a) {
+            kv_free(a->slabs);
             kv_free(a->tab);
+        }
         kv_free(a);
         return KV_ENOMEM;
     }
@@ -216,10 +259,10 @@ void kv_segalloc_destroy(struct kv_segalloc *a)
 {
     if (!a)
         return;
-    for (struct blk *b = a->head; b;) {
-        struct blk *n = b->phys_next;
-        kv_free(b);
-        b = n;
+    while (a->slabs) {
+        struct slab *sl = a->slabs;
+        a->slabs = sl->next;
+        kv_free(sl);
     }
     kv_free(a->tab);
     kv_free(a);
@@ -282,10 +325,10 @@ int kv_segalloc_alloc(struct kv_segalloc *a, uint64_t len, uint64_t *off)
     if (!b)
         return KV_ENOSPC;
     struct blk *nb = NULL;
-    if (b->size > len && !(nb = kv_calloc(1, sizeof(*nb))))
+    if (b->size > len && !(nb = blk_new(a)))
         return KV_ENOMEM;
     if (tab_reserve(a) < 0) {
-        kv_free(nb);
+        blk_del(a, nb);
         return KV_ENOMEM;
     }
     list_remove(a, b);
@@ -309,15 +352,15 @@ int kv_segalloc_reserve(struct kv_segalloc *a, uint64_t off, uint64_t len)
     if (!b || !b->free || b->off + b->size < off + len)
         return KV_EEXIST;
     struct blk *front = NULL, *tail = NULL;
-    if (b->off < off && !(front = kv_calloc(1, sizeof(*front))))
+    if (b->off < off && !(front = blk_new(a)))
         return KV_ENOMEM;
-    if (b->off + b->size > off + len && !(tail = kv_calloc(1, sizeof(*tail)))) {
-        kv_free(front);
+    if (b->off + b->size > off + len && !(tail = blk_new(a))) {
+        blk_del(a, front);
         return KV_ENOMEM;
     }
     if (tab_reserve(a) < 0) {
-        kv_free(front);
-        kv_free(tail);
+        blk_del(a, front);
+        blk_del(a, tail);
         return KV_ENOMEM;
     }
     list_remove(a, b);
@@ -358,7 +401,7 @@ int kv_segalloc_free(struct kv_segalloc *a, uint64_t off)
             b->phys_next->phys_prev = b;
         if (a->cursor == n)
             a->cursor = NULL;
-        kv_free(n);
+        blk_del(a, n);
     }
     if (p && p->free) {
         list_remove(a, p);
@@ -368,7 +411,7 @@ int kv_segalloc_free(struct kv_segalloc *a, uint64_t off)
             p->phys_next->phys_prev = p;
         if (a->cursor == b)
             a->cursor = NULL;
-        kv_free(b);
+        blk_del(a, b);
         b = p;
     }
     list_insert(a, b);
