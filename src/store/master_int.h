@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * master_int.h - the master's private state, shared by master.c (index, RPC handlers,
- * maintenance) and master_ha.c (leader election, admin HTTP). Design in master.c.
+ * master_int.h - the master's private state and the functions its files share: master.c
+ * (design, dispatch, lifecycle), master_obj.c, master_index.c, master_place.c, master_maint.c,
+ * master_client.c, master_node.c, master_stats.c and master_ha.c (election, admin HTTP).
  */
 #ifndef KV_STORE_MASTER_INT_H
 #define KV_STORE_MASTER_INT_H
@@ -13,6 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kvstash/store.h"
 #include "store/alloc_seg.h"
 #include "store/master_map.h"
 #include "store/rpc.h"
@@ -193,11 +195,150 @@ struct kv_master {
     uint16_t admin_port;
 };
 
-/* master.c */
-int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len,
-                     struct kv_buf *resp);
+/* ---- shared between the master_*.c files (see each file) ---- */
+
+static inline bool key_ok(const char *k)
+{
+    size_t n = k ? strlen(k) : 0;
+    return n > 0 && n <= KV_STORE_MAX_KEY;
+}
+
+static inline uint64_t node_used(const struct mnode *n)
+{
+    return kv_segalloc_used(n->alloc) - n->pending_free;
+}
+
+static inline uint64_t rounded(uint64_t size)
+{
+    uint64_t g = KV_SEGALLOC_GRAN;
+    return size ? (size + g - 1) / g * g : g;
+}
+
+static inline void rep_drop(struct mobj *o, int i)
+{
+    obj_rep(o)[i] = obj_rep(o)[--o->nrep];
+}
+
+static inline int rep_find(struct mobj *o, struct mnode *n)
+{
+    for (int i = 0; i < o->nrep; i++)
+        if (obj_rep(o)[i].node == n)
+            return i;
+    return -1;
+}
+
+static inline bool expired(struct mobj *o, int64_t wall)
+{
+    return o->state == OBJ_COMPLETE && o->expire_wall && o->expire_wall <= wall;
+}
+
+static inline void lru_remove(struct mobj *o)
+{
+    if (o->lru_prev) {
+        o->lru_prev->lru_next = o->lru_next;
+        o->lru_next->lru_prev = o->lru_prev;
+        o->lru_prev = o->lru_next = NULL;
+    }
+}
+
+/* Moves o to the head of the list whose sentinel is head (m->lru or m->pend). */
+static inline void list_push(struct mobj *head, struct mobj *o)
+{
+    lru_remove(o);
+    o->lru_next = head->lru_next;
+    o->lru_prev = head;
+    head->lru_next->lru_prev = o;
+    head->lru_next = o;
+}
+
+static inline void lru_push(struct kv_master *m, struct mobj *o)
+{
+    list_push(&m->lru, o);
+}
+
+/* master_obj.c (lock held unless said otherwise) */
+/* Drops a reference; the last one frees the node. */
+void mst_node_unref(struct mnode *n);
+struct mnode *mst_node_find(struct kv_master *m, const char *id);
+/* Queues a replica range of key on n for release (NODE_FREE first when rpc) not before
+ * not_before (monotonic ms). */
+void mst_defer_free(struct kv_master *m, struct mnode *n, const char *key, uint64_t off,
+                    uint64_t size, bool dram, bool ssd, bool rpc, int64_t created,
+                    int64_t not_before);
+/* A zeroed object for key with room for cap replicas (one allocation: mobj, key, replicas). */
+struct mobj *mst_obj_new(const char *key, int cap);
+/* Marks o dead and unlinks it (the caller already removed it from the index map when
+ * in_map is false). */
+void mst_obj_unlink2(struct kv_master *m, struct mobj *o, bool in_map);
+void mst_obj_unlink(struct kv_master *m, struct mobj *o);
+/* Drops an operation's reference on o; frees a dead o with the last one. */
+void mst_obj_put_done(struct kv_master *m, struct mobj *o);
+/* Unlists n and drops its replicas (objects left without any are unlinked). */
+void mst_node_remove(struct kv_master *m, struct mnode *n, const char *why);
+/* o with room for one more replica: o itself, or a copy that replaces it in the index and its
+ * list (only while no operation holds o: refs == 0). NULL when neither is possible. */
+struct mobj *mst_obj_grow(struct kv_master *m, struct mobj *o);
+/* Releases the deferred frees that are due (NODE_FREE in batches per node). Takes the lock. */
+void mst_process_dfree(struct kv_master *m);
 /* Drops every node and object (on losing leadership). Takes the lock. */
 void kv_master_reset(struct kv_master *m);
+
+/* master_place.c */
+/* Chooses up to want distinct nodes weighted by free DRAM and allocates size on each. Returns
+ * the number placed (reps filled). */
+int mst_place(struct kv_master *m, uint64_t size, int want, struct mrep *reps);
+/* One eviction pass over every node (force: the node that must make need bytes of room). */
+void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need);
+/* Places items[0..n) as PENDING objects: status[i] gets each item's status, slots[i] (slots may
+ * be NULL) its replicas, objs[i] (objs may be NULL) its object. Items that found no room get one
+ * more try after an eviction pass over the nodes. Takes the lock. */
+void mst_place_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, int32_t *status,
+                     Kvstash__PutSlot *slots, struct mobj **objs);
+/* Promotes o from SSD on replica node n into DRAM. Called and returns with the lock held; drops
+ * it around the RPC. */
+int mst_promote(struct kv_master *m, struct mobj *o, int ri);
+
+/* master_maint.c */
+/* Wakes the maintenance thread now. */
+void mst_maint_wake(struct kv_master *m);
+/* The maintenance thread (arg: the master). */
+void *mst_maint_main(void *arg);
+
+/* master_client.c. The mst_h_* handlers decode req[0..len), append the response to resp and
+ * return the frame status (rpc.h); they take the lock themselves. */
+/* Packs msg into resp. */
+int mst_reply(struct kv_buf *resp, const ProtobufCMessage *msg);
+/* The NotLeader answer (KV_EAGAIN with the leader's address when known). */
+int mst_not_leader(struct kv_master *m, struct kv_buf *resp);
+int mst_h_hello(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+/* Places one item as a PENDING object. slot (may be NULL) gets the replicas for the writer;
+ * *out (may be NULL) the object. */
+int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__PutSlot *slot,
+                      struct mobj **out);
+int mst_h_put_start(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+int mst_h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+/* PUT: small values carried in the request. Each item is placed as PutStart would, its bytes go
+ * to the replicas' nodes inside the (group) NODE_COMMIT, and the object is COMPLETE when they
+ * acknowledged: one client round trip instead of PutStart + write + PutEnd. */
+int mst_h_put(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, size_t len,
+                        struct kv_buf *resp);
+int mst_h_list(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+int mst_h_stat(struct kv_master *m, struct kv_buf *resp);
+
+/* master_node.c */
+/* A call to node n, without the lock (hold a reference on n); failures are logged. */
+int mst_call_node(struct mnode *n, uint16_t method, const ProtobufCMessage *req,
+                  const ProtobufCMessageDescriptor *rd, ProtobufCMessage **resp);
+int mst_h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+int mst_h_heartbeat(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+
+/* master.c: the RPC entry point (kv_rpc_handler_fn) */
+int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len,
+                     struct kv_buf *resp);
+
+/* master_stats.c */
 /* Builds the cluster JSON under the lock. */
 char *kv_master_cluster_json(struct kv_master *m);
 /* Prometheus text into b. */
