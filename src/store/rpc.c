@@ -10,65 +10,83 @@
  * connection (the server may have closed an idle connection); the retry may repeat the request,
  * so callers send only requests that are safe to repeat or tolerate KV_EEXIST.
  *
- * Server thread model: io_threads loops + workers threads, nothing per connection.
- *  - Each loop is a thread with its own epoll set and owns the connections dealt to it. Loop 0
- *    also owns the (non-blocking, level-triggered) listening socket: it accepts and deals the
- *    new connections round-robin, to itself directly and to the other loops through their
- *    inbox (a mutex-protected list + an eventfd in the target's epoll set). One acceptor was
- *    chosen over EPOLLEXCLUSIVE on every loop because it spreads connections evenly (exclusive
- *    wake-ups let one loop grab a whole burst) and the inbox is needed anyway for the workers.
- *  - Sockets are non-blocking and registered once, edge-triggered, for IN|OUT|RDHUP; a loop
+ * Server thread model: io_threads + workers threads in one pool, nothing per connection.
+ *  - There are io_threads loops, each an epoll set owning the connections dealt to it, and at
+ *    any time each loop has at most one *leader*: the pool thread running it. The other pool
+ *    threads are workers: they wait on one condvar for a loop without a leader (served first)
+ *    or a request to run. Thread i < io_threads starts as loop i's leader.
+ *  - Loop 0 also owns the (non-blocking, level-triggered) listening socket: it accepts and
+ *    deals new connections round-robin, to itself directly and to the other loops through
+ *    their inbox (a mutex-protected list + an eventfd in the loop's epoll set). One acceptor
+ *    was chosen over EPOLLEXCLUSIVE on every loop because it spreads connections evenly
+ *    (exclusive wake-ups let one loop grab a whole burst) and the inboxes are needed anyway for
+ *    connections coming back from workers.
+ *  - Sockets are non-blocking and registered once, edge-triggered, for IN|OUT|RDHUP; a leader
  *    therefore always reads or writes until EAGAIN before it waits for the next edge.
- *  - A complete request is offered to fast_handler on the loop thread; if it is NULL or returns
- *    KV_RPC_SLOW the connection goes busy and onto the workers' queue (mutex + condvar). The
- *    protocol is one request at a time, so a busy connection is not read: ordering is trivial.
- *  - A worker runs the handler, then writes the response itself under the connection's lock
- *    when the socket takes it whole (the common case: one thread hop per call). It hands the
- *    connection back to its loop's inbox when the write would block, failed, or when there may
- *    be input the loop has not looked at (bytes of a next frame, a full last read, or an epoll
- *    edge that arrived while busy); only a loop reads a socket.
+ *  - A complete request is offered to fast_handler on the leader's thread; if it is NULL or
+ *    returns KV_RPC_SLOW the connection goes busy and the request must run on a worker. When a
+ *    worker is idle beyond the work already queued, the leader hands the *loop* to it (lead
+ *    queue, the rest of its epoll batch kept in the loop) and runs the request itself, so the
+ *    answer does not wait for a thread wake-up (leader/follower, as in ACE); otherwise the
+ *    request is queued and the leader keeps leading. Requests dispatched while draining the
+ *    inbox are always queued. The protocol is one request at a time, so a busy connection is
+ *    not read: ordering is trivial.
+ *  - The thread that ran the handler writes the response itself under the connection's lock
+ *    when the socket takes it whole (the common case). It hands the connection back to its
+ *    loop's inbox when the write would block, failed, or when there may be input the loop has
+ *    not looked at (bytes of a next frame, a full last read, or an epoll edge that arrived
+ *    while busy); only a leader reads a socket.
  *  - Deadlines: a frame in progress (a partial request, or a response the peer does not read)
- *    must complete within io_timeout_ms; while a loop has such connections it scans its list
- *    every scan_ms and closes the late ones. Idle connections have no deadline.
+ *    must complete within io_timeout_ms; while a loop has such connections its leader scans
+ *    the loop's list every scan_ms and closes the late ones. Idle connections have no deadline.
  *
- * Connection states (loop-owned unless busy):
+ * Connection states (owned by the loop's leader unless busy):
  *
- *      accept (loop 0) --loop_register--> READING --frame complete--> conn_dispatch
- *                                           ^   |                       |           |
- *                                           |   | malformed header /    | fast      | slow /
- *                                           |   | no memory             | answer    | no fast
- *                                           |   v                       v           v
- *                                           |  WRITING (close after) <-+---  BUSY (worker_main)
- *                                           |   | conn_tx EAGAIN: wait EPOLLOUT     | write done:
- *                                           +---+ conn_frame_done                   | READING, or
- *                                                                                   | inbox -> loop
- *      any error, EOF, deadline: conn_close (loop only, never while BUSY)
+ *   accept (loop 0) --loop_register--> READING --frame complete--> conn_dispatch
+ *                                        ^  |                        |              |
+ *                                        |  | malformed header,      | fast_handler | no fast /
+ *                                        |  | no memory              | answered     | SLOW
+ *                                        |  v                        v              v
+ *                                        | WRITING <-----------------+         BUSY (run_request
+ *                                        |  | conn_tx EAGAIN: wait EPOLLOUT     on a worker or on
+ *                                        |  | (close after it when framing      the old leader)
+ *                                        |  |  was lost)                         | written whole:
+ *                                        +--+ conn_frame_done                    | READING; else
+ *                                        +---------------------------------------+ inbox -> loop
+ *   any error, EOF, deadline: conn_close (by the leader only, never while BUSY)
  *
  * Invariants:
  *  1. A pooled client connection has no unread bytes (it completed a whole request/response).
- *  2. A server connection belongs to one loop from accept to close; only that loop reads its
- *     socket, changes its epoll registration, closes or frees it. It is in its loop's list
- *     from registration until conn_close, and freed at the end of the loop iteration that
- *     closed it (a later event of the same epoll batch may still name it; `closed` skips it).
- *  3. Exactly one thread holds a connection's buffers and frame state: its loop while !busy,
- *     the worker that dequeued it while busy. busy flips true on the loop (before the queue
- *     push) and false on the worker (after the write) or on the loop (taking it from the
- *     inbox); the queues' mutexes order the hand-over. A busy connection has no deadline.
- *  4. Whenever a loop holds a connection and waits, it has seen EAGAIN on the direction it
+ *  2. A server connection belongs to one loop from accept to close; only that loop's leader
+ *     reads its socket, closes or frees it. It is in its loop's list from registration until
+ *     conn_close, and freed at the end of the epoll batch that closed it (a later event of the
+ *     same batch may still name it; `closed` skips it).
+ *  3. Exactly one thread holds a connection's buffers and frame state: its loop's leader while
+ *     !busy, the thread running its request while busy. busy flips true on the leader (before
+ *     the request leaves the loop) and false on the runner (after the write) or on the leader
+ *     (taking it from the inbox); the queues' mutexes order the hand-over. A busy connection
+ *     has no deadline.
+ *  4. Whenever a leader holds a connection and waits, it has seen EAGAIN on the direction it
  *     waits for, or it is told by io_pending / maybe_more / leftover input to look again: no
  *     edge-triggered event is lost.
  *  5. A receive buffer never holds more than max(SRV_RX_STEP, received) bytes of room beyond
  *     what arrived, nor more than its frame + 1; buffers over SRV_KEEP_BUF are released once
  *     their frame is answered.
- *  6. After kv_rpc_server_stop has joined the workers no handler runs; after it has joined the
- *     loops no fast_handler runs. Requests still queued then are dropped unanswered.
+ *  6. A loop is handed over only when nidle > nqueued + nlead, and a waiting thread takes lead
+ *     work before requests, so a loop is never left without a leader while all threads run
+ *     handlers: at most `workers` handlers run at once, the other threads lead.
+ *  7. A loop's leader-only fields (batch, list, deadlines) are touched by one thread at a time:
+ *     the old leader stops touching them before it puts the loop on the lead queue.
+ *  8. After kv_rpc_server_stop has joined the pool no handler or fast_handler runs. Requests
+ *     still queued then are dropped unanswered.
  *
  * Locks (all leaves: none is taken while holding another, none is held during a handler):
  *  - client c->lock guards c->idle, c->nidle.
- *  - server s->wlock guards the workers' queue (wq_head, wq_tail); s->wcond waits on it.
+ *  - server s->wlock guards the request queue (wq_*, nqueued), the lead queue (lead_*, nlead)
+ *    and nidle; s->wcond waits on it.
  *  - loop l->qlock guards its inbox (inbox_head, inbox_tail).
- *  - conn c->lock guards c->busy and c->io_pending; a worker holds it while it writes the
- *    response, the loop only to test-and-set on an event.
+ *  - conn c->lock guards c->busy and c->io_pending; the runner holds it while it writes the
+ *    response, the leader only to test-and-set on an event.
  */
 #define KV_LOG_COMPONENT "rpc"
 #include "store/rpc.h"
@@ -518,12 +536,16 @@ struct srv_conn {
 struct srv_loop {
     struct kv_rpc_server *s;
     int epfd;
-    int evfd; /* wakes the loop: inbox non-empty or stopping */
-    pthread_t thread;
+    int evfd;              /* wakes the loop: inbox non-empty or stopping */
     pthread_mutex_t qlock; /* guards inbox_head, inbox_tail; leaf */
     struct srv_conn *inbox_head, *inbox_tail;
-    /* Loop thread only. */
-    struct srv_conn *conns;     /* every registered connection of this loop */
+    struct srv_loop *lnext; /* in the server's lead queue (guarded by s->wlock) */
+    /* Leader only (the one thread leading the loop now; see invariant 7). */
+    struct epoll_event evs[SRV_MAX_EVENTS]; /* the current epoll batch, evs[iev..nev) to do */
+    int nev, iev;
+    bool in_events;           /* handling an epoll event: a dispatch may hand the loop over */
+    struct srv_conn *handoff; /* dispatched; its request runs on this thread after the hand-over */
+    struct srv_conn *conns;   /* every registered connection of this loop */
     struct srv_conn *graveyard; /* closed in this iteration, freed at its end */
     int ntimed;                 /* connections with a deadline */
     int64_t next_scan;
@@ -541,17 +563,22 @@ struct kv_rpc_server {
     int scan_ms; /* how often a loop looks for expired deadlines while it has any */
     int nloops;
     int nworkers;
-    int loops_started;
-    int workers_started;
+    int threads_started;
     int lfd;
     uint16_t port;
     atomic_bool stopping;
     atomic_int nconns;
     struct srv_loop *loops;
-    pthread_t *workers;
-    pthread_mutex_t wlock; /* guards wq_head, wq_tail; leaf; wcond waits on it */
+    pthread_t *threads; /* nloops + nworkers; thread i < nloops starts as loop i's leader */
+    /* guards wq_head, wq_tail, nqueued, lead_head, lead_tail, nlead, nidle; leaf; wcond waits on
+     * it */
+    pthread_mutex_t wlock;
     pthread_cond_t wcond;
-    struct srv_conn *wq_head, *wq_tail;
+    struct srv_conn *wq_head, *wq_tail; /* requests for the workers */
+    int nqueued;
+    struct srv_loop *lead_head, *lead_tail; /* loops without a leader, served before requests */
+    int nlead;
+    int nidle; /* threads waiting on wcond */
 };
 
 static void conn_free(struct srv_conn *c)
@@ -752,6 +779,7 @@ static void worker_push(struct kv_rpc_server *s, struct srv_conn *c)
     else
         s->wq_head = c;
     s->wq_tail = c;
+    s->nqueued++;
     pthread_mutex_unlock(&s->wlock);
     pthread_cond_signal(&s->wcond); /* after the unlock: the woken worker does not block on it */
 }
@@ -796,7 +824,10 @@ static bool conn_dispatch(struct srv_loop *l, struct srv_conn *c)
     c->busy = true;
     c->io_pending = false;
     pthread_mutex_unlock(&c->lock);
-    worker_push(s, c);
+    if (l->in_events) /* loop_lead decides between a hand-over and the queue */
+        l->handoff = c;
+    else
+        worker_push(s, c);
     return true;
 }
 
@@ -852,43 +883,27 @@ out_close:
     conn_close(l, c);
 }
 
-static void *worker_main(void *arg)
+/* A worker's part of a call: runs the handler on the busy connection c, then writes the
+ * response at once when the socket takes it all, or hands c back to its loop. */
+static void run_request(struct kv_rpc_server *s, struct srv_conn *c)
 {
-    struct kv_rpc_server *s = arg;
-    for (;;) {
-        pthread_mutex_lock(&s->wlock);
-        while (!s->wq_head && !atomic_load(&s->stopping))
-            pthread_cond_wait(&s->wcond, &s->wlock);
-        if (atomic_load(&s->stopping)) { /* queued requests are dropped: their handler never runs */
-            pthread_mutex_unlock(&s->wlock);
-            break;
-        }
-        struct srv_conn *c = s->wq_head;
-        s->wq_head = c->qnext;
-        if (!s->wq_head)
-            s->wq_tail = NULL;
-        pthread_mutex_unlock(&s->wlock);
-
-        int status = conn_call(s, c, s->handler);
-        conn_set_response(c, c->h.method, c->h.id, status);
-        /* Write at once when the socket takes it all; else the loop finishes the write. */
-        bool handback = true;
-        pthread_mutex_lock(&c->lock);
-        int rc = conn_tx(c);
-        if (rc == KV_OK) {
-            conn_frame_done(c);
-            /* Bytes (or an epoll edge) the loop has not looked at: only the loop may read. */
-            handback = c->io_pending || c->maybe_more || c->in.len > 0;
-            if (!handback)
-                c->busy = false;
-        } else if (rc != KV_EAGAIN) {
-            c->failed = true;
-        }
-        pthread_mutex_unlock(&c->lock);
-        if (handback)
-            loop_push(c->loop, c);
+    int status = conn_call(s, c, s->handler);
+    conn_set_response(c, c->h.method, c->h.id, status);
+    bool handback = true;
+    pthread_mutex_lock(&c->lock);
+    int rc = conn_tx(c);
+    if (rc == KV_OK) {
+        conn_frame_done(c);
+        /* Bytes (or an epoll edge) the loop has not looked at: only the loop may read. */
+        handback = c->io_pending || c->maybe_more || c->in.len > 0;
+        if (!handback)
+            c->busy = false;
+    } else if (rc != KV_EAGAIN) {
+        c->failed = true;
     }
-    return NULL;
+    pthread_mutex_unlock(&c->lock);
+    if (handback)
+        loop_push(c->loop, c);
 }
 
 /* Loop thread: c (accepted by loop 0) joins l's epoll set and list. */
@@ -998,60 +1013,164 @@ static void loop_scan_deadlines(struct srv_loop *l, int64_t now)
     l->next_scan = now + l->s->scan_ms;
 }
 
-static void *loop_main(void *arg)
+/* Leader: ends an epoll batch (deadline scan, accept resume, frees) and waits for the next. */
+static void loop_next_batch(struct srv_loop *l)
 {
-    struct srv_loop *l = arg;
     struct kv_rpc_server *s = l->s;
-    struct epoll_event evs[SRV_MAX_EVENTS];
-    while (!atomic_load(&s->stopping)) {
-        int timeout = -1;
-        int64_t now = kv_now_ms();
-        if (l->ntimed > 0)
-            timeout = (int)KV_MAX(0, l->next_scan - now);
-        if (l->accept_paused) {
-            int t = (int)KV_MAX(0, l->accept_resume - now);
-            timeout = timeout < 0 ? t : KV_MIN(timeout, t);
-        }
-        int n = epoll_wait(l->epfd, evs, SRV_MAX_EVENTS, timeout);
-        if (n < 0 && errno != EINTR) {
+    int64_t now = kv_now_ms();
+    if (l->ntimed > 0 && now >= l->next_scan)
+        loop_scan_deadlines(l, now);
+    if (l->accept_paused && now >= l->accept_resume) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
+        epoll_ctl(l->epfd, EPOLL_CTL_MOD, s->lfd, &ev);
+        l->accept_paused = false;
+    }
+    while (l->graveyard) {
+        struct srv_conn *c = l->graveyard;
+        l->graveyard = c->next;
+        conn_free(c);
+    }
+    int timeout = -1;
+    if (l->ntimed > 0)
+        timeout = (int)KV_MAX(0, l->next_scan - now);
+    if (l->accept_paused) {
+        int t = (int)KV_MAX(0, l->accept_resume - now);
+        timeout = timeout < 0 ? t : KV_MIN(timeout, t);
+    }
+    l->iev = 0;
+    l->nev = epoll_wait(l->epfd, l->evs, SRV_MAX_EVENTS, timeout);
+    if (l->nev < 0) {
+        if (errno != EINTR) {
             KV_LOGE("RPC loop: epoll_wait: %s", strerror(errno));
             kv_sleep_ms(10);
         }
-        for (int i = 0; i < n; i++) {
-            void *p = evs[i].data.ptr;
-            if (p == l) {
-                loop_drain_inbox(l);
-                continue;
-            }
-            if (p == s) {
-                loop_accept(l);
-                continue;
-            }
-            struct srv_conn *c = p;
-            if (c->closed)
-                continue;
-            pthread_mutex_lock(&c->lock);
-            bool busy = c->busy;
-            if (busy)
-                c->io_pending = true;
-            pthread_mutex_unlock(&c->lock);
-            if (!busy)
-                conn_drive(l, c);
+        l->nev = 0;
+    }
+}
+
+/* Leads loop l until the server stops (NULL) or until an event produced a request for the
+ * workers (that connection, busy; the batch in progress stays in l for the next leader). */
+static struct srv_conn *loop_lead(struct srv_loop *l)
+{
+    struct kv_rpc_server *s = l->s;
+    while (!atomic_load(&s->stopping)) {
+        if (l->iev >= l->nev) {
+            loop_next_batch(l);
+            continue;
         }
-        now = kv_now_ms();
-        if (l->ntimed > 0 && now >= l->next_scan)
-            loop_scan_deadlines(l, now);
-        if (l->accept_paused && now >= l->accept_resume) {
-            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
-            epoll_ctl(l->epfd, EPOLL_CTL_MOD, s->lfd, &ev);
-            l->accept_paused = false;
+        void *p = l->evs[l->iev++].data.ptr;
+        if (p == l) {
+            loop_drain_inbox(l);
+            continue;
         }
-        while (l->graveyard) {
-            struct srv_conn *c = l->graveyard;
-            l->graveyard = c->next;
-            conn_free(c);
+        if (p == s) {
+            loop_accept(l);
+            continue;
+        }
+        struct srv_conn *c = p;
+        if (c->closed)
+            continue;
+        pthread_mutex_lock(&c->lock);
+        bool busy = c->busy;
+        if (busy)
+            c->io_pending = true;
+        pthread_mutex_unlock(&c->lock);
+        if (busy)
+            continue;
+        l->in_events = true;
+        conn_drive(l, c);
+        l->in_events = false;
+        if (l->handoff) {
+            c = l->handoff;
+            l->handoff = NULL;
+            return c;
         }
     }
+    return NULL;
+}
+
+/* The leader of l has request c for the workers. When a thread is idle beyond the work already
+ * queued, l goes to the lead queue (that thread takes it over) and the caller runs c itself:
+ * the request is answered without a thread hop. Otherwise c is queued and the caller keeps
+ * leading. Returns true for a hand-over. */
+static bool loop_handover(struct kv_rpc_server *s, struct srv_loop *l, struct srv_conn *c)
+{
+    pthread_mutex_lock(&s->wlock);
+    bool give = s->nidle > s->nqueued + s->nlead;
+    if (give) {
+        l->lnext = NULL;
+        if (s->lead_tail)
+            s->lead_tail->lnext = l;
+        else
+            s->lead_head = l;
+        s->lead_tail = l;
+        s->nlead++;
+    } else {
+        c->qnext = NULL;
+        if (s->wq_tail)
+            s->wq_tail->qnext = c;
+        else
+            s->wq_head = c;
+        s->wq_tail = c;
+        s->nqueued++;
+    }
+    pthread_mutex_unlock(&s->wlock);
+    pthread_cond_signal(&s->wcond);
+    return give;
+}
+
+/* Every server thread: leads a loop while it has one, else takes loops to lead and requests
+ * to run from the queues (loops first: a loop without a leader serves nobody). */
+static void srv_thread(struct kv_rpc_server *s, struct srv_loop *l)
+{
+    for (;;) {
+        if (l) {
+            struct srv_conn *c = loop_lead(l);
+            if (!c)
+                return;
+            if (!loop_handover(s, l, c))
+                continue;
+            l = NULL;
+            run_request(s, c);
+        }
+        pthread_mutex_lock(&s->wlock);
+        s->nidle++;
+        while (!s->lead_head && !s->wq_head && !atomic_load(&s->stopping))
+            pthread_cond_wait(&s->wcond, &s->wlock);
+        s->nidle--;
+        if (atomic_load(&s->stopping)) { /* queued requests are dropped: their handler never runs */
+            pthread_mutex_unlock(&s->wlock);
+            return;
+        }
+        if (s->lead_head) {
+            l = s->lead_head;
+            s->lead_head = l->lnext;
+            if (!s->lead_head)
+                s->lead_tail = NULL;
+            s->nlead--;
+            pthread_mutex_unlock(&s->wlock);
+            continue;
+        }
+        struct srv_conn *c = s->wq_head;
+        s->wq_head = c->qnext;
+        if (!s->wq_head)
+            s->wq_tail = NULL;
+        s->nqueued--;
+        pthread_mutex_unlock(&s->wlock);
+        run_request(s, c);
+    }
+}
+
+static void *leader_main(void *arg)
+{
+    struct srv_loop *l = arg;
+    srv_thread(l->s, l);
+    return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    srv_thread(arg, NULL);
     return NULL;
 }
 
@@ -1120,20 +1239,18 @@ static void server_teardown(struct kv_rpc_server *s, int loops_inited)
     pthread_mutex_lock(&s->wlock);
     pthread_cond_broadcast(&s->wcond);
     pthread_mutex_unlock(&s->wlock);
-    for (int i = 0; i < s->loops_started; i++)
+    for (int i = 0; i < loops_inited; i++)
         loop_wake(&s->loops[i]);
-    /* Workers first: after this no handler runs. They may still hand back to the loops, whose
-     * evfds stay open until loop_fini. */
-    for (int i = 0; i < s->workers_started; i++)
-        pthread_join(s->workers[i], NULL);
-    for (int i = 0; i < s->loops_started; i++)
-        pthread_join(s->loops[i].thread, NULL);
+    /* After the joins neither handler runs. Threads may hand connections back to the loops until
+     * then: the evfds stay open until loop_fini. */
+    for (int i = 0; i < s->threads_started; i++)
+        pthread_join(s->threads[i], NULL);
     for (int i = 0; i < loops_inited; i++)
         loop_fini(&s->loops[i]);
     close(s->lfd);
     pthread_cond_destroy(&s->wcond);
     pthread_mutex_destroy(&s->wlock);
-    kv_free(s->workers);
+    kv_free(s->threads);
     kv_free(s->loops);
     kv_free(s);
 }
@@ -1168,9 +1285,9 @@ int kv_rpc_server_start(const struct kv_rpc_server_opts *opts, struct kv_rpc_ser
     pthread_mutex_init(&s->wlock, NULL);
     pthread_cond_init(&s->wcond, NULL);
     s->loops = kv_calloc((size_t)s->nloops, sizeof(*s->loops));
-    s->workers = kv_calloc((size_t)s->nworkers, sizeof(*s->workers));
+    s->threads = kv_calloc((size_t)(s->nloops + s->nworkers), sizeof(*s->threads));
     int inited = 0;
-    if (!s->loops || !s->workers) {
+    if (!s->loops || !s->threads) {
         rc = KV_ENOMEM;
         goto out_teardown;
     }
@@ -1179,15 +1296,11 @@ int kv_rpc_server_start(const struct kv_rpc_server_opts *opts, struct kv_rpc_ser
         if (rc < 0)
             goto out_teardown;
     }
-    for (; s->workers_started < s->nworkers; s->workers_started++) {
-        if (pthread_create(&s->workers[s->workers_started], NULL, worker_main, s) != 0) {
-            rc = KV_ENOMEM;
-            goto out_teardown;
-        }
-    }
-    for (; s->loops_started < s->nloops; s->loops_started++) {
-        struct srv_loop *l = &s->loops[s->loops_started];
-        if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
+    for (; s->threads_started < s->nloops + s->nworkers; s->threads_started++) {
+        int i = s->threads_started;
+        int e = i < s->nloops ? pthread_create(&s->threads[i], NULL, leader_main, &s->loops[i])
+                              : pthread_create(&s->threads[i], NULL, worker_main, s);
+        if (e != 0) {
             rc = KV_ENOMEM;
             goto out_teardown;
         }

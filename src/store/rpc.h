@@ -187,11 +187,13 @@ struct kv_rpc_server_opts {
      * `handler` on a worker. Must not block: it holds up every connection of its I/O thread.
      * NULL = every request goes to the workers. */
     kv_rpc_handler_fn fast_handler;
-    /* I/O threads, each an epoll loop owning its share of the connections (1..64); 0 =
-     * KV_RPC_DEF_IO_THREADS (2). */
+    /* Event loops (epoll sets), each owning its share of the connections (1..64); 0 =
+     * KV_RPC_DEF_IO_THREADS (2). Each loop is run by one thread of the pool at a time. */
     int io_threads;
-    /* Worker threads running `handler` (1..1024); 0 = KV_RPC_DEF_WORKERS (16). A request waits
-     * in a queue while all workers are busy. */
+    /* Threads for `handler` calls (1..1024); 0 = KV_RPC_DEF_WORKERS (16). The server runs
+     * io_threads + workers threads in one pool: a thread that reads a slow request may run it
+     * itself and pass its loop to an idle thread, so at most `workers` handlers run at once.
+     * A request waits in a queue while all of them are busy. */
     int workers;
 };
 
