@@ -3,20 +3,32 @@
  * alloc.c - the allocator wrappers and their fail-the-Nth-call test hook.
  *
  * Thread model: lock-free; the hook is one atomic countdown. When it reaches zero on a call,
- * that call returns NULL. The libc allocator underneath is the only place raw malloc/free appear
+ * that call returns NULL. A second atomic keeps the largest request seen (kv_alloc_largest).
+ * The libc allocator underneath is the only place raw malloc/free appear
  * (scripts/check-banned.sh allows this file only).
  */
 #include "common/alloc.h"
 
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 static atomic_long fail_countdown; /* 0 = disarmed */
 static atomic_long calls;
+static atomic_size_t largest; /* largest request since the last reset */
 
-static int should_fail(void)
+static void note_size(size_t n)
 {
+    size_t cur = atomic_load_explicit(&largest, memory_order_relaxed);
+    while (n > cur && !atomic_compare_exchange_weak_explicit(
+                          &largest, &cur, n, memory_order_relaxed, memory_order_relaxed))
+        ;
+}
+
+static int should_fail(size_t n)
+{
+    note_size(n);
     atomic_fetch_add_explicit(&calls, 1, memory_order_relaxed);
     long c = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
     if (c <= 0)
@@ -36,23 +48,33 @@ long kv_alloc_calls(void)
     return atomic_load_explicit(&calls, memory_order_relaxed);
 }
 
+size_t kv_alloc_largest(void)
+{
+    return atomic_load_explicit(&largest, memory_order_relaxed);
+}
+
+void kv_alloc_largest_reset(void)
+{
+    atomic_store_explicit(&largest, 0, memory_order_relaxed);
+}
+
 void *kv_malloc(size_t n)
 {
-    if (should_fail())
+    if (should_fail(n))
         return NULL;
     return malloc(n ? n : 1);
 }
 
 void *kv_calloc(size_t nmemb, size_t size)
 {
-    if (should_fail())
+    if (should_fail(nmemb > SIZE_MAX / (size ? size : 1) ? SIZE_MAX : nmemb * size))
         return NULL;
     return calloc(nmemb ? nmemb : 1, size ? size : 1);
 }
 
 void *kv_realloc(void *p, size_t n)
 {
-    if (should_fail())
+    if (should_fail(n))
         return NULL;
     return realloc(p, n ? n : 1);
 }

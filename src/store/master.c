@@ -181,7 +181,11 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
         goto out_locks;
     }
     const char *addr = o->rpc_addr ? o->rpc_addr : KV_STORE_DEFAULT_RPC;
-    struct kv_rpc_server_opts so = {.addr = addr, .handler = kv_master_handle, .ud = m};
+    struct kv_rpc_server_opts so = {.addr = addr,
+                                    .handler = kv_master_handle,
+                                    .ud = m,
+                                    .io_threads = KV_RPC_DEF_IO_THREADS,
+                                    .workers = KV_RPC_DEF_WORKERS};
     rc = kv_rpc_server_start(&so, &m->rpc);
     if (rc < 0) {
         KV_LOGE("cannot listen for RPC on %s: %s", addr, kv_strerror(rc));

@@ -797,7 +797,11 @@ int kv_node_start(const struct kv_node_opts *o, struct kv_node **out)
     }
     char addr[300];
     snprintf(addr, sizeof(addr), "%s:0", bind);
-    struct kv_rpc_server_opts so = {.addr = addr, .handler = node_handle, .ud = n};
+    struct kv_rpc_server_opts so = {.addr = addr,
+                                    .handler = node_handle,
+                                    .ud = n,
+                                    .io_threads = KV_RPC_DEF_IO_THREADS,
+                                    .workers = KV_RPC_DEF_WORKERS};
     rc = kv_rpc_server_start(&so, &n->rpc);
     if (rc < 0) {
         KV_LOGE("cannot listen for RPC on %s: %s", addr, kv_strerror(rc));

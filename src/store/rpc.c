@@ -1,27 +1,92 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * rpc.c - the store's control-plane RPC: frame codec, a pooled blocking client and a
- * thread-per-connection server. Wire format and method table in rpc.h.
+ * rpc.c - the store's control-plane RPC: frame codec, a pooled blocking client and an
+ * event-loop server with a bounded worker pool. Wire format and method table in rpc.h.
  *
- * Design:
- *  - Client: a call borrows an idle connection from the pool (or connects), writes the request
- *    frame and reads the response with one deadline. Any transport or framing error closes the
- *    connection instead of returning it to the pool, so a desynchronised stream is never reused.
- *    A failure on a pooled connection before any response byte arrived is retried once on a
- *    fresh connection (the server may have closed an idle connection); the retry may repeat the
- *    request, so callers send only requests that are safe to repeat or tolerate KV_EEXIST.
- *  - Server: one accept thread (poll on the listen socket and a wake pipe) and one thread per
- *    connection. A connection thread reads a header (no deadline: idle clients are fine), then
- *    the payload within io_timeout_ms, calls the handler, writes the response.
+ * Client: a call borrows an idle connection from the pool (or connects), writes the request
+ * frame and reads the response with one deadline. Any transport or framing error closes the
+ * connection instead of returning it to the pool, so a desynchronised stream is never reused.
+ * A failure on a pooled connection before any response byte arrived is retried once on a fresh
+ * connection (the server may have closed an idle connection); the retry may repeat the request,
+ * so callers send only requests that are safe to repeat or tolerate KV_EEXIST.
+ *
+ * Server thread model: io_threads + workers threads in one pool, nothing per connection.
+ *  - There are io_threads loops, each an epoll set owning the connections dealt to it, and at
+ *    any time each loop has at most one *leader*: the pool thread running it. The other pool
+ *    threads are workers: they wait on one condvar for a loop without a leader (served first)
+ *    or a request to run. Thread i < io_threads starts as loop i's leader.
+ *  - Loop 0 also owns the (non-blocking, level-triggered) listening socket: it accepts and
+ *    deals new connections round-robin, to itself directly and to the other loops through
+ *    their inbox (a mutex-protected list + an eventfd in the loop's epoll set). One acceptor
+ *    was chosen over EPOLLEXCLUSIVE on every loop because it spreads connections evenly
+ *    (exclusive wake-ups let one loop grab a whole burst) and the inboxes are needed anyway for
+ *    connections coming back from workers.
+ *  - Sockets are non-blocking and registered once, edge-triggered, for IN|OUT|RDHUP; a leader
+ *    therefore always reads or writes until EAGAIN before it waits for the next edge.
+ *  - A complete request is offered to fast_handler on the leader's thread; if it is NULL or
+ *    returns KV_RPC_SLOW the connection goes busy and the request must run on a worker. When a
+ *    worker is idle beyond the work already queued, the leader hands the *loop* to it (lead
+ *    queue, the rest of its epoll batch kept in the loop) and runs the request itself, so the
+ *    answer does not wait for a thread wake-up (leader/follower, as in ACE); otherwise the
+ *    request is queued and the leader keeps leading. Requests dispatched while draining the
+ *    inbox are always queued. The protocol is one request at a time, so a busy connection is
+ *    not read: ordering is trivial.
+ *  - The thread that ran the handler writes the response itself under the connection's lock
+ *    when the socket takes it whole (the common case). It hands the connection back to its
+ *    loop's inbox when the write would block, failed, or when there may be input the loop has
+ *    not looked at (bytes of a next frame, a full last read, or an epoll edge that arrived
+ *    while busy); only a leader reads a socket.
+ *  - Deadlines: a frame in progress (a partial request, or a response the peer does not read)
+ *    must complete within io_timeout_ms; while a loop has such connections its leader scans
+ *    the loop's list every scan_ms and closes the late ones. Idle connections have no deadline.
+ *
+ * Connection states (owned by the loop's leader unless busy):
+ *
+ *   accept (loop 0) --loop_register--> READING --frame complete--> conn_dispatch
+ *                                        ^  |                        |              |
+ *                                        |  | malformed header,      | fast_handler | no fast /
+ *                                        |  | no memory              | answered     | SLOW
+ *                                        |  v                        v              v
+ *                                        | WRITING <-----------------+         BUSY (run_request
+ *                                        |  | conn_tx EAGAIN: wait EPOLLOUT     on a worker or on
+ *                                        |  | (close after it when framing      the old leader)
+ *                                        |  |  was lost)                         | written whole:
+ *                                        +--+ conn_frame_done                    | READING; else
+ *                                        +---------------------------------------+ inbox -> loop
+ *   any error, EOF, deadline: conn_close (by the leader only, never while BUSY)
  *
  * Invariants:
- *  1. A pooled connection has no unread bytes (it completed a whole request/response).
- *  2. Every server connection is in s->conns from its thread's start until the thread is
- *     joined; its fd is closed only by the stop path after the join, or by the thread itself
- *     before it marks itself done.
+ *  1. A pooled client connection has no unread bytes (it completed a whole request/response).
+ *  2. A server connection belongs to one loop from accept to close; only that loop's leader
+ *     reads its socket, closes or frees it. It is in its loop's list from registration until
+ *     conn_close, and freed at the end of the epoll batch that closed it (a later event of the
+ *     same batch may still name it; `closed` skips it).
+ *  3. Exactly one thread holds a connection's buffers and frame state: its loop's leader while
+ *     !busy, the thread running its request while busy. busy flips true on the leader (before
+ *     the request leaves the loop) and false on the runner (after the write) or on the leader
+ *     (taking it from the inbox); the queues' mutexes order the hand-over. A busy connection
+ *     has no deadline.
+ *  4. Whenever a leader holds a connection and waits, it has seen EAGAIN on the direction it
+ *     waits for, or it is told by io_pending / maybe_more / leftover input to look again: no
+ *     edge-triggered event is lost.
+ *  5. A receive buffer never holds more than max(SRV_RX_STEP, received) bytes of room beyond
+ *     what arrived, nor more than its frame + 1; buffers over SRV_KEEP_BUF are released once
+ *     their frame is answered.
+ *  6. A loop is handed over only when nidle > nqueued + nlead, and a waiting thread takes lead
+ *     work before requests, so a loop is never left without a leader while all threads run
+ *     handlers: at most `workers` handlers run at once, the other threads lead.
+ *  7. A loop's leader-only fields (batch, list, deadlines) are touched by one thread at a time:
+ *     the old leader stops touching them before it puts the loop on the lead queue.
+ *  8. After kv_rpc_server_stop has joined the pool no handler or fast_handler runs. Requests
+ *     still queued then are dropped unanswered.
  *
- * Locks: client c->lock guards c->idle/c->nidle (leaf). Server s->lock guards s->conns,
- * s->nconns and each conn's done flag (leaf). No lock is held during I/O or the handler.
+ * Locks (all leaves: none is taken while holding another, none is held during a handler):
+ *  - client c->lock guards c->idle, c->nidle.
+ *  - server s->wlock guards the request queue (wq_*, nqueued), the lead queue (lead_*, nlead)
+ *    and nidle; s->wcond waits on it.
+ *  - loop l->qlock guards its inbox (inbox_head, inbox_tail).
+ *  - conn c->lock guards c->busy and c->io_pending; the runner holds it while it writes the
+ *    response, the leader only to test-and-set on an event.
  */
 #define KV_LOG_COMPONENT "rpc"
 #include "store/rpc.h"
@@ -31,12 +96,14 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -432,181 +499,772 @@ out:
 
 /* ---- server ------------------------------------------------------------------------------ */
 
+#define SRV_RX_INITIAL 4096u    /* first capacity of a connection's receive buffer */
+#define SRV_RX_STEP (64u << 10) /* a buffer grows at most max(this, bytes received) ahead */
+#define SRV_KEEP_BUF (1u << 20) /* larger buffers are released once their frame is answered */
+#define SRV_ACCEPT_BATCH 64     /* accepts per wake-up, so one loop is not starved */
+#define SRV_MAX_EVENTS 128      /* epoll_wait batch */
+#define SRV_ACCEPT_PAUSE_MS 100 /* accept back-off after EMFILE and friends */
+#define SRV_MAX_IO_THREADS 64
+#define SRV_MAX_WORKERS 1024
+
+struct srv_loop;
+
 struct srv_conn {
-    struct kv_rpc_server *s;
+    struct srv_loop *loop; /* owning loop; fixed at accept */
     int fd;
-    pthread_t thread;
-    bool done; /* thread finished (guarded by s->lock) */
-    struct srv_conn *next;
+
+    /* Owned by the holder (invariant 3): the loop thread while !busy, the worker while busy. */
+    struct kv_buf in; /* received bytes; in.data[0] starts the current frame */
+    bool have_hdr;    /* h is the current frame's decoded header */
+    struct kv_rpc_hdr h;
+    bool maybe_more;   /* the last read filled its space: the socket may hold more */
+    struct kv_buf out; /* response payload (the handler's resp) */
+    uint8_t out_hdr[KV_RPC_HDR_LEN];
+    size_t tx_off, tx_len; /* response bytes (header + payload) written / total; 0 = none */
+    bool close_after_tx;   /* framing lost (malformed header, no memory): close once sent */
+    bool failed;           /* the worker's write failed: the loop closes it */
+    bool fresh;            /* accepted, not yet registered with its loop's epoll */
+
+    /* Loop thread only. */
+    bool closed;                  /* closed in this loop iteration; freed at its end */
+    int64_t deadline;             /* kv_now_ms() after which the frame in progress fails; 0 none */
+    struct srv_conn *prev, *next; /* the loop's connection list (or its graveyard) */
+
+    struct srv_conn *qnext; /* link in the one queue it is in: a loop inbox or the workers' */
+
+    pthread_mutex_t lock; /* guards busy, io_pending; leaf (never held with another lock) */
+    bool busy;            /* a worker holds the connection */
+    bool io_pending;      /* an epoll event arrived while busy: the loop must look again */
+};
+
+struct srv_loop {
+    struct kv_rpc_server *s;
+    int epfd;
+    int evfd;              /* wakes the loop: inbox non-empty or stopping */
+    pthread_mutex_t qlock; /* guards inbox_head, inbox_tail; leaf */
+    struct srv_conn *inbox_head, *inbox_tail;
+    struct srv_loop *lnext; /* in the server's lead queue (guarded by s->wlock) */
+    /* Leader only (the one thread leading the loop now; see invariant 7). */
+    struct epoll_event evs[SRV_MAX_EVENTS]; /* the current epoll batch, evs[iev..nev) to do */
+    int nev, iev;
+    bool in_events;           /* handling an epoll event: a dispatch may hand the loop over */
+    struct srv_conn *handoff; /* dispatched; its request runs on this thread after the hand-over */
+    struct srv_conn *conns;   /* every registered connection of this loop */
+    struct srv_conn *graveyard; /* closed in this iteration, freed at its end */
+    int ntimed;                 /* connections with a deadline */
+    int64_t next_scan;
+    bool accept_paused;
+    int64_t accept_resume;
+    unsigned next_loop; /* loop 0 only: round-robin target of the next accepted connection */
 };
 
 struct kv_rpc_server {
     kv_rpc_handler_fn handler;
+    kv_rpc_handler_fn fast_handler;
     void *ud;
     int max_conns;
     int io_timeout_ms;
+    int scan_ms; /* how often a loop looks for expired deadlines while it has any */
+    int nloops;
+    int nworkers;
+    int threads_started;
     int lfd;
-    int wake[2]; /* accept-thread wake pipe */
     uint16_t port;
-    pthread_t accept_thread;
     atomic_bool stopping;
-    pthread_mutex_t lock; /* guards conns, nconns, srv_conn.done; leaf */
-    struct srv_conn *conns;
-    int nconns;
+    atomic_int nconns;
+    struct srv_loop *loops;
+    pthread_t *threads; /* nloops + nworkers; thread i < nloops starts as loop i's leader */
+    /* guards wq_head, wq_tail, nqueued, lead_head, lead_tail, nlead, nidle; leaf; wcond waits on
+     * it */
+    pthread_mutex_t wlock;
+    pthread_cond_t wcond;
+    struct srv_conn *wq_head, *wq_tail; /* requests for the workers */
+    int nqueued;
+    struct srv_loop *lead_head, *lead_tail; /* loops without a leader, served before requests */
+    int nlead;
+    int nidle; /* threads waiting on wcond */
 };
 
-static int send_frame(int fd, uint16_t method, uint64_t id, int status, const struct kv_buf *p,
-                      int64_t deadline)
+static void conn_free(struct srv_conn *c)
 {
-    uint8_t hb[KV_RPC_HDR_LEN];
-    size_t len = p ? p->len : 0;
-    struct kv_rpc_hdr h = {KV_RPC_MAGIC, method, KV_RPC_F_RESPONSE, (uint32_t)len, status, id};
-    kv_rpc_hdr_encode(&h, hb);
-    return write_frame(fd, hb, p ? p->data : NULL, len, deadline);
+    kv_buf_fini(&c->in);
+    kv_buf_fini(&c->out);
+    pthread_mutex_destroy(&c->lock);
+    kv_free(c);
 }
 
-static void *conn_main(void *arg)
+/* Loop thread: the frame in progress (partial request or unsent response) gets a deadline. */
+static void timer_arm(struct srv_loop *l, struct srv_conn *c)
 {
-    struct srv_conn *sc = arg;
-    struct kv_rpc_server *s = sc->s;
-    struct kv_buf req, resp;
-    kv_buf_init(&req);
-    kv_buf_init(&resp);
-    while (!atomic_load(&s->stopping)) {
-        uint8_t hb[KV_RPC_HDR_LEN];
-        int rc = kv_net_read_full(sc->fd, hb, 1, -1);
-        if (rc < 0)
-            break;
-        int64_t deadline = kv_now_ms() + s->io_timeout_ms;
-        rc = kv_net_read_full(sc->fd, hb + 1, sizeof(hb) - 1, deadline);
-        if (rc < 0) {
-            KV_LOGD("connection closed mid-header: %s", kv_strerror(rc));
-            break;
-        }
-        struct kv_rpc_hdr h;
-        rc = kv_rpc_hdr_decode(hb, sizeof(hb), &h);
-        if (rc < 0 || (h.flags & KV_RPC_F_RESPONSE)) {
-            KV_LOGW_RL(5000, "malformed RPC frame header (bad magic, flags or length): closing "
-                             "the connection");
-            send_frame(sc->fd, 0, 0, KV_EPROTO, NULL, deadline);
-            break;
-        }
-        kv_buf_reset(&req);
-        if (kv_buf_reserve(&req, (size_t)h.len + 1) < 0) {
-            send_frame(sc->fd, h.method, h.id, KV_ENOMEM, NULL, deadline);
-            break;
-        }
-        if (h.len) {
-            rc = kv_net_read_full(sc->fd, req.data, h.len, deadline);
-            if (rc < 0) {
-                KV_LOGD("connection closed mid-payload: %s", kv_strerror(rc));
-                break;
-            }
-        }
-        req.len = h.len;
-        req.data[h.len] = '\0';
-        kv_buf_reset(&resp);
-        int status = s->handler(s->ud, h.method, (const uint8_t *)req.data, req.len, &resp);
-        if (status > 0)
-            status = KV_OK;
-        rc = send_frame(sc->fd, h.method, h.id, status,
-                        (status == KV_OK || status == KV_EAGAIN) ? &resp : NULL,
-                        kv_now_ms() + s->io_timeout_ms);
-        if (rc < 0)
-            break;
-        if (req.cap > (1u << 20)) { /* do not keep a huge buffer for an idle connection */
-            kv_buf_fini(&req);
-            kv_buf_init(&req);
-        }
-        if (resp.cap > (1u << 20)) {
-            kv_buf_fini(&resp);
-            kv_buf_init(&resp);
-        }
+    if (c->deadline)
+        return;
+    c->deadline = kv_now_ms() + l->s->io_timeout_ms;
+    if (l->ntimed++ == 0)
+        l->next_scan = kv_now_ms() + l->s->scan_ms;
+}
+
+static void timer_clear(struct srv_loop *l, struct srv_conn *c)
+{
+    if (!c->deadline)
+        return;
+    c->deadline = 0;
+    l->ntimed--;
+}
+
+/* Loop thread: unlinks, closes the socket (which leaves the epoll set) and defers the free to
+ * the end of the loop iteration, as later events of the same batch may name c. */
+static void conn_close(struct srv_loop *l, struct srv_conn *c)
+{
+    timer_clear(l, c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    close(c->fd);
+    c->fd = -1;
+    c->closed = true;
+    c->prev = NULL;
+    c->next = l->graveyard;
+    l->graveyard = c;
+    atomic_fetch_sub_explicit(&l->s->nconns, 1, memory_order_relaxed);
+}
+
+/* Prepares the response frame for the current request from c->out and the handler's status. */
+static void conn_set_response(struct srv_conn *c, uint16_t method, uint64_t id, int status)
+{
+    if (status > 0)
+        status = KV_OK;
+    bool payload = status == KV_OK || status == KV_EAGAIN;
+    if (payload && c->out.len > KV_RPC_MAX_PAYLOAD) {
+        KV_LOGW_RL(5000, "RPC %s: response of %zu bytes is over the frame limit",
+                   kv_rpc_method_name(method), c->out.len);
+        status = KV_E2BIG;
+        payload = false;
     }
-    kv_buf_fini(&req);
-    kv_buf_fini(&resp);
-    shutdown(sc->fd, SHUT_RDWR);
-    pthread_mutex_lock(&s->lock);
-    sc->done = true;
-    pthread_mutex_unlock(&s->lock);
-    return NULL;
+    size_t len = payload ? c->out.len : 0;
+    struct kv_rpc_hdr h = {KV_RPC_MAGIC, method, KV_RPC_F_RESPONSE, (uint32_t)len, status, id};
+    kv_rpc_hdr_encode(&h, c->out_hdr);
+    c->tx_off = 0;
+    c->tx_len = KV_RPC_HDR_LEN + len;
 }
 
-/* Joins and frees finished connections. Called by the accept thread. */
-static void reap(struct kv_rpc_server *s, bool all)
+/* The framing of c can no longer be trusted: answer status (id 0 when the header is bad) and
+ * close once that is sent. */
+static void conn_set_fatal(struct srv_conn *c, uint16_t method, uint64_t id, int status)
+{
+    kv_buf_reset(&c->out);
+    conn_set_response(c, method, id, status);
+    c->close_after_tx = true;
+}
+
+/* Writes what is left of the response without blocking. KV_OK once it is all out, KV_EAGAIN when
+ * the socket is full, another error when the connection is broken. */
+static int conn_tx(struct srv_conn *c)
+{
+    while (c->tx_off < c->tx_len) {
+        struct iovec iov[2];
+        int n = 0;
+        if (c->tx_off < KV_RPC_HDR_LEN) {
+            iov[n].iov_base = c->out_hdr + c->tx_off;
+            iov[n++].iov_len = KV_RPC_HDR_LEN - c->tx_off;
+        }
+        size_t plen = c->tx_len - KV_RPC_HDR_LEN;
+        size_t poff = c->tx_off > KV_RPC_HDR_LEN ? c->tx_off - KV_RPC_HDR_LEN : 0;
+        if (poff < plen) {
+            iov[n].iov_base = c->out.data + poff;
+            iov[n++].iov_len = plen - poff;
+        }
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return KV_EAGAIN;
+            return kv_err_from_errno(errno);
+        }
+        c->tx_off += (size_t)w;
+    }
+    c->tx_off = c->tx_len = 0;
+    return KV_OK;
+}
+
+/* The current frame is answered: drop its bytes (keeping any of the next frame) and release
+ * buffers grown past SRV_KEEP_BUF. */
+static void conn_frame_done(struct srv_conn *c)
+{
+    size_t flen = KV_RPC_HDR_LEN + (size_t)c->h.len;
+    size_t left = c->in.len > flen ? c->in.len - flen : 0;
+    if (left)
+        memmove(c->in.data, c->in.data + flen, left);
+    c->in.len = left;
+    if (c->in.data)
+        c->in.data[left] = '\0';
+    c->have_hdr = false;
+    if (c->in.cap > SRV_KEEP_BUF && left == 0)
+        kv_buf_fini(&c->in);
+    if (c->out.cap > SRV_KEEP_BUF)
+        kv_buf_fini(&c->out);
+    else
+        kv_buf_reset(&c->out);
+}
+
+/* Makes room to receive: the buffer grows only when full, to at most the whole frame (+ NUL)
+ * and at most max(SRV_RX_STEP, received) ahead of what arrived, so a peer that announces a
+ * large frame and sends nothing costs nothing. KV_ENOMEM. */
+static int conn_rx_room(struct srv_conn *c)
+{
+    size_t len = c->in.len;
+    if (c->in.cap >= SRV_RX_INITIAL && c->in.cap - 1 > len)
+        return KV_OK;
+    size_t frame = KV_RPC_HDR_LEN + (c->have_hdr ? (size_t)c->h.len : 0);
+    size_t cap = KV_MAX(c->in.cap * 2, len + SRV_RX_STEP + 1);
+    cap = KV_MIN(cap, KV_MAX(frame, len) + 1);
+    cap = KV_MAX(cap, SRV_RX_INITIAL);
+    if (cap <= c->in.cap)
+        return KV_OK;
+    char *d = kv_realloc(c->in.data, cap);
+    if (!d)
+        return KV_ENOMEM;
+    c->in.data = d;
+    c->in.cap = cap;
+    return KV_OK;
+}
+
+/* One non-blocking read. KV_OK (bytes arrived), KV_EAGAIN, KV_ENOMEM, or KV_ECONNRESET and
+ * friends when the peer closed or the connection broke. */
+static int conn_rx(struct srv_conn *c)
+{
+    int rc = conn_rx_room(c);
+    if (rc < 0)
+        return rc;
+    size_t room = c->in.cap - 1 - c->in.len;
+    for (;;) {
+        ssize_t n = recv(c->fd, c->in.data + c->in.len, room, MSG_DONTWAIT);
+        if (n > 0) {
+            c->in.len += (size_t)n;
+            c->in.data[c->in.len] = '\0';
+            c->maybe_more = (size_t)n == room;
+            return KV_OK;
+        }
+        if (n == 0)
+            return KV_ECONNRESET;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            c->maybe_more = false;
+            return KV_EAGAIN;
+        }
+        return kv_err_from_errno(errno);
+    }
+}
+
+/* Runs fn on the complete frame in c->in (its payload NUL-terminated for the call). */
+static int conn_call(struct kv_rpc_server *s, struct srv_conn *c, kv_rpc_handler_fn fn)
+{
+    uint8_t *p = (uint8_t *)c->in.data + KV_RPC_HDR_LEN;
+    size_t len = c->h.len;
+    uint8_t saved = p[len]; /* a byte of the next frame may sit there */
+    p[len] = '\0';
+    kv_buf_reset(&c->out);
+    int status = fn(s->ud, c->h.method, p, len, &c->out);
+    p[len] = saved;
+    return status;
+}
+
+static void worker_push(struct kv_rpc_server *s, struct srv_conn *c)
+{
+    c->qnext = NULL;
+    pthread_mutex_lock(&s->wlock);
+    if (s->wq_tail)
+        s->wq_tail->qnext = c;
+    else
+        s->wq_head = c;
+    s->wq_tail = c;
+    s->nqueued++;
+    pthread_mutex_unlock(&s->wlock);
+    pthread_cond_signal(&s->wcond); /* after the unlock: the woken worker does not block on it */
+}
+
+static void loop_wake(struct srv_loop *l)
+{
+    uint64_t one = 1;
+    ssize_t w = write(l->evfd, &one, sizeof(one));
+    (void)w; /* EAGAIN: the counter is already non-zero, the loop will wake */
+}
+
+/* Hands c to its loop: a freshly accepted connection, or one a worker is done with. */
+static void loop_push(struct srv_loop *l, struct srv_conn *c)
+{
+    c->qnext = NULL;
+    pthread_mutex_lock(&l->qlock);
+    bool was_empty = !l->inbox_head;
+    if (l->inbox_tail)
+        l->inbox_tail->qnext = c;
+    else
+        l->inbox_head = c;
+    l->inbox_tail = c;
+    pthread_mutex_unlock(&l->qlock);
+    if (was_empty) /* the loop reads evfd before taking the inbox, so one wake-up covers all */
+        loop_wake(l);
+}
+
+/* Loop thread: a complete request is in c->in. Answers it through fast_handler, or hands it to
+ * the workers (then returns true: the connection is busy and no longer the loop's). */
+static bool conn_dispatch(struct srv_loop *l, struct srv_conn *c)
+{
+    struct kv_rpc_server *s = l->s;
+    if (s->fast_handler) {
+        int status = conn_call(s, c, s->fast_handler);
+        if (status != KV_RPC_SLOW) {
+            conn_set_response(c, c->h.method, c->h.id, status);
+            return false;
+        }
+        kv_buf_reset(&c->out);
+    }
+    pthread_mutex_lock(&c->lock);
+    c->busy = true;
+    c->io_pending = false;
+    pthread_mutex_unlock(&c->lock);
+    if (l->in_events) /* loop_lead decides between a hand-over and the queue */
+        l->handoff = c;
+    else
+        worker_push(s, c);
+    return true;
+}
+
+/* Loop thread: advances c's state machine until it would block (see the diagram at the top). */
+static void conn_drive(struct srv_loop *l, struct srv_conn *c)
 {
     for (;;) {
-        struct srv_conn *victim = NULL;
-        pthread_mutex_lock(&s->lock);
-        for (struct srv_conn **pp = &s->conns; *pp; pp = &(*pp)->next) {
-            if ((*pp)->done || all) {
-                victim = *pp;
-                *pp = victim->next;
-                s->nconns--;
-                break;
+        if (c->tx_len) {
+            int rc = conn_tx(c);
+            if (rc == KV_EAGAIN) {
+                timer_arm(l, c);
+                return;
             }
+            if (rc < 0 || c->close_after_tx)
+                goto out_close;
+            timer_clear(l, c);
+            conn_frame_done(c);
+            continue;
         }
-        pthread_mutex_unlock(&s->lock);
-        if (!victim)
+        if (!c->have_hdr && c->in.len >= KV_RPC_HDR_LEN) {
+            if (kv_rpc_hdr_decode((const uint8_t *)c->in.data, c->in.len, &c->h) < 0 ||
+                (c->h.flags & KV_RPC_F_RESPONSE)) {
+                KV_LOGW_RL(5000, "malformed RPC frame header (bad magic, flags or length): "
+                                 "closing the connection");
+                conn_set_fatal(c, 0, 0, KV_EPROTO);
+                continue;
+            }
+            c->have_hdr = true;
+        }
+        if (c->have_hdr && c->in.len >= KV_RPC_HDR_LEN + (size_t)c->h.len) {
+            timer_clear(l, c);
+            if (conn_dispatch(l, c))
+                return;
+            continue;
+        }
+        int rc = conn_rx(c);
+        if (rc == KV_EAGAIN) {
+            if (c->in.len)
+                timer_arm(l, c);
             return;
-        pthread_join(victim->thread, NULL);
-        close(victim->fd);
-        kv_free(victim);
+        }
+        if (rc == KV_ENOMEM) {
+            conn_set_fatal(c, c->have_hdr ? c->h.method : 0, c->have_hdr ? c->h.id : 0, KV_ENOMEM);
+            continue;
+        }
+        if (rc < 0) {
+            if (c->in.len)
+                KV_LOGD("connection closed mid-frame: %s", kv_strerror(rc));
+            goto out_close;
+        }
+    }
+out_close:
+    conn_close(l, c);
+}
+
+/* A worker's part of a call: runs the handler on the busy connection c, then writes the
+ * response at once when the socket takes it all, or hands c back to its loop. */
+static void run_request(struct kv_rpc_server *s, struct srv_conn *c)
+{
+    int status = conn_call(s, c, s->handler);
+    conn_set_response(c, c->h.method, c->h.id, status);
+    bool handback = true;
+    pthread_mutex_lock(&c->lock);
+    int rc = conn_tx(c);
+    if (rc == KV_OK) {
+        conn_frame_done(c);
+        /* Bytes (or an epoll edge) the loop has not looked at: only the loop may read. */
+        handback = c->io_pending || c->maybe_more || c->in.len > 0;
+        if (!handback)
+            c->busy = false;
+    } else if (rc != KV_EAGAIN) {
+        c->failed = true;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (handback)
+        loop_push(c->loop, c);
+}
+
+/* Loop thread: c (accepted by loop 0) joins l's epoll set and list. */
+static void loop_register(struct srv_loop *l, struct srv_conn *c)
+{
+    c->fresh = false;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+        KV_LOGW_RL(5000, "RPC connection dropped: epoll_ctl: %s", strerror(errno));
+        close(c->fd);
+        conn_free(c);
+        atomic_fetch_sub_explicit(&l->s->nconns, 1, memory_order_relaxed);
+        return;
+    }
+    c->prev = NULL;
+    c->next = l->conns;
+    if (l->conns)
+        l->conns->prev = c;
+    l->conns = c;
+}
+
+/* Loop 0: accepts pending connections and deals them round-robin to the loops. */
+static void loop_accept(struct srv_loop *l)
+{
+    struct kv_rpc_server *s = l->s;
+    for (int i = 0; i < SRV_ACCEPT_BATCH; i++) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            KV_LOGW_RL(5000, "RPC accept: %s (pausing accepts for %d ms)", strerror(errno),
+                       SRV_ACCEPT_PAUSE_MS);
+            struct epoll_event ev = {.events = 0, .data.ptr = s};
+            epoll_ctl(l->epfd, EPOLL_CTL_MOD, s->lfd, &ev);
+            l->accept_paused = true;
+            l->accept_resume = kv_now_ms() + SRV_ACCEPT_PAUSE_MS;
+            return;
+        }
+        if (atomic_fetch_add_explicit(&s->nconns, 1, memory_order_relaxed) >= s->max_conns) {
+            atomic_fetch_sub_explicit(&s->nconns, 1, memory_order_relaxed);
+            KV_LOGW_RL(5000, "RPC connection refused: too many connections (max %d)", s->max_conns);
+            close(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct srv_conn *c = kv_calloc(1, sizeof(*c));
+        if (!c) {
+            KV_LOGW_RL(5000, "RPC connection refused: out of memory");
+            atomic_fetch_sub_explicit(&s->nconns, 1, memory_order_relaxed);
+            close(fd);
+            continue;
+        }
+        c->fd = fd;
+        c->fresh = true;
+        kv_buf_init(&c->in);
+        kv_buf_init(&c->out);
+        pthread_mutex_init(&c->lock, NULL);
+        c->loop = &s->loops[l->next_loop++ % (unsigned)s->nloops];
+        if (c->loop == l)
+            loop_register(l, c);
+        else
+            loop_push(c->loop, c);
     }
 }
 
-static void *accept_main(void *arg)
+/* Loop thread: takes what loop 0 and the workers handed over. */
+static void loop_drain_inbox(struct srv_loop *l)
 {
-    struct kv_rpc_server *s = arg;
+    uint64_t v;
+    ssize_t r = read(l->evfd, &v, sizeof(v));
+    (void)r;
+    pthread_mutex_lock(&l->qlock);
+    struct srv_conn *c = l->inbox_head;
+    l->inbox_head = l->inbox_tail = NULL;
+    pthread_mutex_unlock(&l->qlock);
+    while (c) {
+        struct srv_conn *next = c->qnext; /* c may be queued to a worker again below */
+        if (c->fresh) {
+            loop_register(l, c);
+        } else {
+            pthread_mutex_lock(&c->lock);
+            c->busy = false;
+            c->io_pending = false;
+            pthread_mutex_unlock(&c->lock);
+            if (c->failed)
+                conn_close(l, c);
+            else
+                conn_drive(l, c);
+        }
+        c = next;
+    }
+}
+
+static void loop_scan_deadlines(struct srv_loop *l, int64_t now)
+{
+    for (struct srv_conn *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->deadline && now >= c->deadline) {
+            KV_LOGD("RPC frame not completed within %d ms: closing the connection",
+                    l->s->io_timeout_ms);
+            conn_close(l, c);
+        }
+    }
+    l->next_scan = now + l->s->scan_ms;
+}
+
+/* Leader: ends an epoll batch (deadline scan, accept resume, frees) and waits for the next. */
+static void loop_next_batch(struct srv_loop *l)
+{
+    struct kv_rpc_server *s = l->s;
+    int64_t now = kv_now_ms();
+    if (l->ntimed > 0 && now >= l->next_scan)
+        loop_scan_deadlines(l, now);
+    if (l->accept_paused && now >= l->accept_resume) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s};
+        epoll_ctl(l->epfd, EPOLL_CTL_MOD, s->lfd, &ev);
+        l->accept_paused = false;
+    }
+    while (l->graveyard) {
+        struct srv_conn *c = l->graveyard;
+        l->graveyard = c->next;
+        conn_free(c);
+    }
+    int timeout = -1;
+    if (l->ntimed > 0)
+        timeout = (int)KV_MAX(0, l->next_scan - now);
+    if (l->accept_paused) {
+        int t = (int)KV_MAX(0, l->accept_resume - now);
+        timeout = timeout < 0 ? t : KV_MIN(timeout, t);
+    }
+    l->iev = 0;
+    l->nev = epoll_wait(l->epfd, l->evs, SRV_MAX_EVENTS, timeout);
+    if (l->nev < 0) {
+        if (errno != EINTR) {
+            KV_LOGE("RPC loop: epoll_wait: %s", strerror(errno));
+            kv_sleep_ms(10);
+        }
+        l->nev = 0;
+    }
+}
+
+/* Leads loop l until the server stops (NULL) or until an event produced a request for the
+ * workers (that connection, busy; the batch in progress stays in l for the next leader). */
+static struct srv_conn *loop_lead(struct srv_loop *l)
+{
+    struct kv_rpc_server *s = l->s;
     while (!atomic_load(&s->stopping)) {
-        struct pollfd pf[2] = {{s->lfd, POLLIN, 0}, {s->wake[0], POLLIN, 0}};
-        int n = poll(pf, 2, 1000);
-        reap(s, false);
-        if (n <= 0 || atomic_load(&s->stopping))
-            continue;
-        if (!(pf[0].revents & POLLIN))
-            continue;
-        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-                KV_LOGW_RL(5000, "accept: %s", strerror(errno));
-                kv_sleep_ms(10);
-            }
+        if (l->iev >= l->nev) {
+            loop_next_batch(l);
             continue;
         }
-        kv_net_set_nonblock(fd, 0);
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        pthread_mutex_lock(&s->lock);
-        bool full = s->nconns >= s->max_conns;
-        pthread_mutex_unlock(&s->lock);
-        struct srv_conn *sc = full ? NULL : kv_calloc(1, sizeof(*sc));
-        if (!sc) {
-            KV_LOGW_RL(5000, "RPC connection refused: %s",
-                       full ? "too many connections" : "out of memory");
-            close(fd);
+        void *p = l->evs[l->iev++].data.ptr;
+        if (p == l) {
+            loop_drain_inbox(l);
             continue;
         }
-        sc->s = s;
-        sc->fd = fd;
-        pthread_mutex_lock(&s->lock);
-        if (pthread_create(&sc->thread, NULL, conn_main, sc) != 0) {
-            pthread_mutex_unlock(&s->lock);
-            close(fd);
-            kv_free(sc);
+        if (p == s) {
+            loop_accept(l);
             continue;
         }
-        sc->next = s->conns;
-        s->conns = sc;
-        s->nconns++;
-        pthread_mutex_unlock(&s->lock);
+        struct srv_conn *c = p;
+        if (c->closed)
+            continue;
+        pthread_mutex_lock(&c->lock);
+        bool busy = c->busy;
+        if (busy)
+            c->io_pending = true;
+        pthread_mutex_unlock(&c->lock);
+        if (busy)
+            continue;
+        l->in_events = true;
+        conn_drive(l, c);
+        l->in_events = false;
+        if (l->handoff) {
+            c = l->handoff;
+            l->handoff = NULL;
+            return c;
+        }
     }
     return NULL;
+}
+
+/* The leader of l has request c for the workers. When a thread is idle beyond the work already
+ * queued, l goes to the lead queue (that thread takes it over) and the caller runs c itself:
+ * the request is answered without a thread hop. Otherwise c is queued and the caller keeps
+ * leading. Returns true for a hand-over. */
+static bool loop_handover(struct kv_rpc_server *s, struct srv_loop *l, struct srv_conn *c)
+{
+    pthread_mutex_lock(&s->wlock);
+    bool give = s->nidle > s->nqueued + s->nlead;
+    if (give) {
+        l->lnext = NULL;
+        if (s->lead_tail)
+            s->lead_tail->lnext = l;
+        else
+            s->lead_head = l;
+        s->lead_tail = l;
+        s->nlead++;
+    } else {
+        c->qnext = NULL;
+        if (s->wq_tail)
+            s->wq_tail->qnext = c;
+        else
+            s->wq_head = c;
+        s->wq_tail = c;
+        s->nqueued++;
+    }
+    pthread_mutex_unlock(&s->wlock);
+    pthread_cond_signal(&s->wcond);
+    return give;
+}
+
+/* Every server thread: leads a loop while it has one, else takes loops to lead and requests
+ * to run from the queues (loops first: a loop without a leader serves nobody). */
+static void srv_thread(struct kv_rpc_server *s, struct srv_loop *l)
+{
+    for (;;) {
+        if (l) {
+            struct srv_conn *c = loop_lead(l);
+            if (!c)
+                return;
+            if (!loop_handover(s, l, c))
+                continue;
+            l = NULL;
+            run_request(s, c);
+        }
+        pthread_mutex_lock(&s->wlock);
+        s->nidle++;
+        while (!s->lead_head && !s->wq_head && !atomic_load(&s->stopping))
+            pthread_cond_wait(&s->wcond, &s->wlock);
+        s->nidle--;
+        if (atomic_load(&s->stopping)) { /* queued requests are dropped: their handler never runs */
+            pthread_mutex_unlock(&s->wlock);
+            return;
+        }
+        if (s->lead_head) {
+            l = s->lead_head;
+            s->lead_head = l->lnext;
+            if (!s->lead_head)
+                s->lead_tail = NULL;
+            s->nlead--;
+            pthread_mutex_unlock(&s->wlock);
+            continue;
+        }
+        struct srv_conn *c = s->wq_head;
+        s->wq_head = c->qnext;
+        if (!s->wq_head)
+            s->wq_tail = NULL;
+        s->nqueued--;
+        pthread_mutex_unlock(&s->wlock);
+        run_request(s, c);
+    }
+}
+
+static void *leader_main(void *arg)
+{
+    struct srv_loop *l = arg;
+    srv_thread(l->s, l);
+    return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    srv_thread(arg, NULL);
+    return NULL;
+}
+
+static int loop_init(struct kv_rpc_server *s, struct srv_loop *l, bool with_listener)
+{
+    l->s = s;
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (l->epfd < 0)
+        return kv_err_from_errno(errno);
+    int rc;
+    l->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (l->evfd < 0) {
+        rc = kv_err_from_errno(errno);
+        goto out_close_ep;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = l};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->evfd, &ev) < 0) {
+        rc = kv_err_from_errno(errno);
+        goto out_close_ev;
+    }
+    if (with_listener) {
+        struct epoll_event lev = {.events = EPOLLIN, .data.ptr = s};
+        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, s->lfd, &lev) < 0) {
+            rc = kv_err_from_errno(errno);
+            goto out_close_ev;
+        }
+    }
+    pthread_mutex_init(&l->qlock, NULL);
+    return KV_OK;
+out_close_ev:
+    close(l->evfd);
+out_close_ep:
+    close(l->epfd);
+    l->epfd = l->evfd = -1;
+    return rc;
+}
+
+/* Frees the connections of a loop whose thread is gone (or never ran), then the loop. */
+static void loop_fini(struct srv_loop *l)
+{
+    for (struct srv_conn *c = l->inbox_head, *next; c; c = next) {
+        next = c->qnext;
+        if (c->fresh) { /* not in the list yet; the others are */
+            close(c->fd);
+            conn_free(c);
+        }
+    }
+    for (struct srv_conn *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        close(c->fd);
+        conn_free(c);
+    }
+    for (struct srv_conn *c = l->graveyard, *next; c; c = next) {
+        next = c->next;
+        conn_free(c);
+    }
+    pthread_mutex_destroy(&l->qlock);
+    close(l->evfd);
+    close(l->epfd);
+}
+
+/* Stops and frees s with however many loops and workers were started. */
+static void server_teardown(struct kv_rpc_server *s, int loops_inited)
+{
+    atomic_store(&s->stopping, true);
+    pthread_mutex_lock(&s->wlock);
+    pthread_cond_broadcast(&s->wcond);
+    pthread_mutex_unlock(&s->wlock);
+    for (int i = 0; i < loops_inited; i++)
+        loop_wake(&s->loops[i]);
+    /* After the joins neither handler runs. Threads may hand connections back to the loops until
+     * then: the evfds stay open until loop_fini. */
+    for (int i = 0; i < s->threads_started; i++)
+        pthread_join(s->threads[i], NULL);
+    for (int i = 0; i < loops_inited; i++)
+        loop_fini(&s->loops[i]);
+    close(s->lfd);
+    pthread_cond_destroy(&s->wcond);
+    pthread_mutex_destroy(&s->wlock);
+    kv_free(s->threads);
+    kv_free(s->loops);
+    kv_free(s);
 }
 
 int kv_rpc_server_start(const struct kv_rpc_server_opts *opts, struct kv_rpc_server **out)
 {
-    if (!opts || !opts->addr || !opts->handler || !out)
+    if (!opts || !opts->addr || !opts->handler || !out || opts->io_threads < 0 ||
+        opts->io_threads > SRV_MAX_IO_THREADS || opts->workers < 0 ||
+        opts->workers > SRV_MAX_WORKERS)
         return KV_EINVAL;
     char host[256];
     uint16_t port;
@@ -616,30 +1274,47 @@ int kv_rpc_server_start(const struct kv_rpc_server_opts *opts, struct kv_rpc_ser
     if (!s)
         return KV_ENOMEM;
     s->handler = opts->handler;
+    s->fast_handler = opts->fast_handler;
     s->ud = opts->ud;
-    s->max_conns = opts->max_conns > 0 ? opts->max_conns : 512;
+    s->max_conns = opts->max_conns > 0 ? opts->max_conns : KV_RPC_DEF_MAX_CONNS;
     s->io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEF_TIMEOUT_MS;
-    int rc = kv_net_listen_tcp(host, port, 128, &s->lfd, &s->port);
+    s->scan_ms = KV_MAX(10, KV_MIN(1000, s->io_timeout_ms / 10));
+    s->nloops = opts->io_threads > 0 ? opts->io_threads : KV_RPC_DEF_IO_THREADS;
+    s->nworkers = opts->workers > 0 ? opts->workers : KV_RPC_DEF_WORKERS;
+    atomic_init(&s->stopping, false);
+    atomic_init(&s->nconns, 0);
+    int rc = kv_net_listen_tcp(host, port, 1024, &s->lfd, &s->port);
     if (rc < 0)
         goto out_free;
     kv_net_set_nonblock(s->lfd, 1);
-    if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
-        rc = kv_err_from_errno(errno);
-        goto out_close;
-    }
-    pthread_mutex_init(&s->lock, NULL);
-    atomic_init(&s->stopping, false);
-    if (pthread_create(&s->accept_thread, NULL, accept_main, s) != 0) {
+    pthread_mutex_init(&s->wlock, NULL);
+    pthread_cond_init(&s->wcond, NULL);
+    s->loops = kv_calloc((size_t)s->nloops, sizeof(*s->loops));
+    s->threads = kv_calloc((size_t)(s->nloops + s->nworkers), sizeof(*s->threads));
+    int inited = 0;
+    if (!s->loops || !s->threads) {
         rc = KV_ENOMEM;
-        pthread_mutex_destroy(&s->lock);
-        close(s->wake[0]);
-        close(s->wake[1]);
-        goto out_close;
+        goto out_teardown;
+    }
+    for (; inited < s->nloops; inited++) {
+        rc = loop_init(s, &s->loops[inited], inited == 0);
+        if (rc < 0)
+            goto out_teardown;
+    }
+    for (; s->threads_started < s->nloops + s->nworkers; s->threads_started++) {
+        int i = s->threads_started;
+        int e = i < s->nloops ? pthread_create(&s->threads[i], NULL, leader_main, &s->loops[i])
+                              : pthread_create(&s->threads[i], NULL, worker_main, s);
+        if (e != 0) {
+            rc = KV_ENOMEM;
+            goto out_teardown;
+        }
     }
     *out = s;
     return KV_OK;
-out_close:
-    close(s->lfd);
+out_teardown:
+    server_teardown(s, inited);
+    return rc;
 out_free:
     kv_free(s);
     return rc;
@@ -654,18 +1329,5 @@ void kv_rpc_server_stop(struct kv_rpc_server *s)
 {
     if (!s)
         return;
-    atomic_store(&s->stopping, true);
-    ssize_t w = write(s->wake[1], "x", 1);
-    (void)w;
-    pthread_join(s->accept_thread, NULL);
-    pthread_mutex_lock(&s->lock);
-    for (struct srv_conn *sc = s->conns; sc; sc = sc->next)
-        shutdown(sc->fd, SHUT_RDWR);
-    pthread_mutex_unlock(&s->lock);
-    reap(s, true);
-    close(s->lfd);
-    close(s->wake[0]);
-    close(s->wake[1]);
-    pthread_mutex_destroy(&s->lock);
-    kv_free(s);
+    server_teardown(s, s->nloops);
 }

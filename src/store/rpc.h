@@ -47,8 +47,10 @@
  * the whole call failed; the payload is then empty, except KV_EAGAIN ("not the leader"), whose
  * payload is a NotLeader message naming the leader when known. Unknown method: KV_ENOTSUP.
  *
- * Thread-safety: a kv_rpc_client may be used by many threads at once (a pool of connections);
- * a kv_rpc_server runs its handler on one thread per connection, concurrently.
+ * Thread-safety: a kv_rpc_client may be used by many threads at once (a pool of connections).
+ * A kv_rpc_server runs a fixed set of threads whatever its number of connections: io_threads
+ * event loops that read requests and write responses, and a pool of workers that run the
+ * handler (an optional fast_handler answers cheap requests on the I/O thread itself).
  */
 #ifndef KV_STORE_RPC_H
 #define KV_STORE_RPC_H
@@ -153,30 +155,65 @@ int kv_rpc_call_pb(struct kv_rpc_client *c, uint16_t method, const ProtobufCMess
 
 /* ---- server ------------------------------------------------------------------------------ */
 
-/* Handles one request. req[0..len) is the payload (borrowed for the call). The handler appends
- * the response payload to resp (initially empty) and returns the frame status: KV_OK, or an
- * error (then resp is sent only for KV_EAGAIN, and dropped otherwise). Runs on the
- * connection's thread; must be thread-safe. Return KV_ENOTSUP for an unknown method. */
+/* Handles one request. req[0..len) is the payload (borrowed for the call; req[len] is 0). The
+ * handler appends the response payload to resp (initially empty) and returns the frame status:
+ * KV_OK (a positive value counts as KV_OK), or an error (then resp is sent only for KV_EAGAIN,
+ * and dropped otherwise). Return KV_ENOTSUP for an unknown method. As a `handler` it runs on one
+ * of the server's worker threads and may block (at most `workers` run at once); as a
+ * `fast_handler` it runs on an I/O thread and must not block (see KV_RPC_SLOW). Must be
+ * thread-safe: calls for different connections run concurrently. */
 typedef int (*kv_rpc_handler_fn)(void *ud, uint16_t method, const uint8_t *req, size_t len,
                                  struct kv_buf *resp);
 
+/* Returned by a fast_handler for a request it will not answer on the I/O thread (it may block,
+ * or is simply not a fast one): the request goes to the worker pool, where `handler` runs it.
+ * Anything the fast_handler appended to resp is discarded. Positive, so never a kv_err. */
+#define KV_RPC_SLOW 1
+
+#define KV_RPC_DEF_MAX_CONNS 4096
+#define KV_RPC_DEF_IO_THREADS 2
+#define KV_RPC_DEF_WORKERS 16
+
 struct kv_rpc_server_opts {
     const char *addr; /* "HOST:PORT" to listen on; port 0 = any */
+    /* Runs every request the fast_handler did not answer (all of them when it is NULL), on a
+     * worker thread. Required. */
     kv_rpc_handler_fn handler;
-    void *ud;
-    int max_conns;     /* concurrent connections; 0 = 512 (more are closed at once) */
-    int io_timeout_ms; /* to receive a whole frame once its header started; 0 = 10000 */
+    void *ud; /* passed to both handlers */
+    /* Concurrent connections; 0 = KV_RPC_DEF_MAX_CONNS (4096). More are closed at once (with a
+     * rate-limited warning). A connection costs a small buffer (4 KiB while idle), no thread. */
+    int max_conns;
+    /* To receive a whole request frame once its first byte arrived, and to send a whole
+     * response; a connection that misses it is closed. 0 = 10000. Idle connections (between
+     * frames) are kept forever. */
+    int io_timeout_ms;
+    /* Optional. Called first, on the I/O thread that read the request, for every request: it
+     * answers (status and resp as a handler) or returns KV_RPC_SLOW to hand the request to
+     * `handler` on a worker. Must not block: it holds up every connection of its I/O thread.
+     * NULL = every request goes to the workers. */
+    kv_rpc_handler_fn fast_handler;
+    /* Event loops (epoll sets), each owning its share of the connections (1..64); 0 =
+     * KV_RPC_DEF_IO_THREADS (2). Each loop is run by one thread of the pool at a time. */
+    int io_threads;
+    /* Threads for `handler` calls (1..1024); 0 = KV_RPC_DEF_WORKERS (16). The server runs
+     * io_threads + workers threads in one pool: a thread that reads a slow request may run it
+     * itself and pass its loop to an idle thread, so at most `workers` handlers run at once.
+     * A request waits in a queue while all of them are busy. */
+    int workers;
 };
 
 struct kv_rpc_server;
 
-/* Listens and starts the accept thread. *out is owned (kv_rpc_server_stop). Errors: KV_EINVAL
- * (bad addr), a bind error (KV_EBUSY / kv_err_from_errno). */
+/* Listens and starts io_threads + workers threads (their number never depends on the number of
+ * connections). *out is owned (kv_rpc_server_stop). Errors: KV_EINVAL (bad addr, io_threads or
+ * workers out of range, no handler), KV_ENOMEM, a bind error (KV_EBUSY / kv_err_from_errno). */
 int kv_rpc_server_start(const struct kv_rpc_server_opts *opts, struct kv_rpc_server **out);
 /* The port actually bound. */
 uint16_t kv_rpc_server_port(const struct kv_rpc_server *s);
-/* Stops accepting, closes every connection, waits for running handlers to return, frees s.
- * After it returns the handler is not running and will not be called. NULL is a no-op. */
+/* Stops accepting, waits for running handlers to return (requests still queued for a worker are
+ * dropped unanswered), stops the I/O threads, closes every connection, frees s. After it returns
+ * neither handler is running nor will be called. Not to be called from a handler. NULL is a
+ * no-op. */
 void kv_rpc_server_stop(struct kv_rpc_server *s);
 
 #endif

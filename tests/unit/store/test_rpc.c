@@ -2,15 +2,21 @@
 /*
  * test_rpc.c - the store RPC layer: header codec, a real server on 127.0.0.1 (port 0) with
  * typed and raw calls, malformed frames from a raw socket (bad magic, oversize, truncated,
- * garbage payload), timeouts, refused connections and the not-leader hint.
+ * garbage payload), timeouts, refused connections and the not-leader hint; the event-loop server:
+ * 1,000 concurrent connections on a fixed number of threads, a blocked worker not delaying a
+ * fast_handler answer, no big reservation for a header that announces 64 MiB, max_conns, and
+ * stop while handlers run.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <dirent.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -21,6 +27,13 @@
 #define M_ECHO 100
 #define M_SLOW 101
 #define M_FAIL 102
+#define M_BLOCK 103 /* blocks until `release` is set (at most 10 s) */
+#define M_SLEEP 104 /* counts entered/exited around a 300 ms sleep */
+#define M_JUNK 105  /* fast_handler writes junk then says KV_RPC_SLOW; the handler echoes */
+
+static atomic_int release;
+static atomic_int blocked; /* M_BLOCK handlers running */
+static atomic_int entered, exited;
 
 static int handler(void *ud, uint16_t method, const uint8_t *req, size_t len, struct kv_buf *resp)
 {
@@ -34,6 +47,19 @@ static int handler(void *ud, uint16_t method, const uint8_t *req, size_t len, st
     case M_FAIL:
         kv_buf_appends(resp, "dropped");
         return KV_ENOSPC;
+    case M_BLOCK:
+        atomic_fetch_add(&blocked, 1);
+        for (int i = 0; i < 1000 && !atomic_load(&release); i++)
+            kv_sleep_ms(10);
+        atomic_fetch_sub(&blocked, 1);
+        return KV_OK;
+    case M_SLEEP:
+        atomic_fetch_add(&entered, 1);
+        kv_sleep_ms(300);
+        atomic_fetch_add(&exited, 1);
+        return KV_OK;
+    case M_JUNK:
+        return kv_buf_append(resp, req, len);
     case KV_RPC_HELLO: {
         Kvstash__HelloReq *r = NULL;
         int rc =
@@ -364,6 +390,284 @@ static void test_alloc_failures(void **state)
     kv_buf_fini(&b);
 }
 
+/* ---- the event-loop server ------------------------------------------------------------------ */
+
+static int count_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* The soft RLIMIT_NOFILE raised to the hard limit; fails the test when even that is too low. */
+static void raise_nofile(rlim_t need)
+{
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+        fail_msg("RLIMIT_NOFILE hard limit %llu is below the %llu descriptors this test needs "
+                 "(raise it: ulimit -Hn)",
+                 (unsigned long long)rl.rlim_max, (unsigned long long)need);
+    rl.rlim_cur = rl.rlim_max;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+}
+
+static int connect_port(uint16_t port)
+{
+    int fd;
+    assert_int_equal(kv_net_connect_tcp("127.0.0.1", port, 3000, &fd), KV_OK);
+    return fd;
+}
+
+static void send_req(int fd, uint16_t method, uint64_t id, const void *p, uint32_t len)
+{
+    uint8_t b[KV_RPC_HDR_LEN + 64];
+    assert_true(len <= 64);
+    struct kv_rpc_hdr h = {KV_RPC_MAGIC, method, 0, len, 0, id};
+    kv_rpc_hdr_encode(&h, b);
+    if (len)
+        memcpy(b + KV_RPC_HDR_LEN, p, len);
+    assert_int_equal(kv_net_write_full(fd, b, KV_RPC_HDR_LEN + len, -1), KV_OK);
+}
+
+/* Reads one response; its payload (at most cap bytes) into p. Returns its status. */
+static int recv_resp(int fd, uint64_t id, void *p, size_t cap, size_t *len)
+{
+    uint8_t hb[KV_RPC_HDR_LEN];
+    assert_int_equal(kv_net_read_full(fd, hb, sizeof(hb), kv_now_ms() + 10000), KV_OK);
+    struct kv_rpc_hdr h;
+    assert_int_equal(kv_rpc_hdr_decode(hb, sizeof(hb), &h), KV_OK);
+    assert_true(h.flags & KV_RPC_F_RESPONSE);
+    assert_true(h.id == id);
+    assert_true(h.len <= cap);
+    if (h.len)
+        assert_int_equal(kv_net_read_full(fd, p, h.len, kv_now_ms() + 10000), KV_OK);
+    *len = h.len;
+    return h.status;
+}
+
+#define NCONNS 1000
+
+/* 1,000 connections open at once, a request in flight on each, served by io_threads + workers
+ * threads: the thread count does not grow with connections. */
+static void test_many_connections(void **state)
+{
+    (void)state;
+    raise_nofile(2 * NCONNS + 200);
+    int before = count_threads();
+    struct kv_rpc_server *srv;
+    struct kv_rpc_server_opts o = {
+        .addr = "127.0.0.1:0", .handler = handler, .io_threads = 2, .workers = 4};
+    assert_int_equal(kv_rpc_server_start(&o, &srv), KV_OK);
+    uint16_t port = kv_rpc_server_port(srv);
+    int *fds = kv_calloc(NCONNS, sizeof(int));
+    for (int i = 0; i < NCONNS; i++)
+        fds[i] = connect_port(port);
+    /* every request is sent before any response is read: 1,000 calls in flight */
+    for (int i = 0; i < NCONNS; i++) {
+        char msg[16];
+        int n = snprintf(msg, sizeof(msg), "conn %d", i);
+        send_req(fds[i], M_ECHO, (uint64_t)i + 1, msg, (uint32_t)n);
+    }
+    for (int i = 0; i < NCONNS; i++) {
+        char msg[16], got[16];
+        int n = snprintf(msg, sizeof(msg), "conn %d", i);
+        size_t len;
+        assert_int_equal(recv_resp(fds[i], (uint64_t)i + 1, got, sizeof(got), &len), KV_OK);
+        assert_int_equal(len, n);
+        assert_memory_equal(got, msg, len);
+    }
+    int during = count_threads();
+    print_message("threads: %d before the server, %d with %d connections open\n", before, during,
+                  NCONNS);
+    assert_true(during - before <= o.io_threads + o.workers);
+    /* and each connection still works */
+    for (int i = 0; i < NCONNS; i++)
+        send_req(fds[i], M_ECHO, 7, "x", 1);
+    for (int i = 0; i < NCONNS; i++) {
+        char got[4];
+        size_t len;
+        assert_int_equal(recv_resp(fds[i], 7, got, sizeof(got), &len), KV_OK);
+        assert_int_equal(len, 1);
+    }
+    for (int i = 0; i < NCONNS; i++)
+        close(fds[i]);
+    kv_free(fds);
+    kv_rpc_server_stop(srv);
+}
+
+static int fast_handler(void *ud, uint16_t method, const uint8_t *req, size_t len,
+                        struct kv_buf *resp)
+{
+    (void)ud;
+    switch (method) {
+    case M_ECHO:
+        return kv_buf_append(resp, req, len);
+    case M_JUNK:
+        kv_buf_appends(resp, "junk");
+        return KV_RPC_SLOW;
+    default:
+        return KV_RPC_SLOW;
+    }
+}
+
+static void wait_blocked(int n)
+{
+    for (int i = 0; i < 500 && atomic_load(&blocked) < n; i++)
+        kv_sleep_ms(10);
+    assert_int_equal(atomic_load(&blocked), n);
+}
+
+/* With one I/O thread, a handler blocked on a worker delays neither fast_handler answers nor a
+ * slow request on the other worker; KV_RPC_SLOW discards what fast_handler appended. */
+static void test_fast_handler(void **state)
+{
+    (void)state;
+    atomic_store(&release, 0);
+    struct kv_rpc_server *srv;
+    struct kv_rpc_server_opts o = {.addr = "127.0.0.1:0",
+                                   .handler = handler,
+                                   .fast_handler = fast_handler,
+                                   .io_threads = 1,
+                                   .workers = 2};
+    assert_int_equal(kv_rpc_server_start(&o, &srv), KV_OK);
+    uint16_t port = kv_rpc_server_port(srv);
+    int a = connect_port(port);
+    send_req(a, M_BLOCK, 1, NULL, 0);
+    wait_blocked(1);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+    struct kv_rpc_client *c;
+    assert_int_equal(kv_rpc_client_create(addr, 1000, &c), KV_OK);
+    struct kv_buf r;
+    kv_buf_init(&r);
+    int st;
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(kv_rpc_call(c, M_ECHO, "fast", 4, 5000, &st, &r), KV_OK);
+        assert_int_equal(st, KV_OK);
+        assert_int_equal(r.len, 4);
+    }
+    /* the other worker still serves slow requests */
+    assert_int_equal(kv_rpc_call(c, M_JUNK, "slow", 4, 5000, &st, &r), KV_OK);
+    assert_int_equal(st, KV_OK);
+    assert_int_equal(r.len, 4);
+    assert_memory_equal(r.data, "slow", 4);
+    assert_int_equal(kv_rpc_call(c, M_FAIL, NULL, 0, 5000, &st, &r), KV_OK);
+    assert_int_equal(st, KV_ENOSPC);
+    /* all of it while the first handler was still blocked */
+    assert_int_equal(atomic_load(&blocked), 1);
+    atomic_store(&release, 1);
+    size_t len;
+    char got[4];
+    assert_int_equal(recv_resp(a, 1, got, sizeof(got), &len), KV_OK);
+    close(a);
+    kv_buf_fini(&r);
+    kv_rpc_client_destroy(c);
+    kv_rpc_server_stop(srv);
+}
+
+/* A header announcing 64 MiB followed by a few bytes costs a small buffer, not 64 MiB; the
+ * connection is closed when the frame misses io_timeout_ms. */
+static void test_big_header_no_payload(void **state)
+{
+    struct fx *f = *state;
+    kv_alloc_largest_reset();
+    int fd = raw_connect(f);
+    uint8_t hb[KV_RPC_HDR_LEN];
+    struct kv_rpc_hdr h = {KV_RPC_MAGIC, M_ECHO, 0, KV_RPC_MAX_PAYLOAD, 0, 1};
+    kv_rpc_hdr_encode(&h, hb);
+    assert_int_equal(kv_net_write_full(fd, hb, sizeof(hb), -1), KV_OK);
+    char some[1000];
+    memset(some, 'x', sizeof(some));
+    assert_int_equal(kv_net_write_full(fd, some, sizeof(some), -1), KV_OK);
+    /* the server has read the header once it closes the late frame (io_timeout 500 ms) */
+    assert_int_equal(kv_net_read_full(fd, hb, 1, kv_now_ms() + 5000), KV_ECONNRESET);
+    close(fd);
+    print_message("largest allocation: %zu bytes\n", kv_alloc_largest());
+    assert_true(kv_alloc_largest() < (1u << 20));
+    /* a real large frame still works (the buffer grows as bytes arrive) */
+    struct kv_buf r;
+    kv_buf_init(&r);
+    size_t big = 3u << 20;
+    char *p = kv_malloc(big);
+    memset(p, 'y', big);
+    int st;
+    assert_int_equal(kv_rpc_call(f->cli, M_ECHO, p, big, 5000, &st, &r), KV_OK);
+    assert_int_equal(r.len, big);
+    assert_memory_equal(r.data, p, big);
+    kv_free(p);
+    kv_buf_fini(&r);
+}
+
+/* Connections past max_conns are closed at once; the others keep working. */
+static void test_max_conns(void **state)
+{
+    (void)state;
+    struct kv_rpc_server *srv;
+    struct kv_rpc_server_opts o = {.addr = "127.0.0.1:0", .handler = handler, .max_conns = 2};
+    assert_int_equal(kv_rpc_server_start(&o, &srv), KV_OK);
+    uint16_t port = kv_rpc_server_port(srv);
+    int a = connect_port(port), b = connect_port(port);
+    size_t len;
+    char got[4];
+    send_req(a, M_ECHO, 1, "a", 1); /* both accepted before the third connects */
+    assert_int_equal(recv_resp(a, 1, got, sizeof(got), &len), KV_OK);
+    send_req(b, M_ECHO, 2, "b", 1);
+    assert_int_equal(recv_resp(b, 2, got, sizeof(got), &len), KV_OK);
+    int c = connect_port(port);
+    uint8_t x;
+    assert_int_equal(kv_net_read_full(c, &x, 1, kv_now_ms() + 5000), KV_ECONNRESET);
+    close(c);
+    send_req(a, M_ECHO, 3, "a", 1);
+    assert_int_equal(recv_resp(a, 3, got, sizeof(got), &len), KV_OK);
+    close(a);
+    close(b);
+    kv_rpc_server_stop(srv);
+}
+
+/* Stop while a handler runs and others are queued: stop waits for the running one, drops the
+ * queued ones, closes the connections, and no handler runs afterwards. */
+static void test_stop_while_running(void **state)
+{
+    (void)state;
+    atomic_store(&entered, 0);
+    atomic_store(&exited, 0);
+    struct kv_rpc_server *srv;
+    struct kv_rpc_server_opts o = {
+        .addr = "127.0.0.1:0", .handler = handler, .io_threads = 1, .workers = 1};
+    assert_int_equal(kv_rpc_server_start(&o, &srv), KV_OK);
+    uint16_t port = kv_rpc_server_port(srv);
+    int fds[4];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = connect_port(port);
+        send_req(fds[i], M_SLEEP, (uint64_t)i + 1, NULL, 0);
+    }
+    for (int i = 0; i < 500 && atomic_load(&entered) < 1; i++)
+        kv_sleep_ms(5);
+    assert_true(atomic_load(&entered) >= 1);
+    kv_rpc_server_stop(srv);
+    int n = atomic_load(&entered);
+    assert_int_equal(atomic_load(&exited), n); /* no handler left running */
+    assert_true(n < 4);                        /* the queued ones were dropped */
+    kv_sleep_ms(400);
+    assert_int_equal(atomic_load(&entered), n); /* and none started later */
+    for (int i = 0; i < 4; i++) {
+        /* a response may have made it out; then the connection is closed */
+        uint8_t b[KV_RPC_HDR_LEN];
+        int rc;
+        while ((rc = kv_net_read_full(fds[i], b, 1, kv_now_ms() + 3000)) == KV_OK)
+            ;
+        assert_int_equal(rc, KV_ECONNRESET);
+        close(fds[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -374,6 +678,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_and_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_big_header_no_payload, setup, teardown),
+        cmocka_unit_test(test_many_connections),
+        cmocka_unit_test(test_fast_handler),
+        cmocka_unit_test(test_max_conns),
+        cmocka_unit_test(test_stop_while_running),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
