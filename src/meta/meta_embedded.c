@@ -719,6 +719,15 @@ int kv_meta_embedded_rev(struct kv_meta *m, uint64_t *rev)
     return KV_OK;
 }
 
+int kv_meta_embedded_put(struct kv_meta *m, const char *key, const void *val, size_t len,
+                         int64_t lease)
+{
+    if (!m || m->ops != &emb_ops || !key || !*key ||
+        strnlen(key, KV_META_MAX_KEY) >= KV_META_MAX_KEY || (!val && len) || lease < 0)
+        return KV_EINVAL;
+    return emb_put(m, key, val ? val : "", len, lease);
+}
+
 int kv_meta_embedded_list_unleased(struct kv_meta *m, const char *prefix, struct kv_meta_kv **kvs,
                                    size_t *n)
 {

@@ -26,6 +26,12 @@ int kv_meta_embedded_watch_rev(struct kv_meta *m, const char *prefix, kv_meta_em
 /* The store's current revision (the revision of its latest mutation, 0 if none). */
 int kv_meta_embedded_rev(struct kv_meta *m, uint64_t *rev);
 
+/* Like kv_meta_put() but without the API's KV_META_MAX_VALUE limit on len: the metadata server
+ * stores what Mooncake clients put (bounded by its own max_value). key must be non-empty and
+ * shorter than KV_META_MAX_KEY (KV_EINVAL otherwise). */
+int kv_meta_embedded_put(struct kv_meta *m, const char *key, const void *val, size_t len,
+                         int64_t lease);
+
 /* Like kv_meta_list() but only keys not bound to a lease (what a data file persists). */
 int kv_meta_embedded_list_unleased(struct kv_meta *m, const char *prefix, struct kv_meta_kv **kvs,
                                    size_t *n);
