@@ -17,7 +17,7 @@ cleanup() {
     touch "$W/stop"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$W"
+    [ -n "${KEEP_W:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
 fail() {
