@@ -7,7 +7,8 @@
 # ~36 MB held keepalives for 1.5 s or more on a loaded host: keepalives answered after ttl/2,
 # and the lease expired. Now every keepalive succeeds within ttl/2, the key bound to the lease
 # is still there at the end, and the saves (new inodes of the data file, one per rename) did
-# happen meanwhile. The last save at stop holds every key.
+# happen meanwhile. The last save at stop holds every key. KVSTASH_TEST_KEEP_TMP=1 keeps the
+# work directory (data file, metad.log with one debug line per request and per save).
 set -euo pipefail
 BIN=${KVSTASH_BIN:-$(pwd)/kvstash}
 NKEYS=${KVSTASH_TEST_SAVE_KEYS:-50000}
@@ -17,7 +18,7 @@ cleanup() {
     touch "$W/stop"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [ -n "${KEEP_W:-}" ] || rm -rf "$W"
+    [ -n "${KVSTASH_TEST_KEEP_TMP:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
 fail() {
