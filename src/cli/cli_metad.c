@@ -13,6 +13,10 @@ static const struct kv_cfg_opt metad_opts[] = {
      "address to listen on (use 0.0.0.0:8080 inside containers)"},
     {"data-file", "KVSTASH_METAD_DATA_FILE", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "FILE",
      "persist the store to FILE (written atomically on every change, loaded at start)"},
+    {"max-value", "KVSTASH_METAD_MAX_VALUE", NULL, KV_CFG_SIZE, "64MiB", 1, 1073741824.0, NULL,
+     "SIZE",
+     "largest value a PUT /metadata stores (Mooncake's server has no limit; larger bodies get "
+     "413)"},
 };
 
 int kv_cli_metad(int argc, char **argv)
@@ -46,7 +50,8 @@ int kv_cli_metad(int argc, char **argv)
     }
     kv_cli_block_signals();
     struct kv_metad_opts mo = {.addr = kv_cfg_str(&cfg, "addr"),
-                               .data_file = kv_cfg_str(&cfg, "data-file")};
+                               .data_file = kv_cfg_str(&cfg, "data-file"),
+                               .max_value = (size_t)kv_cfg_size(&cfg, "max-value")};
     struct kv_metad *d;
     int rc = kv_metad_start(&mo, &d);
     if (rc < 0) {

@@ -483,8 +483,7 @@ static int emb_del(struct kv_meta *m, const char *key)
     return found ? KV_OK : KV_ENOENT;
 }
 
-static int list_filtered(struct kv_meta *m, const char *prefix, bool unleased_only,
-                         struct kv_meta_kv **kvs, size_t *n)
+static int list_filtered(struct kv_meta *m, const char *prefix, struct kv_meta_kv **kvs, size_t *n)
 {
     struct emb_store *s = store_of(m);
     size_t plen = strlen(prefix);
@@ -504,8 +503,6 @@ static int list_filtered(struct kv_meta *m, const char *prefix, bool unleased_on
         }
     }
     for (size_t i = first; i < first + cnt; i++) {
-        if (unleased_only && s->ents[i].lease)
-            continue;
         out[k].key = kv_strdup(s->ents[i].key);
         out[k].val = kv_memdup0(s->ents[i].val, s->ents[i].len);
         out[k].len = s->ents[i].len;
@@ -532,7 +529,7 @@ out_unlock:
 
 static int emb_list(struct kv_meta *m, const char *prefix, struct kv_meta_kv **kvs, size_t *n)
 {
-    return list_filtered(m, prefix, false, kvs, n);
+    return list_filtered(m, prefix, kvs, n);
 }
 
 static int emb_cas(struct kv_meta *m, const char *key, const void *expect, size_t expect_len,
@@ -719,10 +716,66 @@ int kv_meta_embedded_rev(struct kv_meta *m, uint64_t *rev)
     return KV_OK;
 }
 
-int kv_meta_embedded_list_unleased(struct kv_meta *m, const char *prefix, struct kv_meta_kv **kvs,
-                                   size_t *n)
+int kv_meta_embedded_put(struct kv_meta *m, const char *key, const void *val, size_t len,
+                         int64_t lease)
 {
-    if (!m || m->ops != &emb_ops || !prefix || !kvs || !n)
+    if (!m || m->ops != &emb_ops || !key || !*key ||
+        strnlen(key, KV_META_MAX_KEY) >= KV_META_MAX_KEY || (!val && len) || lease < 0)
         return KV_EINVAL;
-    return list_filtered(m, prefix, true, kvs, n);
+    return emb_put(m, key, val ? val : "", len, lease);
+}
+
+int kv_meta_embedded_snapshot_unleased(struct kv_meta *m, struct kv_meta_emb_snap *snap)
+{
+    if (!m || m->ops != &emb_ops || !snap)
+        return KV_EINVAL;
+    memset(snap, 0, sizeof(*snap));
+    struct emb_store *s = store_of(m);
+    int rc = KV_OK;
+    lock_and_reap(s);
+    size_t cnt = 0, bytes = 0;
+    for (size_t i = 0; i < s->nents; i++) {
+        if (s->ents[i].lease)
+            continue;
+        cnt++;
+        bytes += strlen(s->ents[i].key) + 1 + s->ents[i].len + 1;
+    }
+    if (cnt) {
+        snap->kvs = kv_calloc(cnt, sizeof(*snap->kvs));
+        snap->arena = kv_malloc(bytes);
+        if (!snap->kvs || !snap->arena) {
+            rc = KV_ENOMEM;
+            goto out_unlock;
+        }
+    }
+    char *p = snap->arena;
+    for (size_t i = 0; i < s->nents; i++) {
+        const struct emb_entry *e = &s->ents[i];
+        if (e->lease)
+            continue;
+        struct kv_meta_kv *kv = &snap->kvs[snap->n++];
+        size_t kl = strlen(e->key) + 1;
+        memcpy(p, e->key, kl);
+        kv->key = p;
+        p += kl;
+        memcpy(p, e->val, e->len);
+        p[e->len] = '\0';
+        kv->val = p;
+        kv->len = e->len;
+        p += e->len + 1;
+    }
+out_unlock:
+    pthread_mutex_unlock(&s->lock);
+    if (rc < 0)
+        kv_meta_embedded_snap_free(snap);
+    return rc;
+}
+
+void kv_meta_embedded_snap_free(struct kv_meta_emb_snap *snap)
+{
+    if (!snap)
+        return;
+    kv_free(snap->kvs);
+    kv_free(snap->arena);
+    memset(snap, 0, sizeof(*snap));
 }

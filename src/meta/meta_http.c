@@ -10,6 +10,8 @@
  *    ignored (NOPROXY "*"). A transport failure (refused, reset, timeout) is KV_EMETA_UNAVAIL.
  *  - Errors: the server names the kv_err in an X-Kvstash-Error header; without it (another
  *    server, e.g. Mooncake's) the status code is mapped (404 -> KV_ENOENT, 409 -> KV_EMETA_CAS).
+ *    A DELETE of an absent key is 200 (Mooncake's contract); metad's X-Kvstash-Deleted: 0
+ *    header turns it into KV_ENOENT.
  *  - Watch: one thread per watch long-polls GET /watch?prefix=P&after=REV through a curl multi
  *    handle, so kv_meta_unwatch() interrupts a poll at once with curl_multi_wakeup(). The
  *    starting revision is fetched synchronously inside kv_meta_watch(), so every event made
@@ -79,7 +81,8 @@ struct resp {
     long status;
     char *body; /* always NUL-terminated after len bytes once allocated */
     size_t len, cap;
-    int kverr; /* from X-Kvstash-Error, 0 if absent */
+    int kverr;   /* from X-Kvstash-Error, 0 if absent */
+    int deleted; /* from X-Kvstash-Deleted: 0 or 1; -1 if absent (another server) */
     bool overflow;
 };
 
@@ -106,7 +109,8 @@ int kv_meta_http_decode_list(const char *body, size_t len, struct kv_meta_kv **k
     if (!json_is_array(a)) {
         kv_meta_set_err(err, errlen, "list reply is not a JSON array");
     } else {
-        rc = kv_metad_json_kvs(a, kvs, n, &bad, sub, sizeof(sub));
+        /* a Mooncake client may have stored values over the API's 1 MiB */
+        rc = kv_metad_json_kvs(a, KV_METAD_MAX_VALUE_LIMIT, kvs, n, &bad, sub, sizeof(sub));
         if (rc < 0)
             kv_meta_set_err(err, errlen, "list reply element %zu: %s", bad, sub);
         if (rc < 0 && rc != KV_ENOMEM)
@@ -165,8 +169,8 @@ int kv_meta_http_decode_watch(const char *body, size_t len, uint64_t *rev,
         }
         struct kv_meta_http_ev *ev = &out[cnt];
         ev->type = json_string_value(t)[0] == 'p' ? KV_META_EV_PUT : KV_META_EV_DEL;
-        rc = kv_metad_json_kv(e, ev->type == KV_META_EV_PUT, &ev->key, &ev->val, &ev->len, sub,
-                              sizeof(sub));
+        rc = kv_metad_json_kv(e, ev->type == KV_META_EV_PUT, KV_METAD_MAX_VALUE_LIMIT, &ev->key,
+                              &ev->val, &ev->len, sub, sizeof(sub));
         if (rc < 0) {
             kv_meta_set_err(err, errlen, "watch event %zu: %s", i, sub);
             rc = rc == KV_ENOMEM ? rc : KV_EPROTO;
@@ -217,6 +221,15 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 {
     struct resp *r = ud;
     size_t n = size * nmemb;
+    static const char del[] = "x-kvstash-deleted:";
+    if (n > sizeof(del) && strncasecmp(p, del, sizeof(del) - 1) == 0) {
+        const char *s = p + sizeof(del) - 1, *e = p + n;
+        while (s < e && *s == ' ')
+            s++;
+        if (s < e && (*s == '0' || *s == '1'))
+            r->deleted = *s - '0';
+        return n;
+    }
     static const char name[] = "x-kvstash-error:";
     if (n > sizeof(name) && strncasecmp(p, name, sizeof(name) - 1) == 0) {
         char v[24];
@@ -303,6 +316,7 @@ static int http_do(struct kv_meta *m, const char *method, const char *url, const
 {
     struct http_impl *h = m->impl;
     memset(r, 0, sizeof(*r));
+    r->deleted = -1;
     CURL *c = pool_get(h);
     if (!c)
         return KV_ENOMEM;
@@ -447,10 +461,20 @@ static int http_put(struct kv_meta *m, const char *key, const void *val, size_t 
                 "application/octet-stream", lease ? KV_EMETA_LEASE : KV_EPROTO, NULL);
 }
 
+/* metad answers 200 for an absent key (Mooncake's semantics) and says whether it deleted
+ * something in X-Kvstash-Deleted; an older metad answers 404 (KV_ENOENT through on404). Without
+ * the header (Mooncake's own server) a 200 is KV_OK: that server cannot tell. */
 static int http_del(struct kv_meta *m, const char *key)
 {
     struct http_impl *h = m->impl;
-    return call(m, "DELETE", make_url(h->meta_url, "key", key, 0), NULL, 0, NULL, KV_ENOENT, NULL);
+    struct resp r;
+    int rc = call(m, "DELETE", make_url(h->meta_url, "key", key, 0), NULL, 0, NULL, KV_ENOENT, &r);
+    if (rc < 0)
+        return rc;
+    if (r.deleted == 0)
+        rc = KV_ENOENT;
+    resp_fini(&r);
+    return rc;
 }
 
 static int http_list(struct kv_meta *m, const char *prefix, struct kv_meta_kv **kvs, size_t *n)

@@ -8,29 +8,55 @@
  *  - The store is an embedded store (meta_embedded.c): shared by name with the process
  *    (opts->embedded_name, used by `kvstash serve`) or private. The server never keeps its own
  *    copy of the data.
+ *  - Mooncake compatibility: a DELETE of a missing key answers 200, as Mooncake's server does
+ *    (its client treats any other status as a failure); whether a key was removed travels in
+ *    the X-Kvstash-Deleted: 0|1 header, from which kvstash's http:// client reports KV_ENOENT.
+ *    A PUT stores values up to opts->max_value bytes (default 64 MiB; Mooncake's server has no
+ *    limit and a segment descriptor with many buffers is large), not the API's 1 MiB.
  *  - Watch: the server watches its whole store with a revision-stamped embedded watch and keeps
  *    a bounded ring of recent events (RING_MAX_EVENTS events, RING_MAX_BYTES bytes of keys and
  *    values). GET /watch?prefix=P&after=REV answers at once with the ring's events newer than
  *    REV under P, or holds the request (long poll) until one arrives or timeout_ms passes.
  *    A REV older than the ring's floor (events were dropped) or newer than the store (the server
  *    restarted) gets 410: the client must list again and restart from a fresh revision.
- *  - Persistence (--data-file): loaded before serving; after changes, the keys not bound to a
- *    lease are written to FILE.tmp, fsync'ed and renamed over FILE, at most every SAVE_MS, and
- *    once more on stop.
+ *  - Persistence (--data-file): loaded before serving. After changes, the saver thread takes a
+ *    snapshot of the keys not bound to a lease (one memcpy pass into one arena under the
+ *    store's lock: the only moment writers and keepalives wait), encodes it and writes FILE.tmp,
+ * fsyncs it, renames it over FILE and fsyncs the directory. The event loop never waits for a save
+ * (lease keepalives keep flowing while 50k keys are written). Saves coalesce: one in flight, and
+ * the dirty flag is the one pending save; at most one starts every SAVE_MS; one more runs at stop
+ * if changes are unsaved.
+ *  - Debug log: every reply is logged at debug level (method, URI, status, body bytes in and
+ *    out, microseconds since the request arrived); nothing is measured above debug.
  *
  * Invariants:
  *  1. ring holds events with consecutive store revisions (ring_floor, ring_last]; every event
  *     with a revision > ring_floor reaches the ring (or is in the embedded worker's queue).
  *  2. Every held poll is in d->polls with its own timer and is answered exactly once: by a
  *     wake-up that finds events, by its timer, or with 503 at stop (before evhttp_free).
+ *  3. Every change after start sets dirty, and a save that starts after dirty was set sees the
+ *     change (the flag is set after the store applied it, and cleared before the snapshot).
+ *
+ * Save states (saver thread):
+ *
+ *   IDLE --dirty (on_store_event)--> WAIT (until SAVE_MS after the last save, or stop)
+ *   WAIT --clear dirty--> SAVING (save_data_file, no lock held)
+ *   SAVING --ok--> IDLE;  SAVING --error--> dirty again, WAIT (retried every SAVE_MS)
+ *   IDLE --save_stop--> exit;  after stop, one last SAVING, then exit whatever its result
  *
  * Thread model: one event-loop thread ("metad") runs every HTTP handler, timer and poll; the
- * embedded store's worker thread calls on_store_event(), which appends to the ring under d->lock
- * and activates wake_ev (libevent is made thread-safe with evthread_use_pthreads()). The thread
- * calling kv_metad_stop() activates stop_ev and joins the loop thread.
+ * embedded store's worker thread calls on_store_event(), which appends to the ring under d->lock,
+ * activates wake_ev (libevent is made thread-safe with evthread_use_pthreads()) and sets dirty
+ * under d->save_lock. The saver thread ("metad-save", only with a data file) writes the file.
+ * The thread calling kv_metad_stop() activates stop_ev, joins the loop thread, unwatches, then
+ * stops and joins the saver.
  *
- * Locks: d->lock guards ring*, dirty; leaf lock (nothing else is taken or called under it except
- * event_active). Everything else in struct kv_metad belongs to the loop thread after start.
+ * Locks (both leaves; neither is taken under the other, nothing but event_active and a condvar
+ * signal is called under them):
+ *  - d->lock guards ring*.
+ *  - d->save_lock guards dirty and save_stop (save_cond signals them).
+ * Everything else in struct kv_metad belongs to the loop thread after start (max_value and
+ * data_file are read-only).
  */
 #define KV_LOG_COMPONENT "metad"
 #include "meta/metad.h"
@@ -52,6 +78,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -66,7 +93,10 @@
 #define RING_MAX_BYTES (32u << 20)
 #define SAVE_MS 100
 #define MAX_POLLS 1024
-#define MAX_BODY (4u << 20) /* a CAS body holds two base64 values of up to 1 MiB */
+#define CAS_MAX_BODY (4u << 20) /* a CAS body holds two base64 values of up to 1 MiB */
+/* evhttp's body limit is max(max_value, CAS_MAX_BODY) + BODY_SLACK, so a PUT just over max_value
+ * gets our 413 naming the limit; far larger bodies get evhttp's own 413 without reading them */
+#define BODY_SLACK (64u << 10)
 #define DATA_FORMAT "kvstash-metad"
 
 struct ring_ev {
@@ -84,6 +114,7 @@ struct poll_req {
     char *prefix;
     uint64_t after;
     struct event *timer;
+    int64_t start_us; /* the request's arrival, for the debug log */
 };
 
 struct kv_metad {
@@ -96,18 +127,28 @@ struct kv_metad {
     struct evhttp *http;
     struct event *stop_ev; /* activated by kv_metad_stop */
     struct event *wake_ev; /* activated when the ring grows */
-    struct event *save_ev; /* SAVE_MS timer */
     pthread_t thread;
     bool thread_started;
+    size_t max_value;       /* largest value a PUT may store */
     struct poll_req *polls; /* loop thread only */
     size_t npolls;
 
-    pthread_mutex_t lock; /* guards ring*, dirty; leaf */
+    pthread_mutex_t lock; /* guards ring*; leaf */
     struct ring_ev *ring; /* circular, RING_MAX_EVENTS slots */
     size_t ring_head, ring_n, ring_bytes;
     uint64_t ring_floor, ring_last;
-    bool dirty;
+
+    pthread_t saver; /* with a data file only */
+    bool saver_started;
+    pthread_mutex_t save_lock; /* guards dirty, save_stop; leaf */
+    pthread_cond_t save_cond;  /* CLOCK_MONOTONIC; signalled when either changes */
+    bool dirty;                /* a change is not in the data file yet (invariant 3) */
+    bool save_stop;
 };
+
+/* Arrival time (kv_now_us) of the request the loop thread is answering, for the debug log; set
+ * only when debug logging is on. One loop thread per server, hence thread-local. */
+static _Thread_local int64_t cur_req_start_us;
 
 /* ---- pure codecs (metad_int.h) ---- */
 
@@ -296,7 +337,7 @@ int kv_metad_json_key(json_t *o, char **out, char *err, size_t errlen)
 }
 
 /* Reads a base64 field into an owned buffer. */
-int kv_metad_json_b64(json_t *o, const char *field, char **out, size_t *len, char *err,
+int kv_metad_json_b64(json_t *o, const char *field, size_t max, char **out, size_t *len, char *err,
                       size_t errlen)
 {
     json_t *v = json_object_get(o, field);
@@ -304,19 +345,17 @@ int kv_metad_json_b64(json_t *o, const char *field, char **out, size_t *len, cha
         kv_meta_set_err(err, errlen, "field '%s' missing or not a string", field);
         return KV_EINVAL;
     }
-    int rc = kv_metad_b64_decode(json_string_value(v), json_string_length(v), KV_META_MAX_VALUE,
-                                 out, len);
+    int rc = kv_metad_b64_decode(json_string_value(v), json_string_length(v), max, out, len);
     if (rc == KV_EINVAL)
         kv_meta_set_err(err, errlen, "field '%s' is not valid base64", field);
     else if (rc == KV_E2BIG)
-        kv_meta_set_err(err, errlen, "field '%s' is larger than %u bytes", field,
-                        KV_META_MAX_VALUE);
+        kv_meta_set_err(err, errlen, "field '%s' is larger than %zu bytes", field, max);
     return rc;
 }
 
 /* One {"key"|"key_b64", "value"} object; out-params written only on success. */
-int kv_metad_json_kv(json_t *e, bool with_value, char **key, char **val, size_t *len, char *err,
-                     size_t errlen)
+int kv_metad_json_kv(json_t *e, bool with_value, size_t max, char **key, char **val, size_t *len,
+                     char *err, size_t errlen)
 {
     if (!json_is_object(e)) {
         kv_meta_set_err(err, errlen, "not an object");
@@ -326,7 +365,7 @@ int kv_metad_json_kv(json_t *e, bool with_value, char **key, char **val, size_t 
     size_t vlen = 0;
     int rc = kv_metad_json_key(e, &k, err, errlen);
     if (rc == KV_OK && with_value)
-        rc = kv_metad_json_b64(e, "value", &v, &vlen, err, errlen);
+        rc = kv_metad_json_b64(e, "value", max, &v, &vlen, err, errlen);
     if (rc < 0) {
         kv_free(k);
         return rc;
@@ -337,8 +376,8 @@ int kv_metad_json_kv(json_t *e, bool with_value, char **key, char **val, size_t 
     return KV_OK;
 }
 
-int kv_metad_json_kvs(json_t *arr, struct kv_meta_kv **kvs, size_t *n, size_t *bad, char *err,
-                      size_t errlen)
+int kv_metad_json_kvs(json_t *arr, size_t max, struct kv_meta_kv **kvs, size_t *n, size_t *bad,
+                      char *err, size_t errlen)
 {
     size_t total = json_array_size(arr), cnt = 0;
     struct kv_meta_kv *out = total ? kv_calloc(total, sizeof(*out)) : NULL;
@@ -349,8 +388,8 @@ int kv_metad_json_kvs(json_t *arr, struct kv_meta_kv **kvs, size_t *n, size_t *b
     }
     for (; cnt < total; cnt++) {
         struct kv_meta_kv *kv = &out[cnt];
-        int rc = kv_metad_json_kv(json_array_get(arr, cnt), true, &kv->key, &kv->val, &kv->len, err,
-                                  errlen);
+        int rc = kv_metad_json_kv(json_array_get(arr, cnt), true, max, &kv->key, &kv->val, &kv->len,
+                                  err, errlen);
         if (rc < 0) {
             *bad = cnt;
             kv_meta_kvs_free(out, cnt);
@@ -390,11 +429,12 @@ int kv_metad_decode_cas(const char *body, size_t len, struct kv_metad_cas *c, ch
         goto out;
     json_t *e = json_object_get(o, "expect");
     if (e && !json_is_null(e)) {
-        rc = kv_metad_json_b64(o, "expect", &r.expect, &r.expect_len, err, errlen);
+        rc = kv_metad_json_b64(o, "expect", KV_META_MAX_VALUE, &r.expect, &r.expect_len, err,
+                               errlen);
         if (rc < 0)
             goto out;
     }
-    rc = kv_metad_json_b64(o, "value", &r.val, &r.len, err, errlen);
+    rc = kv_metad_json_b64(o, "value", KV_META_MAX_VALUE, &r.val, &r.len, err, errlen);
     if (rc < 0)
         goto out;
     json_t *l = json_object_get(o, "lease");
@@ -469,7 +509,8 @@ int kv_metad_parse_data(const char *buf, size_t len, struct kv_meta_kv **kvs, si
     }
     size_t bad;
     char sub[200] = "";
-    rc = kv_metad_json_kvs(arr, &out, &cnt, &bad, sub, sizeof(sub));
+    /* any value a server could have stored, whatever its --max-value */
+    rc = kv_metad_json_kvs(arr, KV_METAD_MAX_VALUE_LIMIT, &out, &cnt, &bad, sub, sizeof(sub));
     if (rc < 0)
         kv_meta_set_err(err, errlen, "kvs[%zu]: %s", bad, sub);
     for (size_t i = 1; rc == KV_OK && i < cnt; i++) {
@@ -589,8 +630,8 @@ static int load_data_file(struct kv_metad *d)
         KV_LOGE("bad data file %s: %s", d->data_file, err);
         goto out_close;
     }
-    for (size_t i = 0; i < n && rc == KV_OK; i++)
-        rc = kv_meta_put(d->m, kvs[i].key, kvs[i].val, kvs[i].len, 0);
+    for (size_t i = 0; i < n && rc == KV_OK; i++) /* values may exceed the API's 1 MiB */
+        rc = kv_meta_embedded_put(d->m, kvs[i].key, kvs[i].val, kvs[i].len, 0);
     if (rc < 0)
         KV_LOGE("cannot load data file %s: %s", d->data_file, kv_strerror(rc));
     else
@@ -602,15 +643,40 @@ out_close:
     return rc;
 }
 
+/* fsyncs the directory holding path, so a rename into it survives a crash. */
+static int fsync_parent_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4200];
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == path)
+        snprintf(dir, sizeof(dir), "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return kv_err_from_errno(errno);
+    int rc = fsync(fd) == 0 ? KV_OK : kv_err_from_errno(errno);
+    close(fd);
+    return rc;
+}
+
+/* Saver thread: snapshot (kv_meta_embedded_snapshot_unleased), encode, write FILE.tmp, fsync,
+ * rename over FILE, fsync the directory. A failed save leaves FILE as it was. */
 static int save_data_file(struct kv_metad *d)
 {
-    struct kv_meta_kv *kvs = NULL;
-    size_t n = 0;
+    int64_t t0 = kv_now_us();
+    struct kv_meta_emb_snap snap;
     char *text = NULL;
-    int rc = kv_meta_embedded_list_unleased(d->m, "", &kvs, &n);
-    if (rc == KV_OK)
-        rc = kv_metad_encode_data(kvs, n, &text);
-    kv_meta_kvs_free(kvs, n);
+    size_t tlen = 0, n = 0;
+    int rc = kv_meta_embedded_snapshot_unleased(d->m, &snap);
+    int64_t snap_us = kv_now_us() - t0;
+    if (rc == KV_OK) {
+        n = snap.n;
+        rc = kv_metad_encode_data(snap.kvs, snap.n, &text);
+        kv_meta_embedded_snap_free(&snap);
+    }
     if (rc < 0)
         goto out;
     char tmp[4200];
@@ -620,7 +686,8 @@ static int save_data_file(struct kv_metad *d)
         rc = kv_err_from_errno(errno);
         goto out;
     }
-    size_t left = strlen(text);
+    tlen = strlen(text);
+    size_t left = tlen;
     const char *p = text;
     while (left && rc == KV_OK) {
         ssize_t w = write(fd, p, left);
@@ -640,11 +707,71 @@ static int save_data_file(struct kv_metad *d)
         rc = kv_err_from_errno(errno);
     if (rc < 0)
         unlink(tmp);
+    else
+        rc = fsync_parent_dir(d->data_file); /* FILE is complete; only its durability is open */
 out:
     kv_free(text);
     if (rc < 0)
         KV_LOGW_RL(5000, "cannot save data file %s: %s", d->data_file, kv_strerror(rc));
+    else
+        KV_LOGD("saved %zu keys (%zu bytes) to %s in %lld us (snapshot under the store lock: "
+                "%lld us)",
+                n, tlen, d->data_file, (long long)(kv_now_us() - t0), (long long)snap_us);
     return rc;
+}
+
+/* Waits on save_cond until the monotonic time deadline_ms (or a signal). save_lock held. */
+static void save_wait_until(struct kv_metad *d, int64_t deadline_ms)
+{
+    struct timespec ts = {(time_t)(deadline_ms / 1000), (long)(deadline_ms % 1000) * 1000000L};
+    pthread_cond_timedwait(&d->save_cond, &d->save_lock, &ts);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The saver thread (state diagram in the file header). */
+static void *saver_main(void *arg)
+{
+    struct kv_metad *d = arg;
+    kv_log_set_thread_name("metad-save");
+    int64_t last_ms = INT64_MIN / 2; /* start of the previous save */
+    pthread_mutex_lock(&d->save_lock);
+    for (;;) {
+        while (!d->dirty && !d->save_stop)
+            pthread_cond_wait(&d->save_cond, &d->save_lock);
+        if (!d->dirty)
+            break; /* stopping with nothing unsaved */
+        while (!d->save_stop && mono_ms() < last_ms + SAVE_MS)
+            save_wait_until(d, last_ms + SAVE_MS); /* coalesce a burst of changes */
+        bool last = d->save_stop;
+        d->dirty = false;
+        pthread_mutex_unlock(&d->save_lock);
+        last_ms = mono_ms();
+        int rc = save_data_file(d);
+        pthread_mutex_lock(&d->save_lock);
+        if (rc < 0 && last)
+            break; /* the final attempt failed: warned, give up */
+        if (rc < 0)
+            d->dirty = true; /* retried SAVE_MS later */
+    }
+    pthread_mutex_unlock(&d->save_lock);
+    return NULL;
+}
+
+/* Any thread: marks the store changed and wakes the saver (invariant 3). */
+static void mark_dirty(struct kv_metad *d)
+{
+    pthread_mutex_lock(&d->save_lock);
+    if (!d->dirty) {
+        d->dirty = true;
+        pthread_cond_signal(&d->save_cond);
+    }
+    pthread_mutex_unlock(&d->save_lock);
 }
 
 /* ---- event ring ---- */
@@ -665,8 +792,9 @@ static void on_store_event(void *ud, const struct kv_meta_event *ev, uint64_t re
     if (ev->value)
         e.val = kv_memdup0(ev->value, ev->len);
     size_t bytes = strlen(ev->key) + ev->len + sizeof(e);
+    if (d->data_file)
+        mark_dirty(d);
     pthread_mutex_lock(&d->lock);
-    d->dirty = true;
     if (!e.key || (ev->value && !e.val)) {
         /* cannot record it: make every older revision "compacted" so pollers re-list */
         KV_LOGW_RL(5000, "out of memory recording a watch event; watchers will re-list");
@@ -699,6 +827,25 @@ out_unlock:
 
 /* ---- replies ---- */
 
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    default:
+        return "OTHER";
+    }
+}
+
+/* Every reply goes through here, so every request is logged once at debug level. */
 static void reply(struct evhttp_request *req, int code, const char *ctype, const void *body,
                   size_t len)
 {
@@ -706,6 +853,13 @@ static void reply(struct evhttp_request *req, int code, const char *ctype, const
     if (len)
         evbuffer_add(b, body, len);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    if (kv_log_enabled(KV_LOG_DEBUG)) {
+        const char *uri = evhttp_request_get_uri(req);
+        size_t in = evbuffer_get_length(evhttp_request_get_input_buffer(req));
+        long long us = cur_req_start_us ? (long long)(kv_now_us() - cur_req_start_us) : -1;
+        KV_LOGD("%s %.300s -> %d, in %zu B, out %zu B, %lld us",
+                method_name(evhttp_request_get_command(req)), uri ? uri : "?", code, in, len, us);
+    }
     evhttp_send_reply(req, code, NULL, NULL);
 }
 
@@ -823,22 +977,31 @@ static void handle_metadata(struct kv_metad *d, struct evhttp_request *req,
             reply_err(req, 500, KV_ENOMEM, "out of memory");
             return;
         }
-        if (len > KV_META_MAX_VALUE) {
-            reply_err(req, 413, KV_E2BIG, "value of %zu bytes is larger than the limit of %u", len,
-                      KV_META_MAX_VALUE);
+        if (len > d->max_value) {
+            reply_err(req, 413, KV_E2BIG,
+                      "value of %zu bytes is larger than the limit of %zu (metad --max-value)", len,
+                      d->max_value);
             return;
         }
-        int rc = kv_meta_put(d->m, q->key, body, len, q->lease);
+        /* the embedded store directly: kv_meta_put() stops at the API's 1 MiB */
+        int rc = kv_meta_embedded_put(d->m, q->key, body, len, q->lease);
         if (rc < 0)
             reply_rc(req, rc, "put");
         else
             reply(req, 200, "text/plain", "", 0);
     } else if (cmd == EVHTTP_REQ_DELETE) {
+        /* 200 even when the key is absent, as Mooncake's server answers (its client fails on
+         * any other status); kvstash's client learns "absent" from X-Kvstash-Deleted: 0. A
+         * header rather than a strict-404 query flag: one behaviour for every client, and
+         * curl users see it too. */
         int rc = kv_meta_del(d->m, q->key);
-        if (rc < 0)
+        if (rc < 0 && rc != KV_ENOENT) {
             reply_rc(req, rc, "delete");
-        else
-            reply(req, 200, "text/plain", "", 0);
+            return;
+        }
+        evhttp_add_header(evhttp_request_get_output_headers(req), "X-Kvstash-Deleted",
+                          rc == KV_ENOENT ? "0" : "1");
+        reply(req, 200, "text/plain", "", 0);
     } else {
         reply_err(req, 405, KV_ENOTSUP, "method not allowed on /metadata (GET, PUT, DELETE)");
     }
@@ -983,6 +1146,7 @@ static void on_poll_timeout(evutil_socket_t fd, short what, void *arg)
     struct poll_req *p = arg;
     struct kv_metad *d = p->d;
     poll_unlink(d, p);
+    cur_req_start_us = p->start_us;
     bool gone;
     json_t *o = poll_collect(d, p->prefix, p->after, true, &gone);
     if (gone)
@@ -1008,6 +1172,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         }
         *pp = p->next;
         d->npolls--;
+        cur_req_start_us = p->start_us;
         if (gone)
             reply_gone(p->req, p->after);
         else
@@ -1059,6 +1224,7 @@ static void handle_watch(struct kv_metad *d, struct evhttp_request *req,
     p->d = d;
     p->req = req;
     p->after = q->after;
+    p->start_us = cur_req_start_us;
     struct timeval tv = {q->timeout_ms / 1000, (q->timeout_ms % 1000) * 1000};
     evtimer_add(p->timer, &tv);
     p->next = d->polls;
@@ -1069,6 +1235,7 @@ static void handle_watch(struct kv_metad *d, struct evhttp_request *req,
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct kv_metad *d = arg;
+    cur_req_start_us = kv_log_enabled(KV_LOG_DEBUG) ? kv_now_us() : 0;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
@@ -1119,22 +1286,6 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* ---- lifecycle ---- */
 
-static void on_save_timer(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct kv_metad *d = arg;
-    pthread_mutex_lock(&d->lock);
-    bool dirty = d->dirty;
-    d->dirty = false;
-    pthread_mutex_unlock(&d->lock);
-    if (dirty && save_data_file(d) < 0) {
-        pthread_mutex_lock(&d->lock);
-        d->dirty = true; /* try again at the next tick */
-        pthread_mutex_unlock(&d->lock);
-    }
-}
-
 static void on_stop(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -1144,6 +1295,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
         struct poll_req *p = d->polls;
         d->polls = p->next;
         d->npolls--;
+        cur_req_start_us = p->start_us;
         reply_err(p->req, 503, KV_ESHUTDOWN, "server shutting down");
         poll_free(p);
     }
@@ -1170,13 +1322,13 @@ static void evthread_init(void)
 static void metad_free(struct kv_metad *d)
 {
     if (d->wid)
-        kv_meta_unwatch(d->m, d->wid);
-    if (d->data_file && d->m) {
-        pthread_mutex_lock(&d->lock);
-        bool dirty = d->dirty;
-        pthread_mutex_unlock(&d->lock);
-        if (dirty)
-            save_data_file(d);
+        kv_meta_unwatch(d->m, d->wid); /* no change is recorded after this */
+    if (d->saver_started) {
+        pthread_mutex_lock(&d->save_lock);
+        d->save_stop = true; /* the saver writes unsaved changes once more, then exits */
+        pthread_cond_signal(&d->save_cond);
+        pthread_mutex_unlock(&d->save_lock);
+        pthread_join(d->saver, NULL);
     }
     if (d->http)
         evhttp_free(d->http);
@@ -1184,8 +1336,6 @@ static void metad_free(struct kv_metad *d)
         event_free(d->stop_ev);
     if (d->wake_ev)
         event_free(d->wake_ev);
-    if (d->save_ev)
-        event_free(d->save_ev);
     if (d->base)
         event_base_free(d->base);
     kv_meta_close(d->m);
@@ -1194,6 +1344,8 @@ static void metad_free(struct kv_metad *d)
     kv_free(d->ring);
     kv_free(d->data_file);
     pthread_mutex_destroy(&d->lock);
+    pthread_mutex_destroy(&d->save_lock);
+    pthread_cond_destroy(&d->save_cond);
     kv_free(d);
 }
 
@@ -1212,10 +1364,22 @@ int kv_metad_start(const struct kv_metad_opts *opts, struct kv_metad **out)
         KV_LOGE("cannot initialise libevent threading or libsodium");
         return KV_EIO;
     }
+    if (opts->max_value > KV_METAD_MAX_VALUE_LIMIT) {
+        KV_LOGE("max value %zu is over the limit of %u bytes", opts->max_value,
+                KV_METAD_MAX_VALUE_LIMIT);
+        return KV_EINVAL;
+    }
     struct kv_metad *d = kv_calloc(1, sizeof(*d));
     if (!d)
         return KV_ENOMEM;
+    d->max_value = opts->max_value ? opts->max_value : KV_METAD_DEFAULT_MAX_VALUE;
     pthread_mutex_init(&d->lock, NULL);
+    pthread_mutex_init(&d->save_lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&d->save_cond, &ca);
+    pthread_condattr_destroy(&ca);
     int rc = KV_ENOMEM;
     int fd = -1;
     d->ring = kv_calloc(RING_MAX_EVENTS, sizeof(*d->ring));
@@ -1259,23 +1423,26 @@ int kv_metad_start(const struct kv_metad_opts *opts, struct kv_metad **out)
         rc = KV_EIO;
         goto out_free;
     }
-    evhttp_set_max_body_size(d->http, MAX_BODY);
+    evhttp_set_max_body_size(d->http,
+                             (ev_ssize_t)(KV_MAX(d->max_value, CAS_MAX_BODY) + BODY_SLACK));
     evhttp_set_timeout(d->http, KV_METAD_MAX_WATCH_MS / 1000 + 60);
     evhttp_set_allowed_methods(d->http, EVHTTP_REQ_GET | EVHTTP_REQ_PUT | EVHTTP_REQ_POST |
                                             EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
     evhttp_set_gencb(d->http, on_request, d);
     d->stop_ev = event_new(d->base, -1, 0, on_stop, d);
     d->wake_ev = event_new(d->base, -1, EV_PERSIST, on_wake, d);
-    d->save_ev = d->data_file ? event_new(d->base, -1, EV_PERSIST, on_save_timer, d) : NULL;
     rc = KV_ENOMEM;
-    if (!d->stop_ev || !d->wake_ev || (d->data_file && !d->save_ev))
+    if (!d->stop_ev || !d->wake_ev)
         goto out_free;
     /* wake_ev has no fd or timeout: only event_active() triggers it; add it so EV_PERSIST
      * keeps it registered */
     event_add(d->wake_ev, NULL);
-    if (d->save_ev) {
-        struct timeval tv = {0, SAVE_MS * 1000};
-        event_add(d->save_ev, &tv);
+    if (d->data_file) {
+        if (pthread_create(&d->saver, NULL, saver_main, d) != 0) {
+            rc = KV_ENOMEM;
+            goto out_free;
+        }
+        d->saver_started = true;
     }
     uint64_t start_rev = 0;
     rc = kv_meta_embedded_watch_rev(d->m, "", on_store_event, d, &d->wid, &start_rev);

@@ -6,7 +6,7 @@
  *
  * Every decoder fills its out-struct only on success (release it with the matching _fini,
  * which also accepts a zeroed struct) and otherwise returns KV_EINVAL (or KV_E2BIG for a value
- * over KV_META_MAX_VALUE, KV_ENOMEM) with a one-line message naming the problem in err.
+ * over its limit, KV_ENOMEM) with a one-line message naming the problem in err.
  * Thread-safe (no shared state).
  */
 #ifndef KV_META_METAD_INT_H
@@ -20,6 +20,12 @@
 
 #define KV_METAD_MAX_WATCH_MS 60000
 #define KV_METAD_DEFAULT_WATCH_MS 5000
+/* Values stored through PUT /metadata may exceed the API's KV_META_MAX_VALUE (Mooncake's
+ * segment descriptors): up to the server's max_value, by default KV_METAD_DEFAULT_MAX_VALUE and
+ * at most KV_METAD_MAX_VALUE_LIMIT, which also bounds what data files and the http:// client's
+ * list and watch decoders accept. */
+#define KV_METAD_DEFAULT_MAX_VALUE (64u << 20)
+#define KV_METAD_MAX_VALUE_LIMIT (1u << 30)
 
 /* Query parameters of /metadata and /watch. */
 struct kv_metad_query {
@@ -57,8 +63,8 @@ int kv_metad_decode_lease(const char *body, size_t len, const char *field, int64
                           size_t errlen);
 
 /* Data file: {"format": "kvstash-metad", "version": 1, "kvs": [{"key": K | "key_b64": B64,
- * "value": B64}, ...]}. Parse returns an owned array (kv_meta_kvs_free); encode returns an owned
- * NUL-terminated JSON text (kv_free). */
+ * "value": B64}, ...]}, values of up to KV_METAD_MAX_VALUE_LIMIT bytes. Parse returns an owned
+ * array (kv_meta_kvs_free); encode returns an owned NUL-terminated JSON text (kv_free). */
 int kv_metad_parse_data(const char *buf, size_t len, struct kv_meta_kv **kvs, size_t *n, char *err,
                         size_t errlen);
 int kv_metad_encode_data(const struct kv_meta_kv *kvs, size_t n, char **out);
@@ -72,20 +78,22 @@ char *kv_metad_b64_encode(const void *p, size_t len); /* owned (kv_free), NULL o
 #include <jansson.h>
 /* Reads "key" (a string) or "key_b64" (base64) of o into an owned string and checks it. */
 int kv_metad_json_key(json_t *o, char **out, char *err, size_t errlen);
-/* Reads the base64 string field of o into an owned buffer of at most KV_META_MAX_VALUE bytes. */
-int kv_metad_json_b64(json_t *o, const char *field, char **out, size_t *len, char *err,
+/* Reads the base64 string field of o into an owned buffer of at most max bytes (KV_E2BIG
+ * beyond). */
+int kv_metad_json_b64(json_t *o, const char *field, size_t max, char **out, size_t *len, char *err,
                       size_t errlen);
 /* Reads the object e: its key (kv_metad_json_key) into *key and, when with_value, its "value"
- * (kv_metad_json_b64) into *val and *len (else NULL and 0). Both owned (kv_free). On error
- * the out-params are unchanged, nothing stays allocated and err names the problem: KV_EINVAL (not
- * an object, a bad field), KV_E2BIG (value too large), KV_ENOMEM. */
-int kv_metad_json_kv(json_t *e, bool with_value, char **key, char **val, size_t *len, char *err,
-                     size_t errlen);
-/* Reads the JSON array arr of such objects (with values) into an owned array sorted by key
- * (NULL when empty; free with kv_meta_kvs_free). On error nothing stays allocated, *bad is the
- * failing element's index and err names its problem (errors as kv_metad_json_kv). */
-int kv_metad_json_kvs(json_t *arr, struct kv_meta_kv **kvs, size_t *n, size_t *bad, char *err,
-                      size_t errlen);
+ * (kv_metad_json_b64, at most max bytes) into *val and *len (else NULL and 0). Both owned
+ * (kv_free). On error the out-params are unchanged, nothing stays allocated and err names the
+ * problem: KV_EINVAL (not an object, a bad field), KV_E2BIG (value too large), KV_ENOMEM. */
+int kv_metad_json_kv(json_t *e, bool with_value, size_t max, char **key, char **val, size_t *len,
+                     char *err, size_t errlen);
+/* Reads the JSON array arr of such objects (with values of at most max bytes) into an owned
+ * array sorted by key (NULL when empty; free with kv_meta_kvs_free). On error nothing stays
+ * allocated, *bad is the failing element's index and err names its problem (errors as
+ * kv_metad_json_kv). */
+int kv_metad_json_kvs(json_t *arr, size_t max, struct kv_meta_kv **kvs, size_t *n, size_t *bad,
+                      char *err, size_t errlen);
 /* Appends {"key" (or "key_b64" for a key that is not UTF-8), "value": base64 (omitted when val
  * is NULL)} to the array arr. */
 int kv_metad_json_add_kv(json_t *arr, const char *key, const char *val, size_t len);

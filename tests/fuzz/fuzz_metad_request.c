@@ -26,7 +26,8 @@ static void check_kvs(const struct kv_meta_kv *kvs, size_t n)
     check((n == 0) == (kvs == NULL));
     for (size_t i = 0; i < n; i++) {
         check(kvs[i].key && kvs[i].key[0] && strlen(kvs[i].key) < KV_META_MAX_KEY);
-        check(kvs[i].val && kvs[i].len <= KV_META_MAX_VALUE && kvs[i].val[kvs[i].len] == '\0');
+        check(kvs[i].val && kvs[i].len <= KV_METAD_MAX_VALUE_LIMIT &&
+              kvs[i].val[kvs[i].len] == '\0');
         if (i)
             check(strcmp(kvs[i - 1].key, kvs[i].key) <= 0);
     }

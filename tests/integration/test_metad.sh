@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # `kvstash metad` for real, driven with curl: the Mooncake wire contract (GET/PUT/DELETE
-# /metadata?key=K, 404 when absent, binary values), list, CAS, leases, watch long-poll, bad
-# requests (400/404/405/413), persistence across a restart with --data-file (leased keys are not
+# /metadata?key=K, 404 when absent, DELETE 200 even when absent with X-Kvstash-Deleted, binary
+# values, values over 1 MiB up to --max-value), list, CAS, leases, watch long-poll, bad requests
+# (400/404/405/413), persistence across a restart with --data-file (leased keys are not
 # persisted), a bad data file, a bad --addr (exit 2) and a port already in use (exit 1).
+# Mooncake's exact request sequence: test_metad_mooncake.sh; saves off the event loop:
+# test_metad_save.sh.
 set -euo pipefail
 BIN=${KVSTASH_BIN:-$(pwd)/kvstash}
 W=$(mktemp -d /tmp/kvstash-metad-test.XXXXXX)
@@ -53,7 +56,7 @@ expect_code() { # WANT METHOD PATH [curl args...]
 }
 
 DATA=$W/meta.json
-start_metad run1 --data-file "$DATA"
+start_metad run1 --data-file "$DATA" --max-value 2MiB
 
 # --- Mooncake contract ---
 expect_code 200 GET /health
@@ -80,10 +83,15 @@ expect_code 200 GET /metadata -G --data-urlencode 'key=sp ace&x=1+2%'
 [ "$(cat "$W/body")" = "odd" ] || fail "encoded key"
 ok "binary (NUL bytes) and empty values, URL-encoded keys"
 
-expect_code 200 DELETE '/metadata?key=/mooncake/seg1'
-expect_code 404 DELETE '/metadata?key=/mooncake/seg1'
+# deleted header: DELETE prints "<status> <X-Kvstash-Deleted>"
+deleted() {
+    curl -s -o /dev/null -D "$W/hdr" -w '%{http_code}' -X DELETE "$(U "$1")" || echo "000"
+    echo " $(tr -d '\r' <"$W/hdr" | sed -n 's/^[Xx]-[Kk]vstash-[Dd]eleted: *//p')"
+}
+[ "$(deleted '/metadata?key=/mooncake/seg1')" = "200 1" ] || fail "DELETE of a present key"
+[ "$(deleted '/metadata?key=/mooncake/seg1')" = "200 0" ] || fail "DELETE of an absent key"
 expect_code 404 GET '/metadata?key=/mooncake/seg1'
-ok "DELETE, 404 on absent"
+ok "DELETE 200 (Mooncake) even when absent; X-Kvstash-Deleted says whether it removed a key"
 
 # --- list, CAS, leases ---
 expect_code 200 PUT '/metadata?key=/ls/b' --data-binary 'B'
@@ -152,12 +160,26 @@ expect_code 400 POST /lease/grant -d '{"ttl":0}'
 expect_code 400 GET '/watch?after=x'
 expect_code 404 GET '/nope'
 expect_code 405 GET /metadata/cas
-head -c $((1024 * 1024 + 1)) /dev/zero >"$W/big"
-expect_code 413 PUT '/metadata?key=big' --data-binary @"$W/big"
-head -c $((1024 * 1024)) /dev/zero >"$W/max"
+ok "bad requests: 400 naming the problem, 404, 405"
+
+# values over the API's 1 MiB (Mooncake segment descriptors), up to --max-value (2MiB here)
+head -c $((1024 * 1024 + 1)) /dev/urandom >"$W/mib1"
+expect_code 200 PUT '/metadata?key=mib1' --data-binary @"$W/mib1"
+expect_code 200 GET '/metadata?key=mib1'
+cmp -s "$W/body" "$W/mib1" || fail "value over 1 MiB differs"
+head -c $((2 * 1024 * 1024)) /dev/zero >"$W/max"
 expect_code 200 PUT '/metadata?key=max' --data-binary @"$W/max"
 expect_code 200 DELETE '/metadata?key=max'
-ok "bad requests: 400 naming the problem, 404, 405, 413 over 1 MiB"
+head -c $((2 * 1024 * 1024 + 1)) /dev/zero >"$W/big"
+expect_code 413 PUT '/metadata?key=big' --data-binary @"$W/big"
+grep -q 'max-value' "$W/body" || fail "413 does not name the limit: $(cat "$W/body")"
+head -c $((8 * 1024 * 1024)) /dev/zero >"$W/huge"
+expect_code 413 PUT '/metadata?key=big' --data-binary @"$W/huge"
+expect_code 404 GET '/metadata?key=big'
+ok "values over 1 MiB stored up to --max-value; 413 beyond it"
+
+# at info level nothing is logged per request
+! grep -q ' -> 200, in ' "$W/run1.log" || fail "requests logged at info level"
 
 # --- persistence ---
 sleep 0.3 # the data file is written at most every 100 ms
@@ -168,6 +190,8 @@ expect_code 200 GET '/metadata?key=bin/key'
 cmp -s "$W/body" "$W/bin" || fail "binary value lost in restart"
 expect_code 200 GET '/metadata?key=/cas'
 [ "$(cat "$W/body")" = "2" ] || fail "cas key lost in restart"
+expect_code 200 GET '/metadata?key=mib1'
+cmp -s "$W/body" "$W/mib1" || fail "value over 1 MiB lost in restart"
 expect_code 404 GET '/metadata?key=/mooncake/seg1'
 expect_code 404 GET '/metadata?key=/leased2' # bound to a lease: not persisted
 ok "restart with the same data file: keys survive, leased keys do not"

@@ -23,6 +23,7 @@
 #include "common/alloc.h"
 #include "common/util.h"
 #include "kvstash/meta.h"
+#include "meta/meta_embedded_int.h"
 #include "meta/meta_http_int.h"
 #include "meta/metad.h"
 #include "meta/metad_int.h"
@@ -364,6 +365,31 @@ static void test_metad_shared_store(void **state)
     check_value(h, "/before", "b");
     assert_int_equal(kv_meta_put(h, "/via-http", "h", 1, 0), KV_OK);
     check_value(emb, "/via-http", "h");
+    /* a value over the API's 1 MiB, as a Mooncake client PUTs it: the API refuses it, the
+     * server's path stores it, and the http client's get and list return it whole */
+    size_t big = KV_META_MAX_VALUE + 7;
+    char *bv = kv_malloc(big);
+    assert_non_null(bv);
+    for (size_t i = 0; i < big; i++)
+        bv[i] = (char)(i * 31);
+    assert_int_equal(kv_meta_put(emb, "/big/v", bv, big, 0), KV_E2BIG);
+    assert_int_equal(kv_meta_embedded_put(emb, "/big/v", bv, big, 0), KV_OK);
+    char *got = NULL;
+    size_t glen = 0;
+    assert_int_equal(kv_meta_get(h, "/big/v", &got, &glen), KV_OK);
+    assert_int_equal(glen, big);
+    assert_memory_equal(got, bv, big);
+    kv_meta_free(got);
+    struct kv_meta_kv *kvs = NULL;
+    size_t n = 0;
+    assert_int_equal(kv_meta_list(h, "/big/", &kvs, &n), KV_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(kvs[0].len, big);
+    kv_meta_kvs_free(kvs, n);
+    kv_free(bv);
+    /* del of an absent key: metad answers 200 (Mooncake), the client still says KV_ENOENT */
+    assert_int_equal(kv_meta_del(h, "/big/v"), KV_OK);
+    assert_int_equal(kv_meta_del(h, "/big/v"), KV_ENOENT);
     /* a second server on the same port is KV_EBUSY */
     char addr[32];
     snprintf(addr, sizeof(addr), "127.0.0.1:%u", kv_metad_port(d));
@@ -373,6 +399,10 @@ static void test_metad_shared_store(void **state)
     assert_null(d2);
     mo2.addr = "nonsense";
     assert_int_equal(kv_metad_start(&mo2, &d2), KV_EINVAL);
+    mo2.addr = "127.0.0.1:0";
+    mo2.max_value = (size_t)KV_METAD_MAX_VALUE_LIMIT + 1;
+    assert_int_equal(kv_metad_start(&mo2, &d2), KV_EINVAL);
+    assert_null(d2);
     /* bad client URLs */
     struct kv_meta *bad = NULL;
     snprintf(url, sizeof(url), "http://127.0.0.1:%u/elsewhere", kv_metad_port(d));
