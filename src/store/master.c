@@ -60,9 +60,9 @@
 #include "kvstash/store.h"
 #include "store/master_int.h"
 
-int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len, struct kv_buf *resp)
+static int dispatch(struct kv_master *m, uint16_t method, const uint8_t *req, size_t len,
+                    struct kv_buf *resp, bool fast)
 {
-    struct kv_master *m = ud;
     switch (method) {
     case KV_RPC_HELLO:
     case KV_RPC_PUT_START:
@@ -87,16 +87,16 @@ int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len, 
         rc = mst_h_hello(m, req, len, resp);
         break;
     case KV_RPC_PUT_START:
-        rc = mst_h_put_start(m, req, len, resp);
+        rc = mst_h_put_start(m, req, len, resp, fast);
         break;
     case KV_RPC_PUT_END:
-        rc = mst_h_put_end(m, req, len, resp);
+        rc = mst_h_put_end(m, req, len, resp, fast);
         break;
     case KV_RPC_PUT:
-        rc = mst_h_put(m, req, len, resp);
+        rc = mst_h_put(m, req, len, resp, fast);
         break;
     case KV_RPC_GET:
-        rc = mst_h_get(m, req, len, resp);
+        rc = mst_h_get(m, req, len, resp, fast);
         break;
     case KV_RPC_EXISTS:
         rc = mst_h_exists_remove(m, false, req, len, resp);
@@ -120,6 +120,27 @@ int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len, 
     if (rc == KV_EPROTO)
         KV_LOGW_RL(5000, "%s: malformed request payload", kv_rpc_method_name(method));
     return rc;
+}
+
+int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len, struct kv_buf *resp)
+{
+    return dispatch(ud, method, req, len, resp, false);
+}
+
+/* On the I/O thread: lookups, HELLO, STAT, HEARTBEAT, and puts that need neither an eviction nor
+ * a node outside this process (the handlers answer KV_RPC_SLOW then). REMOVE (it waits for the
+ * nodes' NODE_FREE), LIST (a scan) and MOUNT always go to the workers. */
+int kv_master_handle_fast(void *ud, uint16_t method, const uint8_t *req, size_t len,
+                          struct kv_buf *resp)
+{
+    switch (method) {
+    case KV_RPC_REMOVE:
+    case KV_RPC_LIST:
+    case KV_RPC_MOUNT:
+        return KV_RPC_SLOW;
+    default:
+        return dispatch(ud, method, req, len, resp, true);
+    }
 }
 
 static char *dup_or(const char *s, const char *def)
@@ -183,6 +204,7 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
     const char *addr = o->rpc_addr ? o->rpc_addr : KV_STORE_DEFAULT_RPC;
     struct kv_rpc_server_opts so = {.addr = addr,
                                     .handler = kv_master_handle,
+                                    .fast_handler = kv_master_handle_fast,
                                     .ud = m,
                                     .io_threads = KV_RPC_DEF_IO_THREADS,
                                     .workers = KV_RPC_DEF_WORKERS};

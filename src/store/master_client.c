@@ -137,7 +137,8 @@ static void free_slots(Kvstash__PutSlot *slots, size_t n)
     }
 }
 
-int mst_h_put_start(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp)
+int mst_h_put_start(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp,
+                    bool fast)
 {
     Kvstash__PutStartReq *in;
     int rc =
@@ -156,7 +157,15 @@ int mst_h_put_start(struct kv_master *m, const uint8_t *req, size_t len, struct 
         kvstash__put_slot__init(&slots[i]);
         ps[i] = &slots[i];
     }
-    mst_place_items(m, in->items, n, st, slots, NULL);
+    if (fast) {
+        rc = mst_place_items_now(m, in->items, n, st, slots, NULL, false);
+        if (rc == KV_RPC_SLOW) {
+            free_slots(slots, n);
+            goto out;
+        }
+    } else {
+        mst_place_items(m, in->items, n, st, slots, NULL);
+    }
     for (size_t i = 0; i < n; i++)
         slots[i].status = st[i];
     Kvstash__PutStartResp r = KVSTASH__PUT_START_RESP__INIT;
@@ -403,7 +412,8 @@ static int reply_status(struct kv_buf *resp, int32_t *st, size_t n)
     return mst_reply(resp, &r.base);
 }
 
-int mst_h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp)
+int mst_h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp,
+                  bool fast)
 {
     Kvstash__PutEndReq *in;
     int rc =
@@ -418,6 +428,11 @@ int mst_h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct kv
         goto out;
     }
     pthread_mutex_lock(&m->lock);
+    if (fast && !mst_nodes_all_local(m)) { /* the commit would wait on the network */
+        pthread_mutex_unlock(&m->lock);
+        rc = KV_RPC_SLOW;
+        goto out;
+    }
     for (size_t i = 0; i < n; i++) {
         const Kvstash__PutEndItem *it = in->items[i];
         struct mobj *o = key_ok(it->key) ? kv_oidx_get(&m->index, it->key) : NULL;
@@ -455,7 +470,7 @@ out:
 /* PUT: small values carried in the request. Each item is placed as PutStart would, its bytes go
  * to the replicas' nodes inside the (group) NODE_COMMIT, and the object is COMPLETE when they
  * acknowledged: one client round trip instead of PutStart + write + PutEnd. */
-int mst_h_put(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp)
+int mst_h_put(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp, bool fast)
 {
     Kvstash__PutStartReq *in;
     int rc =
@@ -475,7 +490,13 @@ int mst_h_put(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf
             rc = KV_EPROTO; /* the request is malformed as a whole */
     if (rc < 0)
         goto out;
-    mst_place_items(m, in->items, n, st, NULL, objs);
+    if (fast) { /* only when the commit cannot wait on the network either */
+        rc = mst_place_items_now(m, in->items, n, st, NULL, objs, true);
+        if (rc == KV_RPC_SLOW)
+            goto out;
+    } else {
+        mst_place_items(m, in->items, n, st, NULL, objs);
+    }
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < n; i++) {
         if (st[i] != KV_OK) {
@@ -599,7 +620,19 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
     m->errors++;
 }
 
-int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp)
+/* Whether get_one may wait for key (an SSD replica to promote, or a promotion in flight). */
+static bool get_may_wait(struct kv_master *m, const char *key)
+{
+    struct mobj *o = key_ok(key) ? kv_oidx_get(&m->index, key) : NULL;
+    if (!o || o->state != OBJ_COMPLETE || expired(o, kv_wall_ms()))
+        return false;
+    for (int i = 0; i < o->nrep; i++)
+        if (obj_rep(o)[i].dram)
+            return false;
+    return true;
+}
+
+int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp, bool fast)
 {
     Kvstash__KeyList *in;
     int rc = kv_rpc_pb_unpack(&kvstash__key_list__descriptor, req, len, (ProtobufCMessage **)&in);
@@ -613,6 +646,13 @@ int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf
         goto out;
     }
     pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; fast && i < n; i++) {
+        if (get_may_wait(m, in->keys[i])) {
+            pthread_mutex_unlock(&m->lock);
+            rc = KV_RPC_SLOW;
+            goto out;
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         kvstash__get_item__init(&items[i]);
         pi[i] = &items[i];

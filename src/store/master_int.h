@@ -33,7 +33,8 @@ struct mnode {
     uint64_t pending_free; /* DRAM bytes allocated but queued for a deferred free */
     int64_t last_hb_ms;    /* monotonic */
     bool removed;
-    bool mounting;                   /* a MOUNT in parts is under way: no placement on it yet */
+    bool local;    /* its RPC server is in this process: calls to it never wait on the network */
+    bool mounting; /* a MOUNT in parts is under way: no placement on it yet */
     size_t mount_ok, mount_rejected; /* objects of the mount so far */
     int refs;                        /* the node list holds one; RPCs in flight hold one each */
     /* group commit (master.c): PutEnds' requests waiting for a NODE_COMMIT, and how many
@@ -271,6 +272,9 @@ struct mobj *mst_obj_new(const char *key, int cap);
  * in_map is false). */
 void mst_obj_unlink2(struct kv_master *m, struct mobj *o, bool in_map);
 void mst_obj_unlink(struct kv_master *m, struct mobj *o);
+/* Removes and frees a PENDING object just placed that nobody has seen (no client, no node): its
+ * ranges go straight back to the allocators. */
+void mst_obj_abandon(struct kv_master *m, struct mobj *o);
 /* Drops an operation's reference on o; frees a dead o with the last one. */
 void mst_obj_put_done(struct kv_master *m, struct mobj *o);
 /* Unlists n and drops its replicas (objects left without any are unlinked). */
@@ -294,6 +298,13 @@ void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need);
  * more try after an eviction pass over the nodes. Takes the lock. */
 void mst_place_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, int32_t *status,
                      Kvstash__PutSlot *slots, struct mobj **objs);
+/* As mst_place_items on an I/O thread, which must not wait: returns KV_RPC_SLOW, with nothing
+ * placed, when an eviction would be needed or (local_only) a node is not in this process;
+ * KV_OK otherwise. */
+int mst_place_items_now(struct kv_master *m, Kvstash__PutItem **items, size_t n, int32_t *status,
+                        Kvstash__PutSlot *slots, struct mobj **objs, bool local_only);
+/* True when every mounted node is in this process (lock held). */
+bool mst_nodes_all_local(struct kv_master *m);
 /* Promotes o from SSD on replica node n into DRAM. Called and returns with the lock held; drops
  * it around the RPC. */
 int mst_promote(struct kv_master *m, struct mobj *o, int ri);
@@ -315,13 +326,17 @@ int mst_h_hello(struct kv_master *m, const uint8_t *req, size_t len, struct kv_b
  * *out (may be NULL) the object. */
 int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__PutSlot *slot,
                       struct mobj **out);
-int mst_h_put_start(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
-int mst_h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+/* fast: on an I/O thread (rpc.h fast_handler): KV_RPC_SLOW instead of anything that may
+ * block (an eviction to wait for, a node not in this process, an SSD promotion). */
+int mst_h_put_start(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp,
+                    bool fast);
+int mst_h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp,
+                  bool fast);
 /* PUT: small values carried in the request. Each item is placed as PutStart would, its bytes go
  * to the replicas' nodes inside the (group) NODE_COMMIT, and the object is COMPLETE when they
  * acknowledged: one client round trip instead of PutStart + write + PutEnd. */
-int mst_h_put(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
-int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
+int mst_h_put(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp, bool fast);
+int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp, bool fast);
 int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, size_t len,
                         struct kv_buf *resp);
 int mst_h_list(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
@@ -337,6 +352,10 @@ int mst_h_heartbeat(struct kv_master *m, const uint8_t *req, size_t len, struct 
 /* master.c: the RPC entry point (kv_rpc_handler_fn) */
 int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len,
                      struct kv_buf *resp);
+/* The fast_handler (rpc.h): answers the requests that cannot block on the I/O thread, and
+ * KV_RPC_SLOW for the others. */
+int kv_master_handle_fast(void *ud, uint16_t method, const uint8_t *req, size_t len,
+                          struct kv_buf *resp);
 
 /* master_stats.c */
 /* Builds the cluster JSON under the lock. */

@@ -199,6 +199,7 @@ int mst_h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct kv_b
     n->ssd_used = in->ssd_used;
     n->last_hb_ms = kv_now_ms();
     n->mounting = in->more;
+    n->local = kv_rpc_local_has(n->rpc_addr);
     pthread_mutex_lock(&m->lock);
     struct mnode *old = mst_node_find(m, in->node_id);
     if (old)

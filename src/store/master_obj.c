@@ -146,6 +146,16 @@ void mst_obj_unlink(struct kv_master *m, struct mobj *o)
     mst_obj_unlink2(m, o, true);
 }
 
+void mst_obj_abandon(struct kv_master *m, struct mobj *o)
+{
+    kv_oidx_del(&m->index, o);
+    lru_remove(o);
+    m->npending--;
+    for (int i = 0; i < o->nrep; i++)
+        kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].off);
+    kv_free(o);
+}
+
 void mst_obj_put_done(struct kv_master *m, struct mobj *o)
 {
     if (--o->refs == 0 && o->dead)

@@ -260,6 +260,42 @@ void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
 /* Places items[0..n) as PENDING objects: status[i] gets each item's status, slots[i] (slots may
  * be NULL) its replicas, objs[i] (objs may be NULL) its object. Items that found no room get one
  * more try after an eviction pass over the nodes. Takes the lock. */
+bool mst_nodes_all_local(struct kv_master *m)
+{
+    for (struct mnode *n = m->nodes; n; n = n->next)
+        if (!n->local)
+            return false;
+    return true;
+}
+
+int mst_place_items_now(struct kv_master *m, Kvstash__PutItem **items, size_t n, int32_t *status,
+                        Kvstash__PutSlot *slots, struct mobj **objs, bool local_only)
+{
+    int rc = KV_OK;
+    pthread_mutex_lock(&m->lock);
+    if (local_only && !mst_nodes_all_local(m)) {
+        pthread_mutex_unlock(&m->lock);
+        return KV_RPC_SLOW;
+    }
+    struct mobj *o;
+    for (size_t i = 0; i < n && rc == KV_OK; i++) {
+        status[i] = mst_put_start_one(m, items[i], slots ? &slots[i] : NULL, &o);
+        if (status[i] == KV_OK && objs)
+            objs[i] = o;
+        if (status[i] == KV_ENOSPC && (int)KV_MAX(items[i]->replicas, 1) <= m->nnodes)
+            rc = KV_RPC_SLOW; /* room must be made: not on this thread */
+    }
+    if (rc == KV_RPC_SLOW) { /* take back what was placed: nobody has seen it */
+        for (size_t i = 0; i < n; i++) {
+            if (status[i] == KV_OK && (o = kv_oidx_get(&m->index, items[i]->key)))
+                mst_obj_abandon(m, o);
+            status[i] = KV_ENOSPC;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
 void mst_place_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, int32_t *status,
                      Kvstash__PutSlot *slots, struct mobj **objs)
 {

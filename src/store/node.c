@@ -364,6 +364,17 @@ static int node_handle(void *ud, uint16_t method, const uint8_t *req, size_t len
     return rc;
 }
 
+/* On the RPC server's I/O thread: NODE_COMMIT (index updates and, for inline puts, a memcpy into
+ * the segment) and NODE_FREE without an SSD tier; the others may touch the disk. */
+static int node_handle_fast(void *ud, uint16_t method, const uint8_t *req, size_t len,
+                            struct kv_buf *resp)
+{
+    struct kv_node *n = ud;
+    if (method == KV_RPC_NODE_COMMIT || (method == KV_RPC_NODE_FREE && !n->ssd))
+        return node_handle(ud, method, req, len, resp);
+    return KV_RPC_SLOW;
+}
+
 /* ---- mount and heartbeat ---- */
 
 struct objv {
@@ -799,6 +810,7 @@ int kv_node_start(const struct kv_node_opts *o, struct kv_node **out)
     snprintf(addr, sizeof(addr), "%s:0", bind);
     struct kv_rpc_server_opts so = {.addr = addr,
                                     .handler = node_handle,
+                                    .fast_handler = node_handle_fast,
                                     .ud = n,
                                     .io_threads = KV_RPC_DEF_IO_THREADS,
                                     .workers = KV_RPC_DEF_WORKERS};

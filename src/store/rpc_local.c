@@ -79,24 +79,36 @@ void kv_rpc_local_remove(struct kv_rpc_local *e)
     kv_free(e);
 }
 
-bool kv_rpc_local_call(const char *addr, uint16_t method, const void *req, size_t len, int *status,
-                       struct kv_buf *resp)
+/* The entry answering addr, with a call reference taken (take) or not; NULL if none. */
+static struct kv_rpc_local *lookup(const char *addr, bool take)
 {
     if (atomic_load_explicit(&g_count, memory_order_acquire) == 0)
-        return false;
+        return NULL;
     char host[256];
     uint16_t port;
     if (kv_parse_hostport(addr, host, sizeof(host), &port) < 0)
-        return false;
+        return NULL;
     struct kv_rpc_local *e;
     pthread_mutex_lock(&g_lock);
     for (e = g_list; e; e = e->next)
         if (e->port == port &&
             (strcmp(e->host, host) == 0 || (strcmp(e->host, "0.0.0.0") == 0 && is_loopback(host))))
             break;
-    if (e)
+    if (e && take)
         e->inflight++;
     pthread_mutex_unlock(&g_lock);
+    return e;
+}
+
+bool kv_rpc_local_has(const char *addr)
+{
+    return lookup(addr, false) != NULL;
+}
+
+bool kv_rpc_local_call(const char *addr, uint16_t method, const void *req, size_t len, int *status,
+                       struct kv_buf *resp)
+{
+    struct kv_rpc_local *e = lookup(addr, true);
     if (!e)
         return false;
 

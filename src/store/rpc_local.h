@@ -29,6 +29,8 @@ int kv_rpc_local_add(const char *host, uint16_t port, kv_rpc_handler_fn handler,
                      struct kv_rpc_local **out);
 /* Unregisters e and waits for its calls in flight. NULL is a no-op. */
 void kv_rpc_local_remove(struct kv_rpc_local *e);
+/* True when a server of this process answers addr now (a hint: it may go away after). */
+bool kv_rpc_local_has(const char *addr);
 /* Calls the in-process server at addr ("HOST:PORT") if there is one: *status gets the frame
  * status, resp (may be NULL) the payload sent with it (empty unless KV_OK or KV_EAGAIN). Returns
  * true when the call was made, false when no server of this process answers addr. */
