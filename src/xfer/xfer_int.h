@@ -11,9 +11,12 @@
  *   conn->send_lock (the writing side of one initiator connection, reconnects)
  *   conn->lock (a connection's in-flight FIFO and state)
  *   b->lock (a batch's pending count; leaf)
- *   c->q_lock (the TCP client work queue; leaf), s->lock (TCP server connection list; leaf)
+ *   c->q_lock (the TCP client work queue; leaf), io->inbox_lock (a TCP server I/O thread's
+ *   queue of accepted connections; leaf)
  * No lock is held while a request completes into its batch except b->lock itself, and no
  * lock is held while blocking on a socket except conn->send_lock (writers of that connection).
+ * The TCP server's I/O threads hold no lock while they serve a connection; they take x->lock
+ * briefly (kv_xfer_seg_get/put) and io->inbox_lock, never both.
  */
 #ifndef KV_XFER_INT_H
 #define KV_XFER_INT_H
@@ -182,6 +185,10 @@ int64_t kv_xfer_lease_id(struct kv_xfer *x);
 
 /* ---- TCP transport (xfer_tcp.c) ---- */
 
+/* The server that exposes this engine's segments: listens on host:port (0 = any; the port
+ * bound in *bound_port) and serves every connection from a fixed set of I/O threads (event
+ * loops; see xfer_tcp.c). Stop closes every connection, joins the threads and frees s;
+ * stop(NULL) is a no-op. */
 struct xfer_tcp_server;
 int kv_xfer_tcp_server_start(struct kv_xfer *x, const char *host, uint16_t port,
                              struct xfer_tcp_server **out, uint16_t *bound_port);
