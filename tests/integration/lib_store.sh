@@ -146,6 +146,13 @@ wait_nodes() {
     fail "want $want nodes up, have $n"
 }
 
+# lease_ms MS: a read lease of MS milliseconds, scaled by KVSTASH_TEST_LEASE_SCALE (set by ctest:
+# 5 in a ThreadSanitizer build, where a 1 MiB get can outlast a 200 ms lease and fail with
+# "timed out"; 1 otherwise).
+lease_ms() {
+    echo $(($1 * ${KVSTASH_TEST_LEASE_SCALE:-1}))
+}
+
 # mkval FILE SIZE SEED: deterministic pseudo-random content.
 mkval() {
     "$PY" -c '
