@@ -205,7 +205,7 @@ struct reader {
     struct kv_xfer *x;
     kv_target_id t;
     int rc;
-    long n;
+    _Atomic long n; /* reads done; the test thread waits for a few before unregistering */
 };
 
 static void *reader_main(void *arg)
@@ -213,8 +213,9 @@ static void *reader_main(void *arg)
     struct reader *r = arg;
     uint8_t *buf = kv_malloc(256 << 10);
     do {
-        r->rc = kv_xfer_read(r->x, r->t, (uint64_t)(r->n % 16) * (256 << 10), buf, 256 << 10);
-        r->n++;
+        long n = atomic_load_explicit(&r->n, memory_order_relaxed);
+        r->rc = kv_xfer_read(r->x, r->t, (uint64_t)(n % 16) * (256 << 10), buf, 256 << 10);
+        atomic_store_explicit(&r->n, n + 1, memory_order_relaxed);
     } while (r->rc == KV_OK);
     kv_free(buf);
     return NULL;
@@ -232,11 +233,16 @@ static void test_unregister_under_load(void **state)
     struct reader rd[2];
     pthread_t th[2];
     for (int i = 0; i < 2; i++) {
-        rd[i] = (struct reader){.x = f->init};
+        rd[i].x = f->init;
+        rd[i].rc = KV_OK;
+        atomic_init(&rd[i].n, 0);
         assert_int_equal(kv_xfer_open(f->init, "busy", &rd[i].t), KV_OK);
         pthread_create(&th[i], NULL, reader_main, &rd[i]);
     }
-    kv_sleep_ms(150);
+    /* both readers under way (a fixed sleep was too short under ThreadSanitizer on a busy
+     * host): unregister lands while reads are in flight */
+    for (int w = 0; w < 3000 && (atomic_load(&rd[0].n) < 2 || atomic_load(&rd[1].n) < 2); w++)
+        kv_sleep_ms(10);
     assert_int_equal(kv_xfer_unregister(f->owner, sid), KV_OK);
     memset(mem, 0, 4 << 20);
     kv_free(mem);
