@@ -854,7 +854,13 @@ int kv_cli_bench_xfer(int argc, char **argv)
                                     : "");
             goto out_stop;
         }
-        memset(addr, 0, (size_t)target_len); /* fault the pages in before initiators come */
+        /* fault the pages in before initiators come, without writing them: the segment is
+         * published already, so an initiator may be writing into it; a memset here raced
+         * with those writes (ThreadSanitizer: recv in the xfer TCP server thread) and could
+         * zero bytes a peer had just written. Fresh segment memory reads as zero anyway. */
+        if (kv_mem_populate(addr, (size_t)target_len) < 0)
+            KV_LOGW("segment '%s': cannot prefault %llu bytes; pages fault in on first use", tname,
+                    (unsigned long long)target_len);
         if (mode == MODE_TARGET) {
             char sz[32];
             kv_format_size(target_len, sz, sizeof(sz));

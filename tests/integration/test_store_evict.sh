@@ -4,14 +4,14 @@
 # succeed (the master evicts least recently used objects), while a reader loops over every key
 # in parallel: each get returns the exact bytes or "not found", never anything else. Then, with
 # no reader refreshing old keys, 20 fresh puts: the newest is readable, the oldest evicted (LRU),
-# and stat reports evictions. Read leases are 200 ms here: each get pins its object for the lease,
-# and a reader looping over 64 keys with 5 s leases would (rightly) pin all of DRAM, so puts
-# would find nothing evictable and fail with "no space left".
+# and stat reports evictions. Read leases are 200 ms here (scaled under TSan, see lease_ms): each
+# get pins its object for the lease, and a reader looping over 64 keys with 5 s leases would
+# (rightly) pin all of DRAM, so puts would find nothing evictable and fail with "no space left".
 # shellcheck source=tests/integration/lib_store.sh
 . "$(dirname "$0")/lib_store.sh"
 
 start_metad
-start_master m1 --lease-ms 200
+start_master m1 --lease-ms "$(lease_ms 200)"
 start_node n1 16MiB
 wait_nodes 1
 
@@ -48,7 +48,7 @@ for i in $(seq $N); do
 done
 [ $found -ge 4 ] && [ $found -le 16 ] || fail "$found objects left in 16 MiB"
 # without concurrent readers refreshing old keys, plain LRU: 20 fresh puts push out the first
-sleep 0.5 # the reader's last leases end
+sleep "$(awk -v ms="$(lease_ms 500)" 'BEGIN { print ms / 1000 }')" # the reader's last leases end
 for i in $(seq 20); do
     kv put "ev2/$i" "$W/v$i" >/dev/null || fail "put ev2/$i"
 done

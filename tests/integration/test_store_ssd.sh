@@ -11,7 +11,7 @@
 . "$(dirname "$0")/lib_store.sh"
 
 start_metad
-start_master m1 --node-timeout 2 --lease-ms 300
+start_master m1 --node-timeout 2 --lease-ms "$(lease_ms 300)"
 mkdir -p "$W/ssd"
 start_node n1 8MiB --ssd-dir "$W/ssd" --ssd-capacity 256MiB
 wait_nodes 1

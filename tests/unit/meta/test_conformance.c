@@ -4,9 +4,9 @@
  * (an in-process kv_metad on 127.0.0.1:0), etcd and Redis (real servers started here on free
  * ports, killed and reaped in the group teardown).
  *
- * Each backend is a cmocka group. A group whose backend is not built into this binary
- * (kv_meta_open returns KV_ENOTBUILT) skips its tests; a missing etcd or redis-server binary is
- * a failure (they are in scripts/packages.txt). The outage test stops the group's server, so it
+ * Each backend is a cmocka group. Every backend is built into every binary (none returns
+ * KV_ENOTBUILT any more), so no test skips; a missing etcd or redis-server binary is a failure
+ * (they are in scripts/packages.txt). The outage test stops the group's server, so it
  * runs last in each group. Lease TTLs are 2 s (etcd's minimum TTL is about 1.5 s); waits poll
  * against a deadline instead of sleeping blindly.
  */
@@ -42,7 +42,6 @@
 struct backend {
     const char *name;
     char url[256];
-    bool notbuilt;
     pid_t pid; /* server process group (etcd, redis), <= 0 = none */
     char tmpdir[128];
     struct kv_metad *md; /* http */
@@ -85,12 +84,6 @@ static void check_absent(struct kv_meta *m, const char *key)
     size_t len = 0;
     assert_int_equal(kv_meta_get(m, key, &v, &len), KV_ENOENT);
 }
-
-#define SKIP_IF_NOTBUILT(b)                                                                        \
-    do {                                                                                           \
-        if ((b)->notbuilt)                                                                         \
-            skip();                                                                                \
-    } while (0)
 
 /* ---- server processes ---- */
 
@@ -135,7 +128,7 @@ static int open_until_ready(struct backend *b, int deadline_ms)
     int rc;
     do {
         rc = kv_meta_open(b->url, &o, &b->m);
-        if (rc == KV_OK || rc == KV_ENOTBUILT)
+        if (rc == KV_OK)
             return rc;
         if (b->pid > 0 && waitpid(b->pid, NULL, WNOHANG) == b->pid) {
             b->pid = 0;
@@ -150,12 +143,6 @@ static int open_until_ready(struct backend *b, int deadline_ms)
 static int group_setup_common(void **state, struct backend *b)
 {
     int rc = open_until_ready(b, 20000);
-    if (rc == KV_ENOTBUILT) {
-        b->notbuilt = true;
-        fprintf(stderr, "[ SKIP     ] %s backend not built in this binary\n", b->name);
-        *state = b;
-        return 0;
-    }
     if (rc != KV_OK) {
         fprintf(stderr, "%s backend at %s never answered: %s\n", b->name, b->url, kv_err_name(rc));
         stop_server(b);
@@ -180,11 +167,6 @@ static int setup_http(void **state)
 {
     struct kv_metad_opts mo = {.addr = "127.0.0.1:0"};
     int rc = kv_metad_start(&mo, &be_http.md);
-    if (rc == KV_ENOTBUILT) {
-        be_http.notbuilt = true;
-        *state = &be_http;
-        return 0;
-    }
     if (rc != KV_OK) {
         fprintf(stderr, "kv_metad_start: %s\n", kv_err_name(rc));
         return -1;
@@ -276,7 +258,6 @@ static int group_teardown(void **state)
 static void test_basic(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     struct kv_meta *m = b->m;
     char k[256];
     key_of(k, sizeof(k), b, "basic", "a");
@@ -341,7 +322,6 @@ static void test_basic(void **state)
 static void test_list(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     struct kv_meta *m = b->m;
     char base[256], k[300];
     key_of(base, sizeof(base), b, "list", "");
@@ -387,7 +367,6 @@ static void test_list(void **state)
 static void test_cas(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     struct kv_meta *m = b->m;
     char k[256];
     key_of(k, sizeof(k), b, "cas", "k");
@@ -451,7 +430,6 @@ static void *incr_main(void *p)
 static void test_cas_contention(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     char k[256];
     key_of(k, sizeof(k), b, "cas_contention", "counter");
     assert_int_equal(kv_meta_put(b->m, k, "0", 1, 0), KV_OK);
@@ -475,7 +453,6 @@ static void test_cas_contention(void **state)
 static void test_lease_expiry(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     struct kv_meta *m = b->m;
     char prefix[256], k[256], k2[256];
     key_of(prefix, sizeof(prefix), b, "lease_expiry", "");
@@ -513,7 +490,6 @@ static void test_lease_expiry(void **state)
 static void test_lease_keepalive_revoke(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     struct kv_meta *m = b->m;
     char k[256], k2[256];
     key_of(k, sizeof(k), b, "lease_keepalive", "a");
@@ -572,7 +548,6 @@ static bool wait_calls(int n, int ms)
 static void test_autorenew_lost_retry(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     struct kv_meta *m = open_url(b->url);
     int64_t lease = 0;
     atomic_store(&lost_calls, 0);
@@ -603,7 +578,6 @@ static void test_autorenew_lost_retry(void **state)
 static void test_autorenew(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     struct kv_meta *m = open_url(b->url);
     char k[256];
     key_of(k, sizeof(k), b, "autorenew", "a");
@@ -627,7 +601,6 @@ static void test_autorenew(void **state)
 static void test_watch(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     struct kv_meta *m = b->m;
     char pa[256], pb[256], k1[256], k2[256], kb[256];
     key_of(pa, sizeof(pa), b, "watch", "a/");
@@ -706,7 +679,6 @@ static void test_watch(void **state)
 static void test_outage(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     struct rec r;
     rec_init(&r);
     uint64_t wid;
@@ -744,7 +716,6 @@ static void test_outage(void **state)
 static void test_hang(void **state)
 {
     struct backend *b = *state;
-    SKIP_IF_NOTBUILT(b);
     int fd;
     uint16_t port;
     assert_int_equal(kv_net_listen_tcp("127.0.0.1", 0, 16, &fd, &port), KV_OK);

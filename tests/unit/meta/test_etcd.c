@@ -23,6 +23,7 @@
 
 #include "alloc_loop.h"
 #include "backend_server.h"
+#include "kv_skip.h"
 #include "common/alloc.h"
 #include "common/net.h"
 #include "common/util.h"
@@ -472,8 +473,10 @@ static void test_kill_restart(void **state)
 int main(void)
 {
     if (system("command -v etcd >/dev/null 2>&1") != 0) {
-        printf("etcd not installed: skipping\n");
-        return 0;
+        /* skipped, not passed: scripts/install-deps.sh installs etcd, so scripts/test.sh fails
+         * the suite on this skip */
+        printf("[ SKIP     ] etcd not installed (in PATH): nothing run\n");
+        return KV_SKIP_EXIT;
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decoders),       cmocka_unit_test(test_bad_urls),
@@ -482,5 +485,5 @@ int main(void)
         cmocka_unit_test(test_alloc_failures), cmocka_unit_test(test_watch),
         cmocka_unit_test(test_server_stopped), cmocka_unit_test(test_kill_restart),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return kv_skip_exit(cmocka_run_group_tests(tests, group_setup, group_teardown));
 }

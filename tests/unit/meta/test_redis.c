@@ -22,6 +22,7 @@
 
 #include "alloc_loop.h"
 #include "backend_server.h"
+#include "kv_skip.h"
 #include "common/alloc.h"
 #include "common/net.h"
 #include "common/util.h"
@@ -317,8 +318,10 @@ static void test_server_killed(void **state)
 int main(void)
 {
     if (system("command -v redis-server >/dev/null 2>&1") != 0) {
-        printf("redis-server not installed: skipping\n");
-        return 0;
+        /* skipped, not passed: scripts/install-deps.sh installs redis-server, so scripts/test.sh
+         * fails the suite on this skip */
+        printf("[ SKIP     ] redis-server not installed (in PATH): nothing run\n");
+        return KV_SKIP_EXIT;
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_urls),      cmocka_unit_test(test_basic_binary_db),
@@ -327,5 +330,5 @@ int main(void)
         cmocka_unit_test(test_watch),         cmocka_unit_test(test_server_stopped),
         cmocka_unit_test(test_server_killed),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return kv_skip_exit(cmocka_run_group_tests(tests, group_setup, group_teardown));
 }
