@@ -107,7 +107,8 @@ struct worker {
     size_t keylen;
     const char **keys;
     void **bufs;
-    size_t *lens;
+    size_t *lens; /* put: value sizes; get: sizes read */
+    size_t *caps; /* get: buffer sizes (never the same array as lens) */
     int *res;
     uint64_t *held; /* puts: ring of the first index of each call still held */
     size_t nheld, head;
@@ -231,9 +232,7 @@ static bool one_call(struct worker *w)
                                 w->res);
         break;
     case OP_BATCH_GET:
-        for (size_t i = 0; i < n; i++)
-            w->lens[i] = sh->size; /* caps in, lengths out */
-        rc = kv_store_batch_get(sh->s, n, w->keys, w->bufs, w->lens, w->lens, w->res);
+        rc = kv_store_batch_get(sh->s, n, w->keys, w->bufs, w->caps, w->lens, w->res);
         break;
     case OP_BATCH_EXISTS:
         rc = kv_store_batch_exists(sh->s, n, w->keys, w->res);
@@ -364,15 +363,18 @@ static int worker_init(struct worker *w, struct shared *sh, int id, size_t keyle
     w->keys = kv_calloc(nb, sizeof(*w->keys));
     w->bufs = kv_calloc(nb, sizeof(*w->bufs));
     w->lens = kv_calloc(nb, sizeof(*w->lens));
+    w->caps = kv_calloc(nb, sizeof(*w->caps));
     w->res = kv_calloc(nb, sizeof(*w->res));
     w->held = kv_calloc(sh->ring ? sh->ring : 1, sizeof(*w->held));
-    if (!w->buf || !w->keymem || !w->keys || !w->bufs || !w->lens || !w->res || !w->held)
+    if (!w->buf || !w->keymem || !w->keys || !w->bufs || !w->lens || !w->caps || !w->res ||
+        !w->held)
         return KV_ENOMEM;
     if (sh->is_put)
         fill(w->buf, sh->size, (uint64_t)id + 1);
     for (size_t i = 0; i < nb; i++) {
         w->bufs[i] = reads ? w->buf + i * sh->size : w->buf;
         w->lens[i] = sh->size;
+        w->caps[i] = sh->size;
     }
     return KV_OK;
 }
@@ -384,6 +386,7 @@ static void worker_fini(struct worker *w)
     kv_free(w->keys);
     kv_free(w->bufs);
     kv_free(w->lens);
+    kv_free(w->caps);
     kv_free(w->res);
     kv_free(w->held);
     kv_free(w->lat_us);
