@@ -56,7 +56,7 @@ while [ $# -gt 0 ]; do
     --objects) OBJECTS=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
-    -h | --help) sed -n '3,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '3,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "store_scale.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -109,7 +109,7 @@ wait_for() { # SECONDS CMD...
     while [ $SECONDS -lt $end ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
     return 1
 }
-logtail() { echo "--- $1" >&2; tail -n 15 "$W/$1.log" >&2 || true; }
+logtail() { echo "--- $W/$1.log (last lines)" >&2; tail -n 25 "$W/$1.log" >&2 || true; }
 # rss PID FIELD: a /proc/PID/status field in bytes (VmRSS, RssAnon, RssShmem)
 rss() { awk -v f="$2:" '$1 == f { printf "%.0f\n", $2 * 1024 }' "/proc/$1/status"; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
@@ -125,7 +125,7 @@ start_serve() {
     local mp ap dp
     mp=$(free_port) ap=$(free_port) dp=$(free_port)
     start serve "$BIN" serve --capacity "$1" --master-addr "127.0.0.1:$mp" --admin-addr "127.0.0.1:$ap" \
-        --metadata-addr "127.0.0.1:$dp" --segment "scale-$$-$SEQ" --log-level warn
+        --metadata-addr "127.0.0.1:$dp" --segment "scale-$$-$SEQ"
     MASTER=127.0.0.1:$mp
     ready_put || { logtail serve; die "kvstash serve (capacity $1) did not accept a put within 60 s"; }
 }
@@ -134,12 +134,13 @@ start_serve() {
 ready_put() {
     local end=$((SECONDS + 60))
     while [ $SECONDS -lt $end ]; do
-        if echo x | "$BIN" put --master "$MASTER" --log-level error --timeout 2000 ready-probe - >/dev/null 2>&1; then
+        if echo x | "$BIN" put --master "$MASTER" --log-level error --timeout 5000 ready-probe - >"$W/probe.log" 2>&1; then
             "$BIN" rm --master "$MASTER" --log-level error ready-probe >/dev/null 2>&1 || true
             return 0
         fi
         sleep 0.2
     done
+    echo "the last probe put said: $(tail -n 1 "$W/probe.log")" >&2
     return 1
 }
 # kv NAME ARGS...: one `kvstash bench store --json` run against $MASTER; prints "ops ops_per_s
