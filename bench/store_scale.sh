@@ -132,10 +132,12 @@ start_serve() {
 # ready_put: polls a tiny put until the store accepts it ("no space left" or "connection
 # refused" right after start mean the node has not mounted yet), then removes it.
 ready_put() {
-    local end=$((SECONDS + 60))
+    local end=$((SECONDS + 60)) i=0
     while [ $SECONDS -lt $end ]; do
-        if echo x | "$BIN" put --master "$MASTER" --log-level error --timeout 5000 ready-probe - >"$W/probe.log" 2>&1; then
-            "$BIN" rm --master "$MASTER" --log-level error ready-probe >/dev/null 2>&1 || true
+        # a fresh key per attempt: an attempt that timed out may leave its key pending a while
+        i=$((i + 1))
+        if echo x | "$BIN" put --master "$MASTER" --log-level error --timeout 5000 "ready-probe-$i" - >"$W/probe.log" 2>&1; then
+            "$BIN" rm --master "$MASTER" --log-level error "ready-probe-$i" >/dev/null 2>&1 || true
             return 0
         fi
         sleep 0.2
