@@ -152,7 +152,7 @@ kv() {
     shift
     local rc=0
     "$BIN" bench store --master "$MASTER" --log-level error --json "$@" >"$W/kv-$name.json" 2>"$W/kv-$name.err" || rc=$?
-    python3 - "$W/kv-$name.json" "$rc" "$name" "$W/kv-$name.err" <<'EOF' || exit 1
+    python3 - "$W/kv-$name.json" "$rc" "$name" "$W/kv-$name.err" <<'EOF' && return 0
 import json, sys
 path, rc, name, err = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 try:
@@ -167,6 +167,9 @@ if d is None or rc != 0 or d.get("errors", 1) != 0:
     sys.exit(1)
 print("%d %.1f %.0f %.0f" % (d["ops"], d["ops_per_s"], d["p50_us"], d["p99_us"]))
 EOF
+    local p
+    for p in serve master node; do [ -z "${PIDS[$p]:-}" ] || logtail $p; done
+    exit 1
 }
 kv_args_line() { echo "$BIN bench store --master H:P $*"; }
 
