@@ -145,13 +145,15 @@ ready_put() {
     echo "the last probe put said: $(tail -n 1 "$W/probe.log")" >&2
     return 1
 }
-# kv NAME ARGS...: one `kvstash bench store --json` run against $MASTER; prints "ops ops_per_s
-# p50_us p99_us"; stops the whole run if it failed or reported any error.
+# kv NAME ARGS...: one `kvstash bench store --json` run against $MASTER (ending at its first
+# error); prints "ops ops_per_s p50_us p99_us"; stops the whole run if it failed or reported any
+# error, with the daemons' last log lines.
 kv() {
     local name=$1
     shift
     local rc=0
-    "$BIN" bench store --master "$MASTER" --log-level error --json "$@" >"$W/kv-$name.json" 2>"$W/kv-$name.err" || rc=$?
+    "$BIN" bench store --master "$MASTER" --log-level error --json --max-errors=1 "$@" >"$W/kv-$name.json" \
+        2>"$W/kv-$name.err" || rc=$?
     python3 - "$W/kv-$name.json" "$rc" "$name" "$W/kv-$name.err" <<'EOF' && return 0
 import json, sys
 path, rc, name, err = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -384,7 +386,7 @@ if want lookup; then
     [ -n "${iops:-}" ] || exit 1
     # the put load runs longer than the lookups, on its own key space
     loadd=$(calc "%.1f" "$DURATION + 2")
-    "$BIN" bench store --master "$MASTER" --log-level error --json --op=put --size=4KiB --threads=2 \
+    "$BIN" bench store --master "$MASTER" --log-level error --json --max-errors=1 --op=put --size=4KiB --threads=2 \
         --duration="$loadd" --key-prefix="load-$$" >"$W/kv-load.json" 2>"$W/kv-load.err" &
     PIDS[load]=$!
     sleep 0.5

@@ -21,7 +21,8 @@
  *   batch-put with the same --key-prefix and --key-size), and a missing one is an error.
  * Only successful objects count in ops; every failed one counts in errors (a get of the wrong
  * size, an exists answering "absent" included) and the first failure is reported by name.
- * Everything written is removed at the end unless --keep.
+ * --max-errors=N ends the run early once N objects failed (say the store went away during a
+ * long --count run). Everything written is removed at the end unless --keep.
  * Thread model: the main thread starts the workers, waits for the duration or for all of them
  *   to finish their share of --count, sets the stop flag and joins; workers share the store,
  *   the stop flag and the index counter (atomics), and write only their own result slots.
@@ -71,6 +72,8 @@ static const struct kv_cfg_opt bench_opts[] = {
      "reads only: keys first .. first+N-1 already exist; write no working set"},
     {"keep", "KVSTASH_BENCH_KEEP", NULL, KV_CFG_BOOL, "false", 0, 0, NULL, NULL,
      "remove nothing: puts keep every key, reads leave their working set"},
+    {"max-errors", "KVSTASH_BENCH_MAX_ERRORS", NULL, KV_CFG_INT, "0", 0, 1e15, NULL, "N",
+     "stop the run once N objects failed (0 = never)"},
     {"replicas", "KVSTASH_REPLICAS", NULL, KV_CFG_INT, "1", 1, 16, NULL, "N", "copies per put"},
 };
 
@@ -87,15 +90,17 @@ struct shared {
     enum bench_op op;
     bool is_put;
     size_t size;
-    size_t batch;   /* keys per call: 1 for the single-key operations */
-    size_t ring;    /* puts: calls a thread keeps before removing its oldest; 0 = keep all */
-    uint64_t first; /* first key index */
-    uint64_t nkeys; /* reads: keys first .. first+nkeys-1 */
-    uint64_t count; /* objects in all; 0 = no limit */
+    size_t batch;        /* keys per call: 1 for the single-key operations */
+    size_t ring;         /* puts: calls a thread keeps before removing its oldest; 0 = keep all */
+    uint64_t first;      /* first key index */
+    uint64_t nkeys;      /* reads: keys first .. first+nkeys-1 */
+    uint64_t count;      /* objects in all; 0 = no limit */
+    uint64_t max_errors; /* stop once this many objects failed; 0 = never */
     int replicas;
     atomic_bool stop;
     atomic_int running;           /* workers still running */
     atomic_uint_fast64_t claimed; /* objects claimed so far (puts: the next index - first) */
+    atomic_uint_fast64_t failed;  /* objects failed so far, all threads (for --max-errors) */
 };
 
 struct worker {
@@ -177,9 +182,13 @@ static size_t claim(struct shared *sh, size_t want, uint64_t *base)
 
 static void note_error(struct worker *w, int rc, uint64_t n)
 {
+    struct shared *sh = w->sh;
     if (!w->errors)
         w->first_err = rc;
     w->errors += n;
+    uint64_t all = atomic_fetch_add_explicit(&sh->failed, n, memory_order_relaxed) + n;
+    if (sh->max_errors && all >= sh->max_errors)
+        atomic_store_explicit(&sh->stop, true, memory_order_relaxed);
 }
 
 /* Removes the keys of the call that wrote indexes base .. base+n-1 (puts). */
@@ -523,6 +532,7 @@ int kv_cli_bench_store(int argc, char **argv)
     sh.batch = sh.op >= OP_BATCH_PUT ? (size_t)kv_cfg_int(&cfg, "batch") : 1;
     sh.first = (uint64_t)kv_cfg_int(&cfg, "first");
     sh.count = (uint64_t)kv_cfg_int(&cfg, "count");
+    sh.max_errors = (uint64_t)kv_cfg_int(&cfg, "max-errors");
     sh.replicas = (int)kv_cfg_int(&cfg, "replicas");
     nthreads = (int)kv_cfg_int(&cfg, "threads");
     double duration = kv_cfg_double(&cfg, "duration");
@@ -575,6 +585,7 @@ int kv_cli_bench_store(int argc, char **argv)
         goto out;
     atomic_init(&sh.stop, false);
     atomic_init(&sh.claimed, 0);
+    atomic_init(&sh.failed, 0);
     atomic_init(&sh.running, 0);
     size_t keylen = plen + (size_t)KV_MAX(sh.width, MAX_INDEX_DIGITS) + 2;
     ws = kv_calloc((size_t)nthreads, sizeof(*ws));

@@ -148,8 +148,12 @@ out=$(kv bench store --op=exists --existing=10 --first=1000 --key-prefix=bk --ke
 echo "$out" | "$PY" -c 'import json, sys; d = json.load(sys.stdin); assert d["ops"] == 0 and d["errors"] > 0 and d["first_error"] == "not found", d' ||
     fail "exists of missing keys: $out"
 [ $rc = 1 ] || fail "exists of missing keys exited $rc, want 1"
+out=$(kv bench store --op=batch-exists --batch=4 --existing=10 --first=1000 --key-prefix=bk --key-size=12 \
+    --max-errors=3 --duration=60 --json) || true
+echo "$out" | "$PY" -c 'import json, sys; d = json.load(sys.stdin); assert 3 <= d["errors"] <= 8 and d["duration_s"] < 30, d' ||
+    fail "--max-errors=3 did not end the run at once: $out"
 [ "$(kv ls bk/ | wc -l)" = 1000 ] || fail "--existing reads removed keys"
-ok "bench store --count/--keep/--key-size/--existing; missing keys are errors, named"
+ok "bench store --count/--keep/--key-size/--existing/--max-errors; missing keys are errors, named"
 
 # --- replay ---
 TR=${KVSTASH_SOURCE_DIR:-.}/../shared/traces/conversation_trace.jsonl
