@@ -83,6 +83,10 @@ KV_API int kv_store_batch_get(struct kv_store *s, size_t n, const char *const *k
                               void *const *bufs, const size_t *caps, size_t *lens, int *results);
 KV_API int kv_store_batch_exists(struct kv_store *s, size_t n, const char *const *keys,
                                  int *results);
+/* Removes n keys in one master round trip; results[i] gets KV_OK or KV_ENOENT (as
+ * kv_store_remove would return). */
+KV_API int kv_store_batch_remove(struct kv_store *s, size_t n, const char *const *keys,
+                                 int *results);
 
 /* Keys starting with prefix (at most limit, 0 = no limit), sorted. *keys is owned: free with
  * kv_store_keys_free(*keys, *n). sizes may be NULL; else *sizes is owned (kv_store_free). */

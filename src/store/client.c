@@ -1033,6 +1033,11 @@ int kv_store_batch_exists(struct kv_store *s, size_t n, const char *const *keys,
     return key_call(s, KV_RPC_EXISTS, n, keys, results, true);
 }
 
+int kv_store_batch_remove(struct kv_store *s, size_t n, const char *const *keys, int *results)
+{
+    return key_call(s, KV_RPC_REMOVE, n, keys, results, false);
+}
+
 int kv_store_exists(struct kv_store *s, const char *key)
 {
     if (!key_ok(key))

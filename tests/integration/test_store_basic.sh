@@ -121,18 +121,39 @@ set -e
 ok "--master through KVSTASH_MASTER; usage errors exit 2"
 
 # --- bench store ---
-for op in put get; do
-    out=$(kv bench store --op=$op --size=64KiB --threads=2 --duration=1 --working-set=4MiB --json) ||
+for op in put get exists batch-put batch-get batch-exists; do
+    out=$(kv bench store --op=$op --size=64KiB --threads=2 --duration=1 --working-set=4MiB --batch=16 --json) ||
         fail "bench store --op=$op"
     echo "$out" | "$PY" -c '
 import json, sys
 d = json.load(sys.stdin)
-for k in ("ops_per_s", "gb_per_s", "p50_us", "p99_us"):
+for k in ("ops_per_s", "calls_per_s", "gb_per_s", "p50_us", "p99_us", "first_error"):
     assert k in d, k
-assert d["ops"] > 0 and d["errors"] == 0, d' || fail "bench store $op: $out"
+assert d["ops"] > 0 and d["errors"] == 0 and d["first_error"] is None, d
+assert d["ops"] == d["calls"] * (16 if d["op"].startswith("batch") else 1), d' || fail "bench store $op: $out"
 done
 [ -z "$(kv ls bench/)" ] || fail "bench left keys behind"
-ok "bench store put/get --json (ops_per_s, gb_per_s, p50_us, p99_us), keys cleaned up"
+ok "bench store put/get/exists/batch-* --json (ops_per_s, p50_us, p99_us, errors), keys cleaned up"
+# --count, --keep, --key-size, then --existing reads of exactly those keys; a missing key counts
+# as an error and is named
+out=$(kv bench store --op=batch-put --batch=64 --size=1 --count=1000 --keep --key-prefix=bk \
+    --key-size=12 --duration=60 --json) || fail "bench store batch-put --count --keep: $out"
+echo "$out" | "$PY" -c 'import json, sys; d = json.load(sys.stdin); assert d["ops"] == 1000 and d["key_bytes"] == 12, d' ||
+    fail "batch-put --count=1000: $out"
+[ "$(kv ls bk/ | wc -l)" = 1000 ] || fail "batch-put --keep did not leave exactly 1000 keys"
+kv bench store --op=batch-exists --batch=100 --existing=1000 --key-prefix=bk --key-size=12 --duration=0.3 \
+    --json >/dev/null || fail "batch-exists --existing=1000"
+rc=0
+out=$(kv bench store --op=exists --existing=10 --first=1000 --key-prefix=bk --key-size=12 --duration=0.3 --json) || rc=$?
+echo "$out" | "$PY" -c 'import json, sys; d = json.load(sys.stdin); assert d["ops"] == 0 and d["errors"] > 0 and d["first_error"] == "not found", d' ||
+    fail "exists of missing keys: $out"
+[ $rc = 1 ] || fail "exists of missing keys exited $rc, want 1"
+out=$(kv bench store --op=batch-exists --batch=4 --existing=10 --first=1000 --key-prefix=bk --key-size=12 \
+    --max-errors=3 --duration=60 --json) || true
+echo "$out" | "$PY" -c 'import json, sys; d = json.load(sys.stdin); assert 3 <= d["errors"] <= 8 and d["duration_s"] < 30, d' ||
+    fail "--max-errors=3 did not end the run at once: $out"
+[ "$(kv ls bk/ | wc -l)" = 1000 ] || fail "--existing reads removed keys"
+ok "bench store --count/--keep/--key-size/--existing/--max-errors; missing keys are errors, named"
 
 # --- replay ---
 TR=${KVSTASH_SOURCE_DIR:-.}/../shared/traces/conversation_trace.jsonl

@@ -469,6 +469,20 @@ static void test_batch_round_trips(void **state)
     assert_int_equal(kv_store_batch_put(s, 3, keys, bufs, lens, NULL, res), KV_OK);
     assert_int_equal(res[0], KV_EEXIST);
     assert_int_equal(res[2], KV_EEXIST);
+    /* batch remove: one REMOVE call for all keys; the missing one answers KV_ENOENT */
+    pthread_mutex_lock(&g_lock);
+    int rm = g_calls[1][KV_RPC_REMOVE];
+    pthread_mutex_unlock(&g_lock);
+    assert_int_equal(kv_store_batch_remove(s, N + 1, keys, res), KV_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i], KV_OK);
+    assert_int_equal(res[N], KV_ENOENT);
+    pthread_mutex_lock(&g_lock);
+    assert_int_equal(g_calls[1][KV_RPC_REMOVE] - rm, 1);
+    pthread_mutex_unlock(&g_lock);
+    assert_int_equal(kv_store_batch_exists(s, N, keys, res), KV_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i], 0);
     kv_store_close(s);
 }
 
