@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+
+#include "kv_conns.h"
 #include <dirent.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,31 +25,6 @@
 #include "store/store_int.h"
 
 #define NCLIENTS 1000
-
-static int count_threads(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    assert_non_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
-
-static void raise_nofile(rlim_t need)
-{
-    struct rlimit rl;
-    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
-    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
-        fail_msg("RLIMIT_NOFILE hard limit %llu is below the %llu descriptors this test needs "
-                 "(raise it: ulimit -Hn)",
-                 (unsigned long long)rl.rlim_max, (unsigned long long)need);
-    rl.rlim_cur = rl.rlim_max;
-    assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
-}
 
 /* PUT_START + PUT_END of a zero-filled object (node segments start zeroed). */
 static void put_zeros(struct kv_rpc_client *c, const char *key, uint64_t size)
@@ -108,7 +85,7 @@ static int get_key(struct kv_rpc_client *c, const char *key)
 static void test_thousand_clients(void **state)
 {
     (void)state;
-    raise_nofile(2 * NCLIENTS + 300);
+    kv_test_raise_nofile(2 * NCLIENTS + 300);
     char url[128];
     snprintf(url, sizeof(url), "embedded://test-master-conns-%d", (int)getpid());
     struct kv_master_opts mo = {
@@ -125,7 +102,7 @@ static void test_thousand_clients(void **state)
     assert_int_equal(kv_rpc_client_create(kv_master_rpc_addr(m), 3000, &cl[0]), KV_OK);
     put_zeros(cl[0], "shared", 4096);
     assert_int_equal(get_key(cl[0], "shared"), KV_OK);
-    int before = count_threads();
+    int before = kv_test_thread_count();
     /* each client keeps its connection pooled: all 1,000 stay open until destroyed */
     for (int i = 1; i < NCLIENTS; i++) {
         assert_int_equal(kv_rpc_client_create(kv_master_rpc_addr(m), 3000, &cl[i]), KV_OK);
@@ -134,7 +111,7 @@ static void test_thousand_clients(void **state)
     /* again on the connections now all open at once */
     for (int i = 0; i < NCLIENTS; i++)
         assert_int_equal(get_key(cl[i], i % 2 ? "shared" : "absent"), i % 2 ? KV_OK : KV_ENOENT);
-    int during = count_threads();
+    int during = kv_test_thread_count();
     print_message("threads: %d with 1 client connection, %d with %d\n", before, during, NCLIENTS);
     /* a thread per connection would add ~1,000; leave room for the master's own background */
     assert_true(during - before <= 8);

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+
+#include "kv_conns.h"
 #include <dirent.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -392,32 +394,6 @@ static void test_alloc_failures(void **state)
 
 /* ---- the event-loop server ------------------------------------------------------------------ */
 
-static int count_threads(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    assert_non_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
-
-/* The soft RLIMIT_NOFILE raised to the hard limit; fails the test when even that is too low. */
-static void raise_nofile(rlim_t need)
-{
-    struct rlimit rl;
-    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
-    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
-        fail_msg("RLIMIT_NOFILE hard limit %llu is below the %llu descriptors this test needs "
-                 "(raise it: ulimit -Hn)",
-                 (unsigned long long)rl.rlim_max, (unsigned long long)need);
-    rl.rlim_cur = rl.rlim_max;
-    assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
-}
-
 static int connect_port(uint16_t port)
 {
     int fd;
@@ -459,8 +435,8 @@ static int recv_resp(int fd, uint64_t id, void *p, size_t cap, size_t *len)
 static void test_many_connections(void **state)
 {
     (void)state;
-    raise_nofile(2 * NCONNS + 200);
-    int before = count_threads();
+    kv_test_raise_nofile(2 * NCONNS + 200);
+    int before = kv_test_thread_count();
     struct kv_rpc_server *srv;
     struct kv_rpc_server_opts o = {
         .addr = "127.0.0.1:0", .handler = handler, .io_threads = 2, .workers = 4};
@@ -483,7 +459,7 @@ static void test_many_connections(void **state)
         assert_int_equal(len, n);
         assert_memory_equal(got, msg, len);
     }
-    int during = count_threads();
+    int during = kv_test_thread_count();
     print_message("threads: %d before the server, %d with %d connections open\n", before, during,
                   NCONNS);
     assert_true(during - before <= o.io_threads + o.workers);

@@ -18,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "kv_conns.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <poll.h>
@@ -97,19 +99,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static int thread_count(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    assert_non_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
-
 static void send_all(int fd, const void *p, size_t n)
 {
     assert_int_equal(kv_net_write_full(fd, p, n, kv_now_ms() + 5000), KV_OK);
@@ -158,16 +147,9 @@ static int connect_to(uint16_t port)
 static void test_thousand_conns(void **state)
 {
     struct fx *f = *state;
-    struct rlimit rl;
-    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
-    rl.rlim_cur = rl.rlim_max;
-    assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
     /* our 1,000 ends and the server's 1,000, plus the process's own */
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 2 * NCONNS + 200)
-        fail_msg("RLIMIT_NOFILE hard limit is %llu; this test needs at least %d descriptors "
-                 "(raise it with ulimit -Hn)",
-                 (unsigned long long)rl.rlim_cur, 2 * NCONNS + 200);
-    int before = thread_count();
+    kv_test_raise_nofile(2 * NCONNS + 200);
+    int before = kv_test_thread_count();
     static int fds[NCONNS];
     for (int i = 0; i < NCONNS; i++)
         fds[i] = connect_to(f->port);
@@ -183,7 +165,7 @@ static void test_thousand_conns(void **state)
         }
         if (round == 0) {
             /* every connection is open and has a request in flight */
-            int during = thread_count();
+            int during = kv_test_thread_count();
             if (during > before + 2)
                 fail_msg("the process had %d threads before %d connections and %d with them: "
                          "the server must not start a thread per connection",
@@ -197,7 +179,7 @@ static void test_thousand_conns(void **state)
             assert_memory_equal(got, f->mem + off, n);
         }
     }
-    int after = thread_count();
+    int after = kv_test_thread_count();
     if (after > before + 2)
         fail_msg("threads: %d before, %d after %d connections", before, after, NCONNS);
     for (int i = 0; i < NCONNS; i++)
