@@ -431,7 +431,8 @@ static int summarize(struct worker *ws, int nthreads, int64_t t0, struct result 
     size_t p = 0;
     double sum = 0;
     for (int t = 0; t < nthreads; t++) {
-        memcpy(all + p, ws[t].lat_us, ws[t].nlat * sizeof(*all));
+        if (ws[t].nlat) /* a thread that measured nothing may have no buffer */
+            memcpy(all + p, ws[t].lat_us, ws[t].nlat * sizeof(*all));
         p += ws[t].nlat;
     }
     for (size_t i = 0; i < nlat; i++)
