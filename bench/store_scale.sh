@@ -17,6 +17,10 @@
 #            node as three processes): the master's own index cost per object
 #   scale    (--scale only) fills a store in steps (250k, 1M, 4M, 10M objects of 1 byte) with
 #            batch puts, printing the put rate per step and batch-exists p50/p99 per step
+#   rebuild  (--scale only) metad + leader master + standby master + node as processes, filled
+#            with --rebuild-objects (10M) objects of 1 byte: the leader's memory per object at
+#            that size, /metrics and /api/v1/cluster latency, then the leader is killed (-9) and
+#            the standby's time to take over and index every object from the node's report
 #
 # kvstash runs each case for --duration seconds (or until its object budget); Redis then runs
 # exactly as many requests (same count). Only successful operations count; any error on either
@@ -24,10 +28,10 @@
 #
 # Usage: bench/store_scale.sh [--quick] [--scale] [--only SECTION[,SECTION]] [--duration S]
 #            [--sizes 4096,65536] [--clients 1,4,16,64] [--batch-clients N] [--objects N]
-#            [--steps 250000,1000000,4000000,10000000] [--bin PATH]
+#            [--steps 250000,1000000,4000000,10000000] [--rebuild-objects N] [--bin PATH]
 #   --quick    1 s per case, 1 and 4 clients, batches at 4 KiB only, 100k objects for memory,
-#              scale steps 25k,100k,250k: a smoke test of the whole script
-#   --scale    run the scale section only (it needs RAM: see its output)
+#              scale steps 25k,100k,250k, 100k objects for rebuild: a smoke test of the script
+#   --scale    run the scale and rebuild sections only (they need RAM: see their output)
 # Env: KVSTASH_BIN (default: build/kvstash of this repo). Needs redis-server, redis-benchmark,
 # redis-cli, python3. Everything it starts is stopped on exit; ports are chosen free at run
 # time; only 127.0.0.1 is used.
@@ -44,6 +48,7 @@ CLIENTS=""
 BCLIENTS=4
 OBJECTS=""
 STEPS=""
+ROBJECTS=""
 while [ $# -gt 0 ]; do
     case $1 in
     --quick) QUICK=1; shift ;;
@@ -55,22 +60,23 @@ while [ $# -gt 0 ]; do
     --batch-clients) BCLIENTS=$2; shift 2 ;;
     --objects) OBJECTS=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
+    --rebuild-objects) ROBJECTS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
-    -h | --help) sed -n '3,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '3,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "store_scale.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
 if [ $QUICK = 1 ]; then
     : "${DURATION:=1}" "${SIZES:=4096,65536}" "${CLIENTS:=1,4}" "${OBJECTS:=100000}"
-    : "${STEPS:=25000,100000,250000}"
+    : "${STEPS:=25000,100000,250000}" "${ROBJECTS:=100000}"
     BSIZES=4096
 else
     : "${DURATION:=5}" "${SIZES:=4096,65536}" "${CLIENTS:=1,4,16,64}" "${OBJECTS:=1000000}"
-    : "${STEPS:=250000,1000000,4000000,10000000}"
+    : "${STEPS:=250000,1000000,4000000,10000000}" "${ROBJECTS:=10000000}"
     BSIZES=$SIZES
 fi
 if [ -z "$ONLY" ]; then
-    if [ $SCALE = 1 ]; then ONLY=scale; else ONLY=single,batch,lookup,memory; fi
+    if [ $SCALE = 1 ]; then ONLY=scale,rebuild; else ONLY=single,batch,lookup,memory; fi
 fi
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 die() { echo "FAIL: $*" >&2; exit 1; }
@@ -565,6 +571,120 @@ if want scale; then
     echo "look: $BIN bench store --master M --op=batch-exists --batch=1024 --existing=STEP --key-prefix=z --key-size=$KEYLEN --duration=$DURATION"
     echo
     stop serve
+fi
+
+# ============================== rebuild at size ================================================
+# http_ms URL: the slowest of 5 GETs of URL in ms (stops the run on a non-200)
+http_ms() {
+    local i t worst=0 code
+    for i in 1 2 3 4 5; do
+        read -r code t < <(curl -s -o /dev/null -m 30 -w '%{http_code} %{time_total}\n' "$1") || true
+        [ "$code" = 200 ] || die "GET $1 answered ${code:-nothing}"
+        worst=$(awk -v a="$worst" -v b="$t" 'BEGIN { b *= 1000; print (b > a) ? b : a }')
+    done
+    printf '%.1f' "$worst"
+}
+# cluster_field ADMIN FIELD: a field of ADMIN's /api/v1/cluster ("" when it does not answer)
+cluster_field() {
+    curl -s -m 5 "http://$1/api/v1/cluster" 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$2" 2>/dev/null || true
+}
+is_leader() { [ "$(cluster_field "$1" leader)" = "$2" ]; } # ADMIN True|False
+if want rebuild; then
+    N=$ROBJECTS
+    echo "== rebuild: $N objects of 1 byte (${KEYLEN}-byte keys) in a leader master; kill -9 it; a standby takes over =="
+    rcap=$((N * GRAN * 100 / 85 + 64 * 1024 * 1024))
+    # RAM: the node's segment and index, two masters' indexes (1 KiB per object, generously)
+    need=$((rcap + N * 1024))
+    avail=$(mem_avail)
+    [ "$need" -lt "$avail" ] || die "rebuild of $N objects needs ~$(calc "%.1f" "$need / 1073741824") GiB, MemAvailable is $(calc "%.1f" "$avail / 1073741824") GiB (use --rebuild-objects)"
+    start metad "$BIN" metad --addr 127.0.0.1:0
+    wait_for 10 grep -q 'listening on http' "$W/metad.log" || { logtail metad; die "metad did not start"; }
+    meta=http://127.0.0.1:$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$W/metad.log" | sed 's/.*://')/metadata
+    A_RPC=127.0.0.1:$(free_port) A_ADM=127.0.0.1:$(free_port)
+    B_RPC=127.0.0.1:$(free_port) B_ADM=127.0.0.1:$(free_port)
+    start master "$BIN" master --metadata="$meta" --cluster "rb$$" --rpc-addr "$A_RPC" --admin-addr "$A_ADM" \
+        --id "rb-a-$$" --log-level info
+    wait_for 20 is_leader "$A_ADM" True || { logtail master; die "master A did not lead"; }
+    start node "$BIN" node --metadata="$meta" --cluster "rb$$" --capacity "$rcap" --node-id "rb-$$" --log-level info
+    MASTER=$A_RPC
+    ready_put || { logtail master; logtail node; die "metad + master + node did not accept a put within 60 s"; }
+    ap=${PIDS[master]}
+    sleep 1
+    a0=$(rss "$ap" VmRSS)
+    read -r _ frate _ _ < <(kv rebuild-fill --op=batch-put --batch=256 --size=1 --threads=2 --count="$N" --keep \
+        --key-prefix=r --key-size=$KEYLEN --duration=86400) || exit 1
+    [ -n "${frate:-}" ] || exit 1
+    sleep 1
+    a1=$(rss "$ap" VmRSS)
+    n_a=$(cluster_field "$A_ADM" objects)
+    [ "$n_a" = "$N" ] || die "the leader holds ${n_a:-?} objects after putting $N"
+    am=$(http_ms "http://$A_ADM/metrics")
+    ac=$(http_ms "http://$A_ADM/api/v1/cluster")
+    # the standby
+    start standby "$BIN" master --metadata="$meta" --cluster "rb$$" --rpc-addr "$B_RPC" --admin-addr "$B_ADM" \
+        --id "rb-b-$$" --log-level info
+    wait_for 20 is_leader "$B_ADM" False || { logtail standby; die "the standby did not start"; }
+    bp=${PIDS[standby]}
+    sleep 1
+    b0=$(rss "$bp" VmRSS)
+    kill -9 "$ap"
+    wait "$ap" 2>/dev/null || true
+    unset "PIDS[master]"
+    k0=$(date +%s.%N)
+    tl=""
+    tn=""
+    while :; do
+        el=$(awk -v a="$k0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+        if awk -v e="$el" 'BEGIN { exit !(e > 300) }'; then
+            logtail standby
+            logtail node
+            die "the standby indexed $(cluster_field "$B_ADM" objects) of $N objects in 300 s"
+        fi
+        if [ -z "$tl" ] && [ "$(cluster_field "$B_ADM" leader)" = True ]; then tl=$el; fi
+        if [ -n "$tl" ] && [ "$(cluster_field "$B_ADM" objects)" = "$N" ]; then
+            tn=$(awk -v a="$k0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+            break
+        fi
+        sleep 0.05
+    done
+    b1=$(rss "$bp" VmRSS)
+    bm=$(http_ms "http://$B_ADM/metrics")
+    bc=$(http_ms "http://$B_ADM/api/v1/cluster")
+    # the index count says every object is back; batch-exists of random keys through the new
+    # leader checks they answer (a missing key counts as an error and stops the run)
+    MASTER=$B_RPC
+    read -r _ xops _ xp99 < <(kv rebuild-exists --op=batch-exists --batch=1024 --threads=1 --existing="$N" \
+        --key-prefix=r --key-size=$KEYLEN --duration="$DURATION") || exit 1
+    [ -n "${xops:-}" ] || exit 1
+    printf '%-56s %12s  %s\n' measure value goal
+    hr
+    printf '%-56s %12.0f\n' "fill: batch puts of 256 x 1 B, 2 threads (obj/s)" "$frate"
+    python3 - "$N" "$KEYLEN" "$a0" "$a1" "$b0" "$b1" <<'PYEOF'
+import sys
+n, key, a0, a1, b0, b1 = (int(x) for x in sys.argv[1:])
+for name, d in (("leader: RSS growth per object - key (B)", a1 - a0),
+                ("new leader after the rebuild: the same (B)", b1 - b0)):
+    rest = d / n - key
+    print("%-56s %12.1f  <=150 B %s" % (name, rest, "met" if rest <= 150 else "MISSED"))
+PYEOF
+    for row in "leader: /metrics, slowest of 5 (ms)=$am" "leader: /api/v1/cluster, slowest of 5 (ms)=$ac" \
+        "new leader: /metrics, slowest of 5 (ms)=$bm" "new leader: /api/v1/cluster, slowest of 5 (ms)=$bc"; do
+        v=${row##*=}
+        printf '%-56s %12s  <=100 ms %s\n' "${row%=*}" "$v" "$(verdict "$v" "<=" 100)"
+    done
+    printf '%-56s %12s  (the leader ttl is 3 s)\n' "kill -9 -> the standby leads (s)" "$tl"
+    printf '%-56s %12s  <=30 s %s\n' "kill -9 -> the new leader indexed all $N (s)" "$tn" "$(verdict "$tn" "<=" 30)"
+    printf '%-56s %12.0f  (p99 %d us per call of 1,024)\n' "new leader: batch-exists of random keys (keys/s)" "$xops" "$xp99"
+    hr
+    echo "RSS growth: VmRSS after the fill (the new leader: after the rebuild) minus before, per object,"
+    echo "minus the ${KEYLEN}-byte key. Times from kill -9, polling the standby's /api/v1/cluster every 50 ms."
+    echo "fill:  $BIN bench store --master A --op=batch-put --batch=256 --size=1 --threads=2 --count=$N --keep --key-prefix=r --key-size=$KEYLEN"
+    echo "check: $BIN bench store --master B --op=batch-exists --batch=1024 --existing=$N --key-prefix=r --key-size=$KEYLEN --duration=$DURATION"
+    echo
+    stop standby
+    stop node
+    stop metad
 fi
 
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -3,11 +3,13 @@
  * alloc_seg.c - TLSF-like offset allocator for a node's segment (interface in alloc_seg.h).
  *
  * Design:
- *  - Blocks are out-of-line records (the managed memory is remote; 48 bytes each, from slabs of
- *    1024 that live as long as the allocator), kept in one doubly linked
- *    list in address order (phys_prev/phys_next) covering [0, cap) without gaps. Free blocks are
- *    also on a segregated list for their size class; allocated blocks are in a hash table by
- *    offset so kv_segalloc_free() finds them in O(1).
+ *  - Blocks are out-of-line records (the managed memory is remote): 32 bytes each, in slabs of
+ *    1024 that live as long as the allocator, named by a 32-bit handle (slab << 10 | slot; 0 is
+ *    no block) that links them too. They form one doubly linked list in address order
+ *    (phys_prev/phys_next) covering [0, cap) without gaps. Free blocks are also on a segregated
+ *    list for their size class. The owner of an allocated block keeps its handle (the master's
+ *    replica does), so free() finds the record in O(1) with no table: the record of an
+ *    allocated block never moves (only free blocks merge).
  *  - Size class of g granules: g < 4 -> (fl 0, sl g); else with k = floor(log2 g):
  *    (fl k-1, sl = the two bits below the top bit). Class (fl, sl) holds sizes in
  *    [lower(fl,sl), lower of the next class). fl_map has bit fl set when some sl list of fl is
@@ -18,7 +20,8 @@
  *
  * Invariants:
  *  1. Blocks tile [0, cap) in address order; no two adjacent blocks are both free.
- *  2. A block is on exactly one free list iff free, and in the hash iff allocated.
+ *  2. A block is on exactly one free list iff free; a record is live (in the address list) or on
+ *     the spare list, never both.
  *  3. used = sum of allocated block sizes.
  *
  * Thread model: none; the owner (the master) serialises calls.
@@ -33,67 +36,84 @@
 #define FL_COUNT 64
 #define SL_COUNT 4
 
-/* 48 bytes, from a pool of slabs (no allocator header per record): the master keeps one per
- * object, so each byte here is a byte per object. */
+/* 32 bytes, in slabs (no allocator header per record): the master keeps one per object, so each
+ * byte here is a byte per object. Offsets and sizes in granules; links are handles. */
 struct blk {
-    uint64_t off;       /* bytes */
-    uint64_t size : 63; /* bytes */
+    uint64_t off : 48; /* granules */
     uint64_t free : 1;
-    struct blk *phys_prev, *phys_next;
-    struct blk *free_prev, *free_next; /* size-class list when free; the pool's free list when
-                                          the record is unused */
+    uint64_t live : 1; /* in the address list (else on the spare list) */
+    uint64_t size;     /* granules */
+    uint32_t phys_prev, phys_next;
+    uint32_t free_prev, free_next; /* size-class list when free; the spare list when not live */
 };
 
-#define SLAB_BLKS 1024
-
-struct slab {
-    struct slab *next;
-    struct blk b[SLAB_BLKS];
-};
+#define SLAB_SHIFT 10
+#define SLAB_BLKS (1u << SLAB_SHIFT)
+#define MAX_SLABS ((UINT32_MAX >> SLAB_SHIFT) + 1)
 
 struct kv_segalloc {
-    uint64_t cap;
-    uint64_t used;
+    uint64_t cap;  /* bytes */
+    uint64_t used; /* bytes */
     uint64_t nfree, nalloc;
     uint64_t fl_map;
     uint8_t sl_map[FL_COUNT];
-    struct blk *lists[FL_COUNT][SL_COUNT];
-    struct blk *head;   /* lowest-address block */
-    struct blk *cursor; /* reserve() hint */
-    /* hash of allocated blocks: open addressing, linear probing, backward-shift deletion */
-    struct blk **tab;
-    uint64_t tab_cap; /* power of two */
-    /* record pool: slabs of SLAB_BLKS, unused records chained through free_next */
-    struct slab *slabs;
-    struct blk *spare;
+    uint32_t lists[FL_COUNT][SL_COUNT];
+    uint32_t head;   /* lowest-address block */
+    uint32_t cursor; /* reserve() hint, 0 = none */
+    /* records: slab[h >> SLAB_SHIFT][h & (SLAB_BLKS - 1)]; handle 0 is never handed out */
+    struct blk **slab;
+    uint32_t nslab, slab_cap;
+    uint32_t spare; /* unused records, chained through free_next */
 };
 
-/* A zeroed block record, or NULL when out of memory. */
-static struct blk *blk_new(struct kv_segalloc *a)
+static inline struct blk *B(const struct kv_segalloc *a, uint32_t h)
 {
-    if (!a->spare) {
-        struct slab *sl = kv_malloc(sizeof(*sl));
-        if (!sl)
-            return NULL;
-        sl->next = a->slabs;
-        a->slabs = sl;
-        for (size_t i = 0; i < SLAB_BLKS; i++) {
-            sl->b[i].free_next = a->spare;
-            a->spare = &sl->b[i];
-        }
-    }
-    struct blk *b = a->spare;
-    a->spare = b->free_next;
-    memset(b, 0, sizeof(*b));
-    return b;
+    return &a->slab[h >> SLAB_SHIFT][h & (SLAB_BLKS - 1)];
 }
 
-static void blk_del(struct kv_segalloc *a, struct blk *b)
+/* A zeroed live record's handle, or 0 when out of memory. */
+static uint32_t blk_new(struct kv_segalloc *a)
 {
-    if (!b)
+    if (!a->spare) {
+        if (a->nslab == MAX_SLABS)
+            return 0;
+        if (a->nslab == a->slab_cap) {
+            uint32_t ncap = a->slab_cap ? a->slab_cap * 2 : 16;
+            if (ncap > MAX_SLABS)
+                ncap = MAX_SLABS;
+            struct blk **ns = kv_realloc(a->slab, (size_t)ncap * sizeof(*ns));
+            if (!ns)
+                return 0;
+            a->slab = ns;
+            a->slab_cap = ncap;
+        }
+        struct blk *sl = kv_calloc(SLAB_BLKS, sizeof(*sl));
+        if (!sl)
+            return 0;
+        uint32_t base = a->nslab << SLAB_SHIFT;
+        a->slab[a->nslab++] = sl;
+        /* chain in descending order so handles are handed out ascending; handle 0 stays out */
+        for (uint32_t i = SLAB_BLKS; i-- > (base ? 0u : 1u);) {
+            sl[i].free_next = a->spare;
+            a->spare = base | i;
+        }
+    }
+    uint32_t h = a->spare;
+    struct blk *b = B(a, h);
+    a->spare = b->free_next;
+    memset(b, 0, sizeof(*b));
+    b->live = 1;
+    return h;
+}
+
+static void blk_del(struct kv_segalloc *a, uint32_t h)
+{
+    if (!h)
         return;
+    struct blk *b = B(a, h);
+    memset(b, 0, sizeof(*b));
     b->free_next = a->spare;
-    a->spare = b;
+    a->spare = h;
 }
 
 static int log2u(uint64_t x)
@@ -120,113 +140,41 @@ static uint64_t class_lower(int fl, int sl)
     return (uint64_t)(SL_COUNT + sl) << (fl - 1);
 }
 
-static void list_insert(struct kv_segalloc *a, struct blk *b)
+static void list_insert(struct kv_segalloc *a, uint32_t h)
 {
+    struct blk *b = B(a, h);
     int fl, sl;
-    size_class(b->size / KV_SEGALLOC_GRAN, &fl, &sl);
-    b->free = true;
-    b->free_prev = NULL;
+    size_class(b->size, &fl, &sl);
+    b->free = 1;
+    b->free_prev = 0;
     b->free_next = a->lists[fl][sl];
     if (b->free_next)
-        b->free_next->free_prev = b;
-    a->lists[fl][sl] = b;
+        B(a, b->free_next)->free_prev = h;
+    a->lists[fl][sl] = h;
     a->fl_map |= 1ull << fl;
     a->sl_map[fl] |= (uint8_t)(1u << sl);
     a->nfree++;
 }
 
-static void list_remove(struct kv_segalloc *a, struct blk *b)
+static void list_remove(struct kv_segalloc *a, uint32_t h)
 {
+    struct blk *b = B(a, h);
     int fl, sl;
-    size_class(b->size / KV_SEGALLOC_GRAN, &fl, &sl);
+    size_class(b->size, &fl, &sl);
     if (b->free_prev)
-        b->free_prev->free_next = b->free_next;
+        B(a, b->free_prev)->free_next = b->free_next;
     else
         a->lists[fl][sl] = b->free_next;
     if (b->free_next)
-        b->free_next->free_prev = b->free_prev;
+        B(a, b->free_next)->free_prev = b->free_prev;
     if (!a->lists[fl][sl]) {
         a->sl_map[fl] &= (uint8_t) ~(1u << sl);
         if (!a->sl_map[fl])
             a->fl_map &= ~(1ull << fl);
     }
-    b->free = false;
-    b->free_prev = b->free_next = NULL;
+    b->free = 0;
+    b->free_prev = b->free_next = 0;
     a->nfree--;
-}
-
-/* ---- hash of allocated blocks ---- */
-
-static uint64_t slot_of(const struct kv_segalloc *a, uint64_t off)
-{
-    return ((off / KV_SEGALLOC_GRAN) * 0x9E3779B97F4A7C15ull >> 20) & (a->tab_cap - 1);
-}
-
-static int tab_grow(struct kv_segalloc *a)
-{
-    uint64_t ncap = a->tab_cap ? a->tab_cap * 2 : 64;
-    struct blk **nt = kv_calloc(ncap, sizeof(*nt));
-    if (!nt)
-        return KV_ENOMEM;
-    struct blk **old = a->tab;
-    uint64_t ocap = a->tab_cap;
-    a->tab = nt;
-    a->tab_cap = ncap;
-    for (uint64_t i = 0; i < ocap; i++) {
-        if (!old[i])
-            continue;
-        uint64_t s = slot_of(a, old[i]->off);
-        while (nt[s])
-            s = (s + 1) & (ncap - 1);
-        nt[s] = old[i];
-    }
-    kv_free(old);
-    return KV_OK;
-}
-
-/* Room for one more entry (call before changing any state, so ENOMEM leaves a unchanged). */
-static int tab_reserve(struct kv_segalloc *a)
-{
-    if ((a->nalloc + 1) * 10 >= a->tab_cap * 7)
-        return tab_grow(a);
-    return KV_OK;
-}
-
-static void tab_add(struct kv_segalloc *a, struct blk *b)
-{
-    uint64_t s = slot_of(a, b->off);
-    while (a->tab[s])
-        s = (s + 1) & (a->tab_cap - 1);
-    a->tab[s] = b;
-    a->nalloc++;
-}
-
-static struct blk *tab_take(struct kv_segalloc *a, uint64_t off)
-{
-    if (!a->tab_cap)
-        return NULL;
-    uint64_t mask = a->tab_cap - 1;
-    uint64_t s = slot_of(a, off);
-    while (a->tab[s] && a->tab[s]->off != off)
-        s = (s + 1) & mask;
-    struct blk *b = a->tab[s];
-    if (!b)
-        return NULL;
-    a->tab[s] = NULL;
-    a->nalloc--;
-    /* backward-shift: move later entries of the run into the hole when their home allows */
-    uint64_t hole = s;
-    for (uint64_t j = (s + 1) & mask; a->tab[j]; j = (j + 1) & mask) {
-        uint64_t home = slot_of(a, a->tab[j]->off);
-        /* entry at j may move to hole if home is not cyclically in (hole, j] */
-        bool in_range = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
-        if (!in_range) {
-            a->tab[hole] = a->tab[j];
-            a->tab[j] = NULL;
-            hole = j;
-        }
-    }
-    return b;
 }
 
 /* ---- public ---- */
@@ -236,21 +184,19 @@ int kv_segalloc_create(uint64_t size, struct kv_segalloc **out)
     size -= size % KV_SEGALLOC_GRAN;
     if (!out || size == 0)
         return KV_EINVAL;
+    if (size / KV_SEGALLOC_GRAN >= (1ull << 48))
+        return KV_EINVAL;
     struct kv_segalloc *a = kv_calloc(1, sizeof(*a));
-    struct blk *b = a ? blk_new(a) : NULL;
-    if (!a || !b || tab_grow(a) < 0) {
-        if (a) {
-            kv_free(a->slabs);
-            kv_free(a->tab);
-        }
-        kv_free(a);
+    uint32_t h = a ? blk_new(a) : 0;
+    if (!h) {
+        kv_segalloc_destroy(a);
         return KV_ENOMEM;
     }
     a->cap = size;
-    b->off = 0;
-    b->size = size;
-    a->head = b;
-    list_insert(a, b);
+    B(a, h)->off = 0;
+    B(a, h)->size = size / KV_SEGALLOC_GRAN;
+    a->head = h;
+    list_insert(a, h);
     *out = a;
     return KV_OK;
 }
@@ -259,16 +205,13 @@ void kv_segalloc_destroy(struct kv_segalloc *a)
 {
     if (!a)
         return;
-    while (a->slabs) {
-        struct slab *sl = a->slabs;
-        a->slabs = sl->next;
-        kv_free(sl);
-    }
-    kv_free(a->tab);
+    for (uint32_t i = 0; i < a->nslab; i++)
+        kv_free(a->slab[i]);
+    kv_free(a->slab);
     kv_free(a);
 }
 
-static struct blk *find_free(struct kv_segalloc *a, uint64_t g)
+static uint32_t find_free(struct kv_segalloc *a, uint64_t g)
 {
     int fl, sl;
     size_class(g, &fl, &sl);
@@ -292,130 +235,143 @@ static struct blk *find_free(struct kv_segalloc *a, uint64_t g)
         }
     }
     /* fallback: a block of g's own class that is large enough */
-    for (struct blk *b = a->lists[fl][sl]; b; b = b->free_next)
-        if (b->size / KV_SEGALLOC_GRAN >= g)
-            return b;
-    return NULL;
+    for (uint32_t h = a->lists[fl][sl]; h; h = B(a, h)->free_next)
+        if (B(a, h)->size >= g)
+            return h;
+    return 0;
 }
 
-/* Splits free block b (already off its list) so that [b->off, b->off+len) stays in b and the
- * tail becomes a new free block. nb is a preallocated record or NULL when no tail remains. */
-static void split_tail(struct kv_segalloc *a, struct blk *b, uint64_t len, struct blk *nb)
+/* Splits free block h (already off its list) so that its first g granules stay in h and the
+ * tail becomes a new free block. nh is a preallocated record or 0 when no tail remains. */
+static void split_tail(struct kv_segalloc *a, uint32_t h, uint64_t g, uint32_t nh)
 {
-    if (!nb)
+    if (!nh)
         return;
-    nb->off = b->off + len;
-    nb->size = b->size - len;
-    nb->phys_prev = b;
+    struct blk *b = B(a, h), *nb = B(a, nh);
+    nb->off = b->off + g;
+    nb->size = b->size - g;
+    nb->phys_prev = h;
     nb->phys_next = b->phys_next;
     if (nb->phys_next)
-        nb->phys_next->phys_prev = nb;
-    b->phys_next = nb;
-    b->size = len;
-    list_insert(a, nb);
+        B(a, nb->phys_next)->phys_prev = nh;
+    b->phys_next = nh;
+    b->size = g;
+    list_insert(a, nh);
 }
 
-int kv_segalloc_alloc(struct kv_segalloc *a, uint64_t len, uint64_t *off)
+int kv_segalloc_alloc(struct kv_segalloc *a, uint64_t len, uint64_t *off, kv_segblk *blk)
 {
-    if (!a || !off || len == 0 || len > a->cap)
-        return len == 0 || !a || !off ? KV_EINVAL : KV_ENOSPC;
-    uint64_t g = (len + KV_SEGALLOC_GRAN - 1) / KV_SEGALLOC_GRAN;
-    len = g * KV_SEGALLOC_GRAN;
-    struct blk *b = find_free(a, g);
-    if (!b)
+    if (!a || !off || !blk || len == 0)
+        return KV_EINVAL;
+    if (len > a->cap)
         return KV_ENOSPC;
-    struct blk *nb = NULL;
-    if (b->size > len && !(nb = blk_new(a)))
+    uint64_t g = (len + KV_SEGALLOC_GRAN - 1) / KV_SEGALLOC_GRAN;
+    uint32_t h = find_free(a, g);
+    if (!h)
+        return KV_ENOSPC;
+    uint32_t nh = 0;
+    if (B(a, h)->size > g && !(nh = blk_new(a)))
         return KV_ENOMEM;
-    if (tab_reserve(a) < 0) {
-        blk_del(a, nb);
-        return KV_ENOMEM;
-    }
-    list_remove(a, b);
-    split_tail(a, b, len, nb);
-    tab_add(a, b);
-    a->used += b->size;
-    *off = b->off;
+    list_remove(a, h);
+    split_tail(a, h, g, nh);
+    a->used += g * KV_SEGALLOC_GRAN;
+    a->nalloc++;
+    *off = B(a, h)->off * KV_SEGALLOC_GRAN;
+    *blk = h;
     return KV_OK;
 }
 
-int kv_segalloc_reserve(struct kv_segalloc *a, uint64_t off, uint64_t len)
+int kv_segalloc_reserve(struct kv_segalloc *a, uint64_t off, uint64_t len, kv_segblk *blk)
 {
-    if (!a || len == 0 || off % KV_SEGALLOC_GRAN)
+    if (!a || !blk || len == 0 || off % KV_SEGALLOC_GRAN)
         return KV_EINVAL;
     len = (len + KV_SEGALLOC_GRAN - 1) / KV_SEGALLOC_GRAN * KV_SEGALLOC_GRAN;
     if (off >= a->cap || len > a->cap - off)
         return KV_ERANGE;
-    struct blk *b = a->cursor && a->cursor->off <= off ? a->cursor : a->head;
-    while (b && b->off + b->size <= off)
-        b = b->phys_next;
-    if (!b || !b->free || b->off + b->size < off + len)
+    uint64_t go = off / KV_SEGALLOC_GRAN, g = len / KV_SEGALLOC_GRAN;
+    uint32_t h = a->cursor && B(a, a->cursor)->off <= go ? a->cursor : a->head;
+    while (h && B(a, h)->off + B(a, h)->size <= go)
+        h = B(a, h)->phys_next;
+    if (!h || !B(a, h)->free || B(a, h)->off + B(a, h)->size < go + g)
         return KV_EEXIST;
-    struct blk *front = NULL, *tail = NULL;
-    if (b->off < off && !(front = blk_new(a)))
+    uint32_t front = 0, tail = 0;
+    if (B(a, h)->off < go && !(front = blk_new(a)))
         return KV_ENOMEM;
-    if (b->off + b->size > off + len && !(tail = blk_new(a))) {
+    if (B(a, h)->off + B(a, h)->size > go + g && !(tail = blk_new(a))) {
         blk_del(a, front);
         return KV_ENOMEM;
     }
-    if (tab_reserve(a) < 0) {
-        blk_del(a, front);
-        blk_del(a, tail);
-        return KV_ENOMEM;
-    }
-    list_remove(a, b);
+    list_remove(a, h);
     if (front) {
-        /* b keeps [b->off, off) as a free block; front record becomes the allocated part */
-        front->off = off;
-        front->size = b->off + b->size - off;
-        front->phys_prev = b;
-        front->phys_next = b->phys_next;
-        if (front->phys_next)
-            front->phys_next->phys_prev = front;
+        /* h keeps [h->off, go) as a free block; the front record becomes the allocated part */
+        struct blk *b = B(a, h), *f = B(a, front);
+        f->off = go;
+        f->size = b->off + b->size - go;
+        f->phys_prev = h;
+        f->phys_next = b->phys_next;
+        if (f->phys_next)
+            B(a, f->phys_next)->phys_prev = front;
         b->phys_next = front;
-        b->size = off - b->off;
-        list_insert(a, b);
-        b = front;
+        b->size = go - b->off;
+        list_insert(a, h);
+        h = front;
     }
-    split_tail(a, b, len, tail);
-    tab_add(a, b);
-    a->used += b->size;
-    a->cursor = b;
+    split_tail(a, h, g, tail);
+    a->used += len;
+    a->nalloc++;
+    a->cursor = h;
+    *blk = h;
     return KV_OK;
 }
 
-int kv_segalloc_free(struct kv_segalloc *a, uint64_t off)
+/* The live, allocated record of handle h, or NULL. */
+static struct blk *allocated(const struct kv_segalloc *a, kv_segblk h)
 {
-    if (!a)
-        return KV_EINVAL;
-    struct blk *b = tab_take(a, off);
+    if (!a || !h || (h >> SLAB_SHIFT) >= a->nslab)
+        return NULL;
+    struct blk *b = B(a, h);
+    return b->live && !b->free ? b : NULL;
+}
+
+int kv_segalloc_free(struct kv_segalloc *a, kv_segblk h)
+{
+    struct blk *b = allocated(a, h);
     if (!b)
-        return KV_ENOENT;
-    a->used -= b->size;
-    struct blk *p = b->phys_prev, *n = b->phys_next;
-    if (n && n->free) {
+        return a ? KV_ENOENT : KV_EINVAL;
+    a->used -= b->size * KV_SEGALLOC_GRAN;
+    a->nalloc--;
+    uint32_t p = b->phys_prev, n = b->phys_next;
+    if (n && B(a, n)->free) {
+        struct blk *nb = B(a, n);
         list_remove(a, n);
-        b->size += n->size;
-        b->phys_next = n->phys_next;
+        b->size += nb->size;
+        b->phys_next = nb->phys_next;
         if (b->phys_next)
-            b->phys_next->phys_prev = b;
+            B(a, b->phys_next)->phys_prev = h;
         if (a->cursor == n)
-            a->cursor = NULL;
+            a->cursor = 0;
         blk_del(a, n);
     }
-    if (p && p->free) {
+    if (p && B(a, p)->free) {
+        struct blk *pb = B(a, p);
         list_remove(a, p);
-        p->size += b->size;
-        p->phys_next = b->phys_next;
-        if (p->phys_next)
-            p->phys_next->phys_prev = p;
-        if (a->cursor == b)
-            a->cursor = NULL;
-        blk_del(a, b);
-        b = p;
+        pb->size += b->size;
+        pb->phys_next = b->phys_next;
+        if (pb->phys_next)
+            B(a, pb->phys_next)->phys_prev = p;
+        if (a->cursor == h)
+            a->cursor = 0;
+        blk_del(a, h);
+        h = p;
     }
-    list_insert(a, b);
+    list_insert(a, h);
     return KV_OK;
+}
+
+uint64_t kv_segalloc_offset(const struct kv_segalloc *a, kv_segblk h)
+{
+    const struct blk *b = allocated(a, h);
+    return b ? b->off * KV_SEGALLOC_GRAN : UINT64_MAX;
 }
 
 uint64_t kv_segalloc_capacity(const struct kv_segalloc *a)
@@ -435,10 +391,10 @@ uint64_t kv_segalloc_largest_free(const struct kv_segalloc *a)
     int fl = log2u(a->fl_map);
     int sl = log2u(a->sl_map[fl]);
     uint64_t best = 0;
-    for (const struct blk *b = a->lists[fl][sl]; b; b = b->free_next)
-        if (b->size > best)
-            best = b->size;
-    return best;
+    for (uint32_t h = a->lists[fl][sl]; h; h = B(a, h)->free_next)
+        if (B(a, h)->size > best)
+            best = B(a, h)->size;
+    return best * KV_SEGALLOC_GRAN;
 }
 
 uint64_t kv_segalloc_free_blocks(const struct kv_segalloc *a)

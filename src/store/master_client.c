@@ -82,7 +82,7 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
     int got = mst_place(m, it->size, want, obj_rep(o));
     if (got < want) {
         for (int i = 0; i < got; i++)
-            kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].off);
+            kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].blk);
         kv_free(o);
         return KV_ENOSPC;
     }
@@ -92,7 +92,7 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
         kv_free(rs);
         kv_free(ra);
         for (int i = 0; i < got; i++)
-            kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].off);
+            kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].blk);
         kv_free(o);
         return KV_ENOMEM;
     }
@@ -104,8 +104,9 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
     o->pin = it->pin;
     o->ttl_s = it->ttl_s ? it->ttl_s : m->expire_s;
     o->created_wall = kv_wall_ms();
-    o->put_deadline = kv_now_ms() + m->put_timeout_ms;
-    o->lease_until = o->put_deadline; /* the writer may touch the ranges until then */
+    int64_t deadline = (kv_now_ms() + m->put_timeout_ms + 999) / 1000;
+    o->put_deadline_sec = (uint32_t)deadline;
+    o->lease_until = deadline * 1000; /* the writer may touch the ranges until then */
     if (out)
         *out = o;
     if (!slot)
@@ -114,7 +115,7 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
         kvstash__replica__init(&ra[i]);
         ra[i].node_id = kv_strdup(obj_rep(o)[i].node->id);
         ra[i].segment = kv_strdup(obj_rep(o)[i].node->segment);
-        ra[i].offset = obj_rep(o)[i].off;
+        ra[i].offset = rep_off(&obj_rep(o)[i]);
         ra[i].tier = KVSTASH__TIER__TIER_DRAM;
         rs[i] = &ra[i];
     }
@@ -346,7 +347,7 @@ static int commit_complete(struct kv_master *m, size_t n, struct mobj **objs,
             x->size = o->size;
             x->checksum = o->checksum;
             x->tier = KVSTASH__TIER__TIER_DRAM;
-            x->offset = obj_rep(o)[r].off;
+            x->offset = rep_off(&obj_rep(o)[r]);
             x->expire_at_ms = wall + (int64_t)o->ttl_s * 1000;
             x->pin = o->pin;
             x->created_ms = o->created_wall;
@@ -373,7 +374,7 @@ static int commit_complete(struct kv_master *m, size_t n, struct mobj **objs,
                         acked = g[gi].rc == KV_OK && g[gi].status[j] == KV_OK;
             }
             if (!acked) {
-                mst_defer_free(m, obj_rep(o)[r].node, o->key, obj_rep(o)[r].off, rounded(o->size),
+                mst_defer_free(m, obj_rep(o)[r].node, o->key, obj_rep(o)[r].blk, rounded(o->size),
                                true, false, true, o->created_wall, o->lease_until);
                 rep_drop(o, r);
             }
@@ -388,7 +389,7 @@ static int commit_complete(struct kv_master *m, size_t n, struct mobj **objs,
             o->state = OBJ_COMPLETE;
             m->npending--;
             o->lease_until = 0;
-            o->expire_wall = wall + (int64_t)o->ttl_s * 1000;
+            obj_set_expire(o, wall);
             lru_push(m, o);
             m->puts++;
             st[i] = KV_OK;
@@ -568,14 +569,14 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
                 kvstash__replica__init(&ra[k]);
                 ra[k].node_id = kv_strdup(obj_rep(o)[i].node->id);
                 ra[k].segment = kv_strdup(obj_rep(o)[i].node->segment);
-                ra[k].offset = obj_rep(o)[i].off;
+                ra[k].offset = rep_off(&obj_rep(o)[i]);
                 ra[k].tier = KVSTASH__TIER__TIER_DRAM;
                 rs[k] = &ra[k];
                 k++;
             }
             int64_t now = kv_now_ms();
             o->lease_until = KV_MAX(o->lease_until, now + (int64_t)m->lease_ms);
-            o->expire_wall = kv_wall_ms() + (int64_t)o->ttl_s * 1000;
+            obj_set_expire(o, kv_wall_ms());
             lru_push(m, o);
             it->status = KV_OK;
             it->size = o->size;

@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * master_index.c - the master's object index: key -> struct mobj, intrusive (the chain link, the
- * hash and the key live in the object itself: no entry allocation, no second copy of the key)
+ * master_index.c - the master's object index: key -> struct mobj, intrusive (the chain link and
+ * the key live in the object itself: no entry allocation, no second copy of the key, and the
+ * key's hash is computed again where needed rather than stored: 4 bytes per object)
  * and split in KV_OIDX_SHARDS shards by the hash's top bits, each a chained table that doubles on
  * its own. So the index costs one pointer per object plus 4-8 bytes of buckets, and a resize
  * moves 1/256 of the objects (milliseconds at 10M objects, not a second under the lock).
  *
  * Invariants:
  *  1. An object is in at most one chain, the one of bucket (hash & (nb - 1)) of shard
- *     (hash >> 24); o->hash is the low 32 bits of kv_hash64(key).
+ *     (hash >> 24), hash = kv_oidx_hash(o->key) (the low 32 bits of kv_hash64).
  *  2. idx->n is the sum of the shards' n.
  *  3. An each callback that returns non-zero has the object unlinked after it returned, without
  *     being touched again (the callback may have freed it).
@@ -45,16 +46,20 @@ void kv_oidx_fini(struct kv_oidx *idx)
     memset(idx, 0, sizeof(*idx));
 }
 
-struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key)
+static struct mobj *get_h(const struct kv_oidx *idx, const char *key, uint32_t h)
 {
-    uint32_t h = kv_oidx_hash(key);
     const struct kv_oidx_shard *s = &idx->sh[h >> (32 - SHARD_BITS)];
     if (!s->nb)
         return NULL;
     for (struct mobj *o = s->b[h & (s->nb - 1)]; o; o = o->hnext)
-        if (o->hash == h && strcmp(o->key, key) == 0)
+        if (strcmp(o->key, key) == 0)
             return o;
     return NULL;
+}
+
+struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key)
+{
+    return get_h(idx, key, kv_oidx_hash(key));
 }
 
 /* Doubles s's buckets. On allocation failure the table stays as it is (only longer chains). */
@@ -67,7 +72,7 @@ static void grow(struct kv_oidx_shard *s)
     for (size_t i = 0; i < s->nb; i++) {
         for (struct mobj *o = s->b[i], *next; o; o = next) {
             next = o->hnext;
-            struct mobj **head = &b[o->hash & (nb - 1)];
+            struct mobj **head = &b[kv_oidx_hash(o->key) & (nb - 1)];
             o->hnext = *head;
             *head = o;
         }
@@ -79,15 +84,15 @@ static void grow(struct kv_oidx_shard *s)
 
 int kv_oidx_put(struct kv_oidx *idx, struct mobj *o)
 {
-    o->hash = kv_oidx_hash(o->key);
-    if (kv_oidx_get(idx, o->key))
+    uint32_t h = kv_oidx_hash(o->key);
+    if (get_h(idx, o->key, h))
         return KV_EEXIST;
-    struct kv_oidx_shard *s = shard_of(idx, o->hash);
+    struct kv_oidx_shard *s = shard_of(idx, h);
     if (s->n >= s->nb * 2 || !s->nb) /* at most two objects per bucket on average */
         grow(s);
     if (!s->nb)
         return KV_ENOMEM;
-    struct mobj **head = &s->b[o->hash & (s->nb - 1)];
+    struct mobj **head = &s->b[h & (s->nb - 1)];
     o->hnext = *head;
     *head = o;
     s->n++;
@@ -97,10 +102,11 @@ int kv_oidx_put(struct kv_oidx *idx, struct mobj *o)
 
 void kv_oidx_del(struct kv_oidx *idx, struct mobj *o)
 {
-    struct kv_oidx_shard *s = shard_of(idx, o->hash);
+    uint32_t h = kv_oidx_hash(o->key);
+    struct kv_oidx_shard *s = shard_of(idx, h);
     if (!s->nb)
         return;
-    for (struct mobj **pp = &s->b[o->hash & (s->nb - 1)]; *pp; pp = &(*pp)->hnext) {
+    for (struct mobj **pp = &s->b[h & (s->nb - 1)]; *pp; pp = &(*pp)->hnext) {
         if (*pp == o) {
             *pp = o->hnext;
             o->hnext = NULL;

@@ -47,39 +47,49 @@ struct mnode {
 /* A replica: 16 bytes. */
 struct mrep {
     struct mnode *node;
-    uint64_t off : 60;      /* DRAM offset (dram or promoting) */
-    uint64_t dram : 1;      /* bytes valid in DRAM at off */
-    uint64_t ssd : 1;       /* a file on the node's SSD tier */
-    uint64_t demoting : 1;  /* NODE_DEMOTE in flight (dram still valid) */
-    uint64_t promoting : 1; /* NODE_PROMOTE in flight into off (dram not valid yet) */
+    kv_segblk blk;          /* DRAM block (dram or promoting) in node->alloc, else 0 */
+    uint32_t dram : 1;      /* bytes valid in DRAM in blk */
+    uint32_t ssd : 1;       /* a file on the node's SSD tier */
+    uint32_t demoting : 1;  /* NODE_DEMOTE in flight (dram still valid) */
+    uint32_t promoting : 1; /* NODE_PROMOTE in flight into blk (dram not valid yet) */
 };
+
+/* The DRAM offset of r's block. */
+static inline uint64_t rep_off(const struct mrep *r)
+{
+    return kv_segalloc_offset(r->node->alloc, r->blk);
+}
 
 enum { OBJ_PENDING = 0, OBJ_COMPLETE = 1 };
 
-/* An object: one allocation of sizeof(struct mobj) + the key + its replicas (obj_rep()), about
- * 120 bytes for a 16-byte key and one replica. */
+/* An object: one allocation of sizeof(struct mobj) + the key + its replicas (obj_rep()): 104
+ * bytes for a 16-byte key and one replica (a 112-byte malloc chunk). Each byte here is a byte per
+ * object at 10M objects: no field that can be computed (the key's hash) and times in the
+ * resolution they need. */
 struct mobj {
     struct mobj *hnext;               /* index chain (master_index.c) */
     struct mobj *lru_prev, *lru_next; /* on m->lru when COMPLETE (head = most recent), on m->pend
                                          when PENDING (head = newest) */
     uint64_t size, checksum;
-    int64_t created_wall;
+    int64_t created_wall; /* ms: also the incarnation nodes tell SSD copies apart by */
+    int64_t lease_until;  /* monotonic ms: bytes stay put until then */
     union {
-        int64_t expire_wall;  /* COMPLETE: wall-clock ms, 0 = never */
-        int64_t put_deadline; /* PENDING: monotonic ms, reclaimed after */
+        uint32_t expire_q;         /* COMPLETE: expire_q_of_ms(), 0 = never */
+        uint32_t put_deadline_sec; /* PENDING: monotonic seconds, reclaimed after */
     };
-    int64_t lease_until; /* monotonic ms: bytes stay put until then */
-    uint32_t hash;       /* of the key (master_index.c) */
     uint32_t ttl_s;
-    int32_t refs;      /* operations in flight outside the lock */
-    uint16_t klen;     /* strlen(key) */
-    uint8_t nrep, cap; /* replicas, and room for them */
-    uint8_t state : 1;
-    uint8_t pin : 1;
-    uint8_t dead : 1; /* unlinked from the index; freed when refs drops to 0 */
-    char key[];       /* NUL-terminated; the replicas follow (obj_rep) */
+    int32_t refs;       /* operations in flight outside the lock */
+    uint16_t klen : 13; /* strlen(key) <= KV_STORE_MAX_KEY */
+    uint16_t state : 1; /* OBJ_PENDING, OBJ_COMPLETE */
+    uint16_t pin : 1;
+    uint16_t dead : 1; /* unlinked from the index; freed when refs drops to 0 */
+    uint8_t nrep : 4;  /* replicas (<= KV_STORE_MAX_REPLICAS) */
+    uint8_t cap : 4;   /* and room for them */
+    char key[];        /* at byte 71, NUL-terminated; the replicas follow (obj_rep) */
 };
 
+_Static_assert(KV_STORE_MAX_KEY < (1 << 13) && KV_STORE_MAX_REPLICAS < 16,
+               "struct mobj's bit fields hold a key length and replica counts");
 /* The replicas of o: cap slots, nrep in use. */
 static inline struct mrep *obj_rep(struct mobj *o)
 {
@@ -108,7 +118,7 @@ void kv_oidx_fini(struct kv_oidx *idx);
 uint32_t kv_oidx_hash(const char *key);
 /* The object for key or NULL. */
 struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key);
-/* Adds o under o->key (sets o->hash). KV_EEXIST when the key is present, KV_ENOMEM. */
+/* Adds o under o->key. KV_EEXIST when the key is present, KV_ENOMEM. */
 int kv_oidx_put(struct kv_oidx *idx, struct mobj *o);
 /* Removes o (in the index). */
 void kv_oidx_del(struct kv_oidx *idx, struct mobj *o);
@@ -124,6 +134,7 @@ void kv_oidx_each(struct kv_oidx *idx, int (*fn)(void *ud, struct mobj *o), void
 struct dfree {
     struct mnode *node; /* referenced */
     char *key;
+    kv_segblk blk; /* the DRAM block (dram) */
     uint64_t off, size;
     bool dram, ssd;
     bool rpc;        /* tell the node (NODE_FREE) before freeing the range */
@@ -228,9 +239,32 @@ static inline int rep_find(struct mobj *o, struct mnode *n)
     return -1;
 }
 
+/* Expiry is kept in 4 bytes: wall-clock quarter seconds since 2025-01-01 (good until 2059),
+ * rounded up, so an object expires at most 250 ms after its TTL and never before. */
+#define MST_EXPIRE_EPOCH_MS 1735689600000LL
+#define MST_EXPIRE_TICK_MS 250
+
+static inline uint32_t expire_q_of_ms(int64_t wall_ms)
+{
+    int64_t q = (wall_ms - MST_EXPIRE_EPOCH_MS + MST_EXPIRE_TICK_MS - 1) / MST_EXPIRE_TICK_MS;
+    return q <= 0 ? 1 : q >= UINT32_MAX ? UINT32_MAX : (uint32_t)q;
+}
+
+/* Wall-clock ms at which o expires, 0 = never. */
+static inline int64_t expire_ms(const struct mobj *o)
+{
+    return o->expire_q ? MST_EXPIRE_EPOCH_MS + (int64_t)o->expire_q * MST_EXPIRE_TICK_MS : 0;
+}
+
 static inline bool expired(struct mobj *o, int64_t wall)
 {
-    return o->state == OBJ_COMPLETE && o->expire_wall && o->expire_wall <= wall;
+    return o->state == OBJ_COMPLETE && o->expire_q && expire_ms(o) <= wall;
+}
+
+/* o expires ttl_s seconds after wall (ms). */
+static inline void obj_set_expire(struct mobj *o, int64_t wall)
+{
+    o->expire_q = expire_q_of_ms(wall + (int64_t)o->ttl_s * 1000);
 }
 
 static inline void lru_remove(struct mobj *o)
@@ -263,7 +297,7 @@ void mst_node_unref(struct mnode *n);
 struct mnode *mst_node_find(struct kv_master *m, const char *id);
 /* Queues a replica range of key on n for release (NODE_FREE first when rpc) not before
  * not_before (monotonic ms). */
-void mst_defer_free(struct kv_master *m, struct mnode *n, const char *key, uint64_t off,
+void mst_defer_free(struct kv_master *m, struct mnode *n, const char *key, kv_segblk blk,
                     uint64_t size, bool dram, bool ssd, bool rpc, int64_t created,
                     int64_t not_before);
 /* A zeroed object for key with room for cap replicas (one allocation: mobj, key, replicas). */

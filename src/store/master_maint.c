@@ -51,7 +51,7 @@ static uint64_t reclaim_pending(struct kv_master *m, int64_t now)
     uint64_t n = 0;
     for (struct mobj *o = m->pend.lru_prev, *prev; o != &m->pend; o = prev) {
         prev = o->lru_prev;
-        if (o->put_deadline > now)
+        if ((int64_t)o->put_deadline_sec * 1000 > now)
             break;
         if (o->refs)
             continue; /* its PutEnd is committing it: that call decides */

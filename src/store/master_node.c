@@ -49,7 +49,8 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
     if (!key_ok(x->key) || (x->expire_at_ms && x->expire_at_ms <= wall))
         return false;
     bool dram = x->tier == KVSTASH__TIER__TIER_DRAM;
-    if (dram && kv_segalloc_reserve(n->alloc, x->offset, x->size ? x->size : 1) < 0)
+    kv_segblk blk = 0;
+    if (dram && kv_segalloc_reserve(n->alloc, x->offset, x->size ? x->size : 1, &blk) < 0)
         return false;
     struct mobj *o = kv_oidx_get(&m->index, x->key);
     if (o) {
@@ -60,7 +61,7 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
         if (!same || !o ||
             (ri >= 0 && ((dram && obj_rep(o)[ri].dram) || (!dram && obj_rep(o)[ri].ssd)))) {
             if (dram)
-                kv_segalloc_free(n->alloc, x->offset);
+                kv_segalloc_free(n->alloc, blk);
             return false;
         }
         if (ri < 0) {
@@ -70,7 +71,7 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
         }
         if (dram) {
             obj_rep(o)[ri].dram = true;
-            obj_rep(o)[ri].off = x->offset;
+            obj_rep(o)[ri].blk = blk;
         } else {
             obj_rep(o)[ri].ssd = true;
         }
@@ -80,7 +81,7 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
     if (!o || kv_oidx_put(&m->index, o) < 0) {
         kv_free(o);
         if (dram)
-            kv_segalloc_free(n->alloc, x->offset);
+            kv_segalloc_free(n->alloc, blk);
         return false;
     }
     o->size = x->size;
@@ -88,19 +89,19 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
     o->state = OBJ_COMPLETE;
     o->pin = x->pin;
     o->created_wall = x->created_ms;
-    o->expire_wall = x->expire_at_ms;
     o->ttl_s = m->expire_s;
     if (x->expire_at_ms) {
         int64_t left = (x->expire_at_ms - wall) / 1000;
         o->ttl_s = left > 0 && left < UINT32_MAX ? (uint32_t)left : m->expire_s;
+        o->expire_q = expire_q_of_ms(x->expire_at_ms);
     } else {
-        o->expire_wall = wall + (int64_t)m->expire_s * 1000;
+        obj_set_expire(o, wall);
     }
     o->nrep = 1;
     obj_rep(o)[0].node = n;
     obj_rep(o)[0].dram = dram;
     obj_rep(o)[0].ssd = !dram;
-    obj_rep(o)[0].off = dram ? x->offset : 0;
+    obj_rep(o)[0].blk = blk;
     lru_push(m, o);
     return true;
 }

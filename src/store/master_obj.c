@@ -46,7 +46,7 @@ struct mnode *mst_node_find(struct kv_master *m, const char *id)
     return NULL;
 }
 
-static void defer_free2(struct kv_master *m, struct mnode *n, const char *key, uint64_t off,
+static void defer_free2(struct kv_master *m, struct mnode *n, const char *key, kv_segblk blk,
                         uint64_t size, bool dram, bool ssd, bool rpc, bool keep_space,
                         int64_t created, int64_t not_before)
 {
@@ -59,14 +59,15 @@ static void defer_free2(struct kv_master *m, struct mnode *n, const char *key, u
         kv_free(d);
         kv_free(k);
         if (dram && size)
-            kv_segalloc_free(n->alloc, off);
+            kv_segalloc_free(n->alloc, blk);
         KV_LOGW_RL(5000, "out of memory queueing a deferred free: freed at once");
         return;
     }
     d->node = n;
     n->refs++;
     d->key = k;
-    d->off = off;
+    d->blk = dram ? blk : 0;
+    d->off = d->blk ? kv_segalloc_offset(n->alloc, blk) : 0;
     d->size = size;
     d->dram = dram;
     d->ssd = ssd;
@@ -80,11 +81,11 @@ static void defer_free2(struct kv_master *m, struct mnode *n, const char *key, u
     m->dfree = d;
 }
 
-void mst_defer_free(struct kv_master *m, struct mnode *n, const char *key, uint64_t off,
+void mst_defer_free(struct kv_master *m, struct mnode *n, const char *key, kv_segblk blk,
                     uint64_t size, bool dram, bool ssd, bool rpc, int64_t created,
                     int64_t not_before)
 {
-    defer_free2(m, n, key, off, size, dram, ssd, rpc, false, created, not_before);
+    defer_free2(m, n, key, blk, size, dram, ssd, rpc, false, created, not_before);
 }
 
 /* A zeroed object for key with room for cap replicas (one allocation: mobj, key, replicas). */
@@ -115,12 +116,12 @@ static void obj_release(struct kv_master *m, struct mobj *o)
             continue;
         bool dram = r->dram || r->promoting;
         if (dram && !r->ssd && nb > now) {
-            defer_free2(m, r->node, o->key, r->off, rounded(o->size), true, false, true, true,
+            defer_free2(m, r->node, o->key, r->blk, rounded(o->size), true, false, true, true,
                         o->created_wall, 0);
-            defer_free2(m, r->node, o->key, r->off, rounded(o->size), true, false, false, false,
+            defer_free2(m, r->node, o->key, r->blk, rounded(o->size), true, false, false, false,
                         o->created_wall, nb);
         } else {
-            mst_defer_free(m, r->node, o->key, r->off, rounded(o->size), dram, r->ssd, true,
+            mst_defer_free(m, r->node, o->key, r->blk, rounded(o->size), dram, r->ssd, true,
                            o->created_wall, nb);
         }
     }
@@ -152,7 +153,7 @@ void mst_obj_abandon(struct kv_master *m, struct mobj *o)
     lru_remove(o);
     m->npending--;
     for (int i = 0; i < o->nrep; i++)
-        kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].off);
+        kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].blk);
     kv_free(o);
 }
 
@@ -275,7 +276,7 @@ void mst_process_dfree(struct kv_master *m)
             if (!d->rpc) {
                 *pp = d->next;
                 if (d->dram && d->size && !d->keep_space && !d->node->removed) {
-                    kv_segalloc_free(d->node->alloc, d->off);
+                    kv_segalloc_free(d->node->alloc, d->blk);
                     d->node->pending_free -= d->size;
                 }
                 mst_node_unref(d->node);
@@ -339,7 +340,7 @@ void mst_process_dfree(struct kv_master *m)
             batch = d->next;
             if (rc == KV_OK || d->node->removed) {
                 if (d->dram && d->size && !d->keep_space && !d->node->removed) {
-                    kv_segalloc_free(d->node->alloc, d->off);
+                    kv_segalloc_free(d->node->alloc, d->blk);
                     d->node->pending_free -= d->size;
                 }
                 mst_node_unref(d->node);

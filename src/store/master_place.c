@@ -73,10 +73,11 @@ int mst_place(struct kv_master *m, uint64_t size, int want, struct mrep *reps)
             pick++;
         }
         uint64_t off;
-        if (kv_segalloc_alloc(cand[pick]->alloc, size ? size : 1, &off) == KV_OK) {
+        kv_segblk blk;
+        if (kv_segalloc_alloc(cand[pick]->alloc, size ? size : 1, &off, &blk) == KV_OK) {
             memset(&reps[got], 0, sizeof(reps[got]));
             reps[got].node = cand[pick];
-            reps[got].off = off;
+            reps[got].blk = blk;
             reps[got].dram = true; /* the range is ours; the object is visible once COMPLETE */
             got++;
         }
@@ -183,8 +184,8 @@ void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
                     objs[i].size = o->size;
                     objs[i].checksum = o->checksum;
                     objs[i].tier = KVSTASH__TIER__TIER_DRAM;
-                    objs[i].offset = obj_rep(o)[rep_find(o, n)].off;
-                    objs[i].expire_at_ms = o->expire_wall;
+                    objs[i].offset = rep_off(&obj_rep(o)[rep_find(o, n)]);
+                    objs[i].expire_at_ms = expire_ms(o);
                     objs[i].pin = o->pin;
                     objs[i].created_ms = o->created_wall;
                     pobjs[i] = &objs[i];
@@ -211,7 +212,7 @@ void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
                 bool ok = demote && rc == KV_OK && dr && i < dr->n_status && dr->status[i] == 0;
                 if (ok) {
                     /* the node dropped its DRAM entry; the range waits for the lease only */
-                    mst_defer_free(m, n, o->key, r->off, rounded(o->size), true, false, false,
+                    mst_defer_free(m, n, o->key, r->blk, rounded(o->size), true, false, false,
                                    o->created_wall, o->lease_until);
                     r->dram = false;
                     r->ssd = true;
@@ -219,7 +220,7 @@ void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
                 } else if (o->lease_until > mono) {
                     /* a reader took a lease meanwhile: keep it */
                 } else {
-                    mst_defer_free(m, n, o->key, r->off, rounded(o->size), true, r->ssd, true,
+                    mst_defer_free(m, n, o->key, r->blk, rounded(o->size), true, r->ssd, true,
                                    o->created_wall, o->lease_until);
                     r->dram = false;
                     if (!r->ssd)
@@ -337,7 +338,8 @@ int mst_promote(struct kv_master *m, struct mobj *o, int ri)
 {
     struct mnode *n = obj_rep(o)[ri].node;
     uint64_t off;
-    int rc = kv_segalloc_alloc(n->alloc, o->size ? o->size : 1, &off);
+    kv_segblk blk;
+    int rc = kv_segalloc_alloc(n->alloc, o->size ? o->size : 1, &off, &blk);
     if (rc == KV_ENOSPC) {
         n->refs++;
         o->refs++;
@@ -351,7 +353,7 @@ int mst_promote(struct kv_master *m, struct mobj *o, int ri)
         if (gone || o->dead || (ri = rep_find(o, n)) < 0 || obj_rep(o)[ri].dram ||
             obj_rep(o)[ri].promoting)
             return KV_OK; /* the state changed: the caller looks again */
-        rc = kv_segalloc_alloc(n->alloc, o->size ? o->size : 1, &off);
+        rc = kv_segalloc_alloc(n->alloc, o->size ? o->size : 1, &off, &blk);
     }
     if (rc < 0) {
         KV_LOGW_RL(2000, "mst_promote %s on node %s: no DRAM: %s", o->key, n->id, kv_strerror(rc));
@@ -359,7 +361,7 @@ int mst_promote(struct kv_master *m, struct mobj *o, int ri)
     }
     struct mrep *r = &obj_rep(o)[ri];
     r->promoting = true;
-    r->off = off;
+    r->blk = blk;
     n->refs++;
     o->refs++;
     Kvstash__PromoteReq pr = KVSTASH__PROMOTE_REQ__INIT;
@@ -378,7 +380,8 @@ int mst_promote(struct kv_master *m, struct mobj *o, int ri)
             m->promotions++;
         } else {
             if (!n->removed)
-                kv_segalloc_free(n->alloc, off);
+                kv_segalloc_free(n->alloc, blk);
+            r->blk = 0;
             if (rc == KV_ENOENT || rc == KV_ECHECKSUM) {
                 r->ssd = false;
                 if (!r->dram)

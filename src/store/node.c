@@ -469,6 +469,20 @@ static int find_master(struct kv_node *n, char *addr, size_t alen)
     return rc;
 }
 
+/* DRAM objects first, by offset (the master reserves their ranges in one forward pass: a new
+ * leader rebuilding millions of objects needs them in order across all parts), then SSD. */
+static int cmp_mount_order(const void *a, const void *b)
+{
+    const Kvstash__NodeObject *x = *(Kvstash__NodeObject *const *)a;
+    const Kvstash__NodeObject *y = *(Kvstash__NodeObject *const *)b;
+    bool xd = x->tier == KVSTASH__TIER__TIER_DRAM, yd = y->tier == KVSTASH__TIER__TIER_DRAM;
+    if (xd != yd)
+        return xd ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static int do_heartbeat(struct kv_node *n);
+
 static int do_mount(struct kv_node *n)
 {
     char addr[300];
@@ -491,6 +505,17 @@ static int do_mount(struct kv_node *n)
         n->mc = c;
         snprintf(n->master_addr, sizeof(n->master_addr), "%s", addr);
     }
+    pthread_mutex_unlock(&n->lock);
+    /* a cheap call first: listing (and sorting) millions of objects for a master that is gone
+     * (the leader key still names it until its lease ends) would hold up finding the new one.
+     * KV_ENOENT: it is up and does not know us yet. */
+    rc = do_heartbeat(n);
+    if (rc < 0 && rc != KV_ENOENT) {
+        KV_LOGW_RL(5000, "master %s does not answer (%s): not mounting there", addr,
+                   kv_strerror(rc));
+        return rc;
+    }
+    pthread_mutex_lock(&n->lock);
     struct objv a = {0};
     kv_smap_each(&n->dram, dram_cb, &a);
     struct kv_rpc_client *mc = n->mc;
@@ -504,6 +529,7 @@ static int do_mount(struct kv_node *n)
     if (rc == KV_OK) {
         for (size_t i = 0; i < a.n; i++)
             pv[i] = &a.v[i];
+        qsort(pv, a.n, sizeof(*pv), cmp_mount_order);
         Kvstash__MountReq mr = KVSTASH__MOUNT_REQ__INIT;
         mr.node_id = n->id;
         mr.segment = n->segment;
@@ -536,6 +562,10 @@ static int do_mount(struct kv_node *n)
             }
             if (!mr.more)
                 break;
+            if (rc == KV_OK && atomic_load(&n->remount)) {
+                rc = KV_EAGAIN; /* the leader changed meanwhile: start over with the new one */
+                break;
+            }
         }
         if (rc == KV_OK)
             KV_LOGI("node %s mounted on master %s (epoch %llu): segment %s, %zu objects "

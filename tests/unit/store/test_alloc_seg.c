@@ -55,6 +55,7 @@ static void shadow_mark(struct shadow *s, uint64_t a, uint64_t b, int set)
 
 struct obj {
     uint64_t off, len;
+    kv_segblk blk;
 };
 
 static void test_random_workload(void **state)
@@ -79,8 +80,9 @@ static void test_random_workload(void **state)
                 log(4096.0) + (double)(rnd() % 1000000) / 1e6 * (log(4194304.0) - log(4096.0));
             uint64_t len = (uint64_t)exp(e) + rnd() % 200;
             uint64_t off;
+            kv_segblk blk;
             allocs++;
-            int rc = kv_segalloc_alloc(a, len, &off);
+            int rc = kv_segalloc_alloc(a, len, &off, &blk);
             uint64_t rlen = (len + G - 1) / G * G;
             if (rc == KV_ENOSPC) {
                 fails++;
@@ -95,13 +97,16 @@ static void test_random_workload(void **state)
             assert_true(off % G == 0);
             assert_true(off + rlen <= cap);
             shadow_mark(&sh, off / G, (off + rlen) / G, 1);
+            assert_true(kv_segalloc_offset(a, blk) == off);
+            objs[nobj].blk = blk;
             objs[nobj].off = off;
             objs[nobj].len = rlen;
             nobj++;
         } else {
             size_t i = rnd() % nobj;
             shadow_mark(&sh, objs[i].off / G, (objs[i].off + objs[i].len) / G, 0);
-            assert_int_equal(kv_segalloc_free(a, objs[i].off), KV_OK);
+            assert_true(kv_segalloc_offset(a, objs[i].blk) == objs[i].off);
+            assert_int_equal(kv_segalloc_free(a, objs[i].blk), KV_OK);
             objs[i] = objs[--nobj];
         }
         if (op % 100000 == 0) {
@@ -122,14 +127,14 @@ static void test_random_workload(void **state)
      * random frees, fewer than 2% of allocations fail, and none below 65% full */
     assert_true(fails * 50 < allocs);
     assert_true(fails == 0 || min_fill_at_fail >= 0.65);
-    /* double free */
-    if (nobj) {
-        assert_int_equal(kv_segalloc_free(a, objs[0].off + G), KV_ENOENT);
-    }
+    /* handles that name no allocated block, double free */
+    assert_int_equal(kv_segalloc_free(a, 0), KV_ENOENT);
+    assert_int_equal(kv_segalloc_free(a, UINT32_MAX), KV_ENOENT);
+    assert_true(kv_segalloc_offset(a, UINT32_MAX) == UINT64_MAX);
     while (nobj) {
         nobj--;
-        assert_int_equal(kv_segalloc_free(a, objs[nobj].off), KV_OK);
-        assert_int_equal(kv_segalloc_free(a, objs[nobj].off), KV_ENOENT);
+        assert_int_equal(kv_segalloc_free(a, objs[nobj].blk), KV_OK);
+        assert_int_equal(kv_segalloc_free(a, objs[nobj].blk), KV_ENOENT);
     }
     assert_int_equal(kv_segalloc_used(a), 0);
     assert_int_equal(kv_segalloc_free_blocks(a), 1);
@@ -147,23 +152,24 @@ static void test_small_and_edges(void **state)
     assert_int_equal(kv_segalloc_create(10 * G + 17, &a), KV_OK);
     assert_int_equal(kv_segalloc_capacity(a), 10 * G);
     uint64_t off[10];
-    assert_int_equal(kv_segalloc_alloc(a, 0, &off[0]), KV_EINVAL);
-    assert_int_equal(kv_segalloc_alloc(a, 11 * G, &off[0]), KV_ENOSPC);
+    kv_segblk blk[10], xb;
+    assert_int_equal(kv_segalloc_alloc(a, 0, &off[0], &blk[0]), KV_EINVAL);
+    assert_int_equal(kv_segalloc_alloc(a, 11 * G, &off[0], &blk[0]), KV_ENOSPC);
     for (int i = 0; i < 10; i++)
-        assert_int_equal(kv_segalloc_alloc(a, 1, &off[i]), KV_OK);
+        assert_int_equal(kv_segalloc_alloc(a, 1, &off[i], &blk[i]), KV_OK);
     uint64_t x;
-    assert_int_equal(kv_segalloc_alloc(a, 1, &x), KV_ENOSPC);
+    assert_int_equal(kv_segalloc_alloc(a, 1, &x, &xb), KV_ENOSPC);
     assert_int_equal(kv_segalloc_largest_free(a), 0);
     /* free every other: 5 holes of one granule, no 2-granule block */
     for (int i = 0; i < 10; i += 2)
-        assert_int_equal(kv_segalloc_free(a, off[i]), KV_OK);
+        assert_int_equal(kv_segalloc_free(a, blk[i]), KV_OK);
     assert_int_equal(kv_segalloc_free_blocks(a), 5);
-    assert_int_equal(kv_segalloc_alloc(a, G + 1, &x), KV_ENOSPC);
+    assert_int_equal(kv_segalloc_alloc(a, G + 1, &x, &xb), KV_ENOSPC);
     /* free a neighbour: merges three into one */
-    assert_int_equal(kv_segalloc_free(a, off[1]), KV_OK);
+    assert_int_equal(kv_segalloc_free(a, blk[1]), KV_OK);
     assert_int_equal(kv_segalloc_free_blocks(a), 4);
     assert_int_equal(kv_segalloc_largest_free(a), 3 * G);
-    assert_int_equal(kv_segalloc_alloc(a, 3 * G, &x), KV_OK);
+    assert_int_equal(kv_segalloc_alloc(a, 3 * G, &x, &xb), KV_OK);
     assert_int_equal(x, off[0]);
     kv_segalloc_destroy(a);
     kv_segalloc_destroy(NULL);
@@ -174,30 +180,34 @@ static void test_reserve(void **state)
     (void)state;
     struct kv_segalloc *a;
     assert_int_equal(kv_segalloc_create(1 << 20, &a), KV_OK);
+    kv_segblk sorted[(1 << 19) / (4 * G)], b1, b2, b3, xb;
     /* sorted reports */
-    for (uint64_t off = 0; off < (1 << 19); off += 4 * G)
-        assert_int_equal(kv_segalloc_reserve(a, off, 2 * G), KV_OK);
+    for (uint64_t off = 0, i = 0; off < (1 << 19); off += 4 * G, i++) {
+        assert_int_equal(kv_segalloc_reserve(a, off, 2 * G, &sorted[i]), KV_OK);
+        assert_true(kv_segalloc_offset(a, sorted[i]) == off);
+    }
     /* unsorted, overlapping, outside, misaligned */
-    assert_int_equal(kv_segalloc_reserve(a, (1 << 19) + 8 * G, G), KV_OK);
-    assert_int_equal(kv_segalloc_reserve(a, (1 << 19) + 2 * G, 3 * G), KV_OK);
-    assert_int_equal(kv_segalloc_reserve(a, (1 << 19) + 4 * G, G), KV_EEXIST);
-    assert_int_equal(kv_segalloc_reserve(a, 0, G), KV_EEXIST);
-    assert_int_equal(kv_segalloc_reserve(a, G, G), KV_EEXIST);
-    assert_int_equal(kv_segalloc_reserve(a, 2 * G, 3 * G), KV_EEXIST);
-    assert_int_equal(kv_segalloc_reserve(a, 2 * G, 2 * G), KV_OK);
-    assert_int_equal(kv_segalloc_reserve(a, 1 << 20, G), KV_ERANGE);
-    assert_int_equal(kv_segalloc_reserve(a, (1 << 20) - G, 2 * G), KV_ERANGE);
-    assert_int_equal(kv_segalloc_reserve(a, 1, G), KV_EINVAL);
+    assert_int_equal(kv_segalloc_reserve(a, (1 << 19) + 8 * G, G, &b1), KV_OK);
+    assert_int_equal(kv_segalloc_reserve(a, (1 << 19) + 2 * G, 3 * G, &b2), KV_OK);
+    assert_true(kv_segalloc_offset(a, b2) == (1 << 19) + 2 * G);
+    assert_int_equal(kv_segalloc_reserve(a, (1 << 19) + 4 * G, G, &xb), KV_EEXIST);
+    assert_int_equal(kv_segalloc_reserve(a, 0, G, &xb), KV_EEXIST);
+    assert_int_equal(kv_segalloc_reserve(a, G, G, &xb), KV_EEXIST);
+    assert_int_equal(kv_segalloc_reserve(a, 2 * G, 3 * G, &xb), KV_EEXIST);
+    assert_int_equal(kv_segalloc_reserve(a, 2 * G, 2 * G, &b3), KV_OK);
+    assert_int_equal(kv_segalloc_reserve(a, 1 << 20, G, &xb), KV_ERANGE);
+    assert_int_equal(kv_segalloc_reserve(a, (1 << 20) - G, 2 * G, &xb), KV_ERANGE);
+    assert_int_equal(kv_segalloc_reserve(a, 1, G, &xb), KV_EINVAL);
     /* allocations avoid reserved ranges; free everything */
     uint64_t x;
-    assert_int_equal(kv_segalloc_alloc(a, G, &x), KV_OK);
+    assert_int_equal(kv_segalloc_alloc(a, G, &x, &xb), KV_OK);
     assert_true(x >= (1 << 19) || x % (4 * G) >= 2 * G); /* in a hole between reserves */
-    assert_int_equal(kv_segalloc_free(a, x), KV_OK);
-    for (uint64_t off = 0; off < (1 << 19); off += 4 * G)
-        assert_int_equal(kv_segalloc_free(a, off), KV_OK);
-    assert_int_equal(kv_segalloc_free(a, 2 * G), KV_OK);
-    assert_int_equal(kv_segalloc_free(a, (1 << 19) + 8 * G), KV_OK);
-    assert_int_equal(kv_segalloc_free(a, (1 << 19) + 2 * G), KV_OK);
+    assert_int_equal(kv_segalloc_free(a, xb), KV_OK);
+    for (uint64_t off = 0, i = 0; off < (1 << 19); off += 4 * G, i++)
+        assert_int_equal(kv_segalloc_free(a, sorted[i]), KV_OK);
+    assert_int_equal(kv_segalloc_free(a, b3), KV_OK);
+    assert_int_equal(kv_segalloc_free(a, b1), KV_OK);
+    assert_int_equal(kv_segalloc_free(a, b2), KV_OK);
     assert_int_equal(kv_segalloc_used(a), 0);
     assert_int_equal(kv_segalloc_free_blocks(a), 1);
     kv_segalloc_destroy(a);
@@ -208,12 +218,13 @@ static void test_alloc_failures(void **state)
     (void)state;
     struct kv_segalloc *a;
     assert_int_equal(kv_segalloc_create(1 << 24, &a), KV_OK);
-    uint64_t offs[200];
+    uint64_t off;
+    kv_segblk offs[200];
     int n = 0;
     for (long k = 1; k < 600 && n < 200; k++) {
         uint64_t used = kv_segalloc_used(a), nf = kv_segalloc_free_blocks(a);
         kv_alloc_fail_at(k % 3 + 1);
-        int rc = kv_segalloc_alloc(a, (uint64_t)(k % 7 + 1) * G, &offs[n]);
+        int rc = kv_segalloc_alloc(a, (uint64_t)(k % 7 + 1) * G, &off, &offs[n]);
         kv_alloc_fail_at(0);
         if (rc == KV_ENOMEM) {
             assert_int_equal(kv_segalloc_used(a), used);
