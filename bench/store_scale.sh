@@ -32,8 +32,8 @@
 #   --quick    1 s per case, 1 and 4 clients, batches at 4 KiB only, 100k objects for memory,
 #              scale steps 25k,100k,250k, 100k objects for rebuild: a smoke test of the script
 #   --scale    run the scale and rebuild sections only (they need RAM: see their output)
-# Env: KVSTASH_BIN (default: build/kvstash of this repo). Needs redis-server, redis-benchmark,
-# redis-cli, python3. Everything it starts is stopped on exit; ports are chosen free at run
+# Env: KVSTASH_BIN (default: build/kvstash of this repo); KVSTASH_BENCH_KEEP=1 keeps the daemons'
+# logs. Needs redis-server, redis-benchmark, redis-cli, python3. Everything it starts is stopped on exit; ports are chosen free at run
 # time; only 127.0.0.1 is used.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -91,7 +91,7 @@ cleanup() {
     local p
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
+    if [ "${KVSTASH_BENCH_KEEP:-0}" = 1 ]; then echo "logs kept in $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -118,6 +118,8 @@ wait_for() { # SECONDS CMD...
 logtail() { echo "--- $W/$1.log (last lines)" >&2; tail -n 25 "$W/$1.log" >&2 || true; }
 # rss PID FIELD: a /proc/PID/status field in bytes (VmRSS, RssAnon, RssShmem)
 rss() { awk -v f="$2:" '$1 == f { printf "%.0f\n", $2 * 1024 }' "/proc/$1/status"; }
+# cpu_s PID: user + system CPU seconds PID has used so far
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$1/stat"; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 mem_avail() { awk '$1 == "MemAvailable:" { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
 
@@ -628,6 +630,8 @@ if want rebuild; then
     bp=${PIDS[standby]}
     sleep 1
     b0=$(rss "$bp" VmRSS)
+    np=${PIDS[node]}
+    bc0=$(cpu_s "$bp") nc0=$(cpu_s "$np")
     kill -9 "$ap"
     wait "$ap" 2>/dev/null || true
     unset "PIDS[master]"
@@ -649,6 +653,9 @@ if want rebuild; then
         sleep 0.05
     done
     b1=$(rss "$bp" VmRSS)
+    bcpu=$(calc "%.1f" "$(cpu_s "$bp") - $bc0") ncpu=$(calc "%.1f" "$(cpu_s "$np") - $nc0")
+    echo "timeline (killed the leader at $(date -u -d "@$k0" +%H:%M:%S.%3N)):"
+    grep -h 'is now the LEADER\|mounted' "$W/standby.log" "$W/node.log" | sort | tail -n 6 | sed 's/^/  /'
     bm=$(http_ms "http://$B_ADM/metrics")
     bc=$(http_ms "http://$B_ADM/api/v1/cluster")
     # the index count says every object is back; batch-exists of random keys through the new
@@ -675,6 +682,7 @@ PYEOF
     done
     printf '%-56s %12s  (the leader ttl is 3 s)\n' "kill -9 -> the standby leads (s)" "$tl"
     printf '%-56s %12s  <=30 s %s\n' "kill -9 -> the new leader indexed all $N (s)" "$tn" "$(verdict "$tn" "<=" 30)"
+    printf '%-56s %12s\n' "  CPU the new leader spent meanwhile (s)" "$bcpu" "  CPU the node spent meanwhile (s)" "$ncpu"
     printf '%-56s %12.0f  (p99 %d us per call of 1,024)\n' "new leader: batch-exists of random keys (keys/s)" "$xops" "$xp99"
     hr
     echo "RSS growth: VmRSS after the fill (the new leader: after the rebuild) minus before, per object,"

@@ -47,6 +47,7 @@
  */
 #define KV_LOG_COMPONENT "master"
 #include <jansson.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +153,12 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
 {
     if (!o || !out || !o->metadata)
         return KV_EINVAL;
+    /* Millions of small objects live between the large, short-lived buffers of MOUNT parts and
+     * batch RPCs. glibc raises its mmap threshold after the first such buffer is freed, then
+     * serves the next ones from the heap, where the small objects allocated meanwhile pin the
+     * freed space: a rebuilt index held twice the memory of the one built by puts. A fixed
+     * threshold keeps large buffers in their own mappings, returned when freed. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     struct kv_master *m = kv_calloc(1, sizeof(*m));
     if (!m)
         return KV_ENOMEM;

@@ -62,10 +62,15 @@ struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key)
     return get_h(idx, key, kv_oidx_hash(key));
 }
 
-/* Doubles s's buckets. On allocation failure the table stays as it is (only longer chains). */
-static void grow(struct kv_oidx_shard *s)
+struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h)
 {
-    size_t nb = s->nb ? s->nb * 2 : MIN_BUCKETS;
+    return get_h(idx, key, h);
+}
+
+/* Gives s nb buckets (a power of two above s->nb). On allocation failure the table stays as it
+ * is (only longer chains). */
+static void resize(struct kv_oidx_shard *s, size_t nb)
+{
     struct mobj **b = kv_calloc(nb, sizeof(*b));
     if (!b)
         return;
@@ -82,14 +87,30 @@ static void grow(struct kv_oidx_shard *s)
     s->nb = nb;
 }
 
+void kv_oidx_reserve(struct kv_oidx *idx, size_t n)
+{
+    size_t per = n / KV_OIDX_SHARDS + n / KV_OIDX_SHARDS / 8 + 1; /* + 1/8: shards are uneven */
+    size_t nb = MIN_BUCKETS;
+    while (nb * 2 < per)
+        nb *= 2;
+    for (size_t i = 0; i < KV_OIDX_SHARDS; i++)
+        if (idx->sh[i].nb < nb)
+            resize(&idx->sh[i], nb);
+}
+
 int kv_oidx_put(struct kv_oidx *idx, struct mobj *o)
 {
     uint32_t h = kv_oidx_hash(o->key);
     if (get_h(idx, o->key, h))
         return KV_EEXIST;
+    return kv_oidx_put_absent(idx, o, h);
+}
+
+int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
+{
     struct kv_oidx_shard *s = shard_of(idx, h);
     if (s->n >= s->nb * 2 || !s->nb) /* at most two objects per bucket on average */
-        grow(s);
+        resize(s, s->nb ? s->nb * 2 : MIN_BUCKETS);
     if (!s->nb)
         return KV_ENOMEM;
     struct mobj **head = &s->b[h & (s->nb - 1)];

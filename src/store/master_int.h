@@ -118,8 +118,16 @@ void kv_oidx_fini(struct kv_oidx *idx);
 uint32_t kv_oidx_hash(const char *key);
 /* The object for key or NULL. */
 struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key);
+/* The same, with h = kv_oidx_hash(key) computed by the caller. */
+struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h);
 /* Adds o under o->key. KV_EEXIST when the key is present, KV_ENOMEM. */
 int kv_oidx_put(struct kv_oidx *idx, struct mobj *o);
+/* Adds o, whose key the caller just looked up (kv_oidx_get_h, same h) and did not find, without
+ * looking again. KV_ENOMEM. */
+int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h);
+/* Sizes the buckets for n objects in all (a mount announcing its total), so that filling the
+ * index does not rehash it again and again. Best effort: on allocation failure it stays. */
+void kv_oidx_reserve(struct kv_oidx *idx, size_t n);
 /* Removes o (in the index). */
 void kv_oidx_del(struct kv_oidx *idx, struct mobj *o);
 /* Calls fn for the objects of up to nbuckets buckets from cursor `from` (0 = the start); fn

@@ -22,6 +22,7 @@
 #include "kvstash/kvstash.h"
 #include "kvstash/store.h"
 #include "store/master_int.h"
+#include "store/mount_pack.h"
 
 #define NODE_RPC_TIMEOUT_MS 5000
 
@@ -35,11 +36,21 @@ int mst_call_node(struct mnode *n, uint16_t method, const ProtobufCMessage *req,
     return rc;
 }
 
-static int cmp_nobj_off(const void *a, const void *b)
+/* The order the master indexes a mount in, and the one nodes send: DRAM objects by offset (each
+ * reserve then starts where the last one ended), then SSD objects. */
+static int cmp_mount_order(const Kvstash__NodeObject *x, const Kvstash__NodeObject *y)
 {
-    const Kvstash__NodeObject *x = *(Kvstash__NodeObject *const *)a;
-    const Kvstash__NodeObject *y = *(Kvstash__NodeObject *const *)b;
+    bool xd = x->tier == KVSTASH__TIER__TIER_DRAM, yd = y->tier == KVSTASH__TIER__TIER_DRAM;
+    if (xd != yd)
+        return xd ? -1 : 1;
+    if (!xd)
+        return 0;
     return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static int cmp_mount_order_p(const void *a, const void *b)
+{
+    return cmp_mount_order(*(Kvstash__NodeObject *const *)a, *(Kvstash__NodeObject *const *)b);
 }
 
 /* Merges one reported object into the index. Returns false when rejected. */
@@ -52,7 +63,8 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
     kv_segblk blk = 0;
     if (dram && kv_segalloc_reserve(n->alloc, x->offset, x->size ? x->size : 1, &blk) < 0)
         return false;
-    struct mobj *o = kv_oidx_get(&m->index, x->key);
+    uint32_t h = kv_oidx_hash(x->key);
+    struct mobj *o = kv_oidx_get_h(&m->index, x->key, h);
     if (o) {
         int ri = rep_find(o, n);
         bool same = o->state == OBJ_COMPLETE && o->size == x->size && o->checksum == x->checksum;
@@ -78,7 +90,7 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
         return true;
     }
     o = mst_obj_new(x->key, 1);
-    if (!o || kv_oidx_put(&m->index, o) < 0) {
+    if (!o || kv_oidx_put_absent(&m->index, o, h) < 0) {
         kv_free(o);
         if (dram)
             kv_segalloc_free(n->alloc, blk);
@@ -106,28 +118,46 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
     return true;
 }
 
-/* Merges a MOUNT's objects (sorted by offset) into the index for node n; rejected ones are
- * forgotten by the node (NODE_FREE of the key only: our allocator has no range for them).
- * Caller holds m->lock. */
-static void mount_objects(struct kv_master *m, struct mnode *n, Kvstash__NodeObject **sorted,
-                          size_t cnt)
+/* The objects of one MOUNT in mount order: pointers (sorted), or, when the node sent packed
+ * records only, already in order, the records themselves, decoded one at a time. */
+struct mount_src {
+    Kvstash__NodeObject **sorted;
+    const uint8_t *packed, *packed_end;
+    size_t cnt;
+};
+
+static void mount_one(struct kv_master *m, struct mnode *n, const Kvstash__NodeObject *x,
+                      int64_t wall)
 {
-    int64_t wall = kv_wall_ms();
-    for (size_t i = 0; i < cnt; i++) {
-        const Kvstash__NodeObject *x = sorted[i];
-        if (mount_merge(m, n, x, wall)) {
-            n->mount_ok++;
-        } else {
-            n->mount_rejected++;
-            bool dram = x->tier == KVSTASH__TIER__TIER_DRAM;
-            if (key_ok(x->key))
-                mst_defer_free(m, n, x->key, x->offset, 0, dram, !dram, true, x->created_ms, 0);
-        }
+    if (mount_merge(m, n, x, wall)) {
+        n->mount_ok++;
+    } else {
+        n->mount_rejected++;
+        bool dram = x->tier == KVSTASH__TIER__TIER_DRAM;
+        if (key_ok(x->key))
+            mst_defer_free(m, n, x->key, x->offset, 0, dram, !dram, true, x->created_ms, 0);
     }
 }
 
+/* Merges a MOUNT's objects into the index for node n; rejected ones are forgotten by the node
+ * (NODE_FREE of the key only: our allocator has no range for them). Caller holds m->lock. */
+static void mount_objects(struct kv_master *m, struct mnode *n, const struct mount_src *src)
+{
+    int64_t wall = kv_wall_ms();
+    if (src->packed) {
+        Kvstash__NodeObject x;
+        for (const uint8_t *p = src->packed; p < src->packed_end;) {
+            p += kv_mount_decode(p, &x);
+            mount_one(m, n, &x, wall);
+        }
+        return;
+    }
+    for (size_t i = 0; i < src->cnt; i++)
+        mount_one(m, n, src->sorted[i], wall);
+}
+
 /* A later part of a MOUNT in parts (in->part): adds its objects to the node being mounted. */
-static int h_mount_part(struct kv_master *m, Kvstash__MountReq *in, Kvstash__NodeObject **sorted,
+static int h_mount_part(struct kv_master *m, Kvstash__MountReq *in, const struct mount_src *src,
                         struct kv_buf *resp)
 {
     pthread_mutex_lock(&m->lock);
@@ -138,7 +168,7 @@ static int h_mount_part(struct kv_master *m, Kvstash__MountReq *in, Kvstash__Nod
                 in->node_id ? in->node_id : "?");
         return KV_EINVAL;
     }
-    mount_objects(m, n, sorted, in->n_objects);
+    mount_objects(m, n, src);
     n->last_hb_ms = kv_now_ms();
     n->mounting = in->more;
     uint64_t epoch = m->epoch;
@@ -159,15 +189,51 @@ int mst_h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct kv_b
     if (rc < 0)
         return rc;
     struct mnode *n = NULL;
-    Kvstash__NodeObject **sorted = kv_calloc(in->n_objects + 1, sizeof(*sorted));
-    if (!sorted)
-        goto out_nomem;
-    if (in->n_objects) {
-        memcpy(sorted, in->objects, in->n_objects * sizeof(*sorted));
-        qsort(sorted, in->n_objects, sizeof(*sorted), cmp_nobj_off);
+    Kvstash__NodeObject *packed = NULL, **sorted = NULL;
+    struct mount_src src = {0};
+    size_t npacked = 0;
+    if (in->packed.len) {
+        char err[160];
+        bool in_order;
+        rc = kv_mount_check(in->packed.data, in->packed.len, &npacked, &in_order, err, sizeof(err));
+        if (rc == KV_OK && in_order && in->n_objects == 0) {
+            src.packed = in->packed.data;
+            src.packed_end = in->packed.data + in->packed.len;
+            src.cnt = npacked;
+        } else if (rc == KV_OK) {
+            rc = kv_mount_unpack(in->packed.data, in->packed.len, &packed, &npacked, err,
+                                 sizeof(err));
+        }
+        if (rc < 0) {
+            if (rc == KV_EPROTO)
+                KV_LOGW("MOUNT from node %s rejected: %s", in->node_id ? in->node_id : "?", err);
+            goto out;
+        }
+    }
+    if (!src.packed) {
+        /* objects (repeated messages) and packed records: one list, in mount order */
+        size_t cnt = in->n_objects + npacked;
+        sorted = kv_malloc((cnt + 1) * sizeof(*sorted));
+        if (!sorted)
+            goto out_nomem;
+        bool in_order = true;
+        for (size_t i = 0; i < cnt; i++) {
+            sorted[i] = i < in->n_objects ? in->objects[i] : &packed[i - in->n_objects];
+            if (i && in_order && cmp_mount_order(sorted[i - 1], sorted[i]) > 0)
+                in_order = false;
+        }
+        if (!in_order)
+            qsort(sorted, cnt, sizeof(*sorted), cmp_mount_order_p);
+        src.sorted = sorted;
+        src.cnt = cnt;
+    }
+    if (in->total && !in->part) {
+        pthread_mutex_lock(&m->lock);
+        kv_oidx_reserve(&m->index, m->index.n + in->total);
+        pthread_mutex_unlock(&m->lock);
     }
     if (in->part) {
-        rc = h_mount_part(m, in, sorted, resp);
+        rc = h_mount_part(m, in, &src, resp);
         goto out;
     }
     if (!in->node_id || !*in->node_id || !in->segment || !*in->segment || !in->rpc_addr ||
@@ -205,7 +271,7 @@ int mst_h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct kv_b
     struct mnode *old = mst_node_find(m, in->node_id);
     if (old)
         mst_node_remove(m, old, "mounted again");
-    mount_objects(m, n, sorted, in->n_objects);
+    mount_objects(m, n, &src);
     size_t ok = n->mount_ok, rejected = n->mount_rejected;
     n->next = m->nodes;
     m->nodes = n;
@@ -231,6 +297,7 @@ out:
         pthread_mutex_unlock(&m->lock);
     }
     kv_free(sorted);
+    kv_free(packed);
     kv_rpc_pb_free(&in->base);
     return rc;
 }

@@ -23,6 +23,7 @@
 #include "kvstash/kvstash.h"
 #include "common/hash.h"
 #include "common/util.h"
+#include "store/mount_pack.h"
 #include "store/rpc.h"
 #include "store/store_int.h"
 
@@ -581,6 +582,65 @@ static void test_mount_in_parts(void **state)
     kv_master_stop(m);
 }
 
+/* Packed records (mount_pack.h): in order, out of order (the master sorts them), beside
+ * repeated objects, with the announced total; a malformed buffer is refused whole, naming the
+ * problem, and changes nothing. */
+static void test_mount_packed(void **state)
+{
+    (void)state;
+    struct kv_rpc_client *cl;
+    struct kv_master *m = mount_test_master(&cl);
+    static const char *const keys[] = {"q0", "q1", "q2", "q3", "q4"};
+    static const uint64_t offs[] = {8192, 0, 0, 4096, 12288}; /* q2 is on SSD */
+    Kvstash__NodeObject o[5];
+    uint8_t buf[512], *p = buf;
+    for (int i = 0; i < 5; i++) {
+        kvstash__node_object__init(&o[i]);
+        o[i].key = (char *)keys[i];
+        o[i].size = 1000;
+        o[i].offset = offs[i];
+        o[i].checksum = 1;
+        o[i].created_ms = 5;
+        o[i].tier = i == 2 ? KVSTASH__TIER__TIER_SSD : KVSTASH__TIER__TIER_DRAM;
+        if (i < 4)
+            p = kv_mount_pack(p, &o[i]);
+    }
+    Kvstash__NodeObject *rep[1] = {&o[4]};
+    Kvstash__MountReq mr = KVSTASH__MOUNT_REQ__INIT;
+    mr.node_id = "pk";
+    mr.segment = "pk";
+    mr.size = 1 << 20;
+    mr.rpc_addr = "127.0.0.1:1";
+    mr.ssd_capacity = 1 << 20;
+    mr.packed.data = buf;
+    mr.packed.len = (size_t)(p - buf);
+    mr.n_objects = 1;
+    mr.objects = rep;
+    mr.total = 5;
+    assert_int_equal(kv_rpc_call_pb(cl, KV_RPC_MOUNT, &mr.base, &kvstash__mount_resp__descriptor,
+                                    NULL, 2000, NULL, 0),
+                     KV_OK);
+    assert_int_equal(kv_master_object_count(m), 5);
+    int nrep, nd, ns;
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(kv_master_key_info(m, keys[i], &nrep, &nd, &ns), KV_OK);
+        assert_int_equal(nd, i == 2 ? 0 : 1);
+        assert_int_equal(ns, i == 2 ? 1 : 0);
+    }
+    /* a cut record: the whole MOUNT is refused, the index keeps what it had */
+    mr.node_id = "pk2";
+    mr.segment = "pk2";
+    mr.n_objects = 0;
+    mr.packed.len -= 1;
+    assert_int_not_equal(kv_rpc_call_pb(cl, KV_RPC_MOUNT, &mr.base,
+                                        &kvstash__mount_resp__descriptor, NULL, 2000, NULL, 0),
+                         KV_OK);
+    assert_int_equal(kv_master_object_count(m), 5);
+    assert_int_equal(kv_master_node_count(m), 1);
+    kv_rpc_client_destroy(cl);
+    kv_master_stop(m);
+}
+
 static void test_mount_merge_and_garbage(void **state)
 {
     (void)state;
@@ -669,6 +729,7 @@ int main(void)
         cmocka_unit_test(test_demote_promote_restart),
         cmocka_unit_test(test_failover),
         cmocka_unit_test(test_mount_in_parts),
+        cmocka_unit_test(test_mount_packed),
         cmocka_unit_test(test_mount_merge_and_garbage),
     };
     if (getenv("KV_TEST_DEBUG"))
