@@ -52,7 +52,8 @@ extern "C" {
     XX(EMETA_CAS, -200, "compare-and-swap failed: value differs")                                  \
     XX(EMETA_LEASE, -201, "lease not found or expired")                                            \
     XX(EMETA_UNAVAIL, -202, "metadata backend unavailable")                                        \
-    XX(EMETA_URL, -203, "bad metadata URL")
+    XX(EMETA_URL, -203, "bad metadata URL")                                                        \
+    XX(ESTORE_NONODE, -300, "no storage node mounted yet")
 
 enum kv_err {
 #define KV_ERR_ENUM_(name, value, msg) KV_##name = (value),

@@ -54,6 +54,10 @@ struct kv_router_opts {
     int64_t elrar_affinity_window_s;
     bool elrar_w_set;
     double elrar_w[4];
+    /* a request for a model no engine is known to serve while some engines' models are not
+     * discovered yet (or, with metadata_url, no engine is known yet) waits up to this long for
+     * discovery before failing; default 10000 (when 0), negative: fail at once */
+    int discovery_wait_ms;
 };
 
 struct kv_router;

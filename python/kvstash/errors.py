@@ -63,6 +63,7 @@ _CLASS = {
     "KV_ECONNREFUSED": UnavailableError,
     "KV_ECONNRESET": UnavailableError,
     "KV_EMETA_UNAVAIL": UnavailableError,
+    "KV_ESTORE_NONODE": UnavailableError,
     "KV_EXFER_PEER": UnavailableError,
     "KV_ECHECKSUM": ChecksumError,
 }

@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * cli_node.c - `kvstash node`: runs a storage node (src/store/node.c) until SIGINT or SIGTERM:
- * a DRAM segment of --capacity bytes mounted into the cluster, and an optional SSD tier.
+ * a DRAM segment of --capacity bytes mounted into the cluster, and an optional SSD tier. With
+ * --admin-addr it serves /health and /ready (200 once mounted) on the shared admin server: a
+ * node is its own process (own container, own health check), so its readiness is its own
+ * endpoint rather than only a row in the master's /api/v1/cluster.
  */
 #define KV_LOG_COMPONENT "node"
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "common/admin_http.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "store/store_int.h"
@@ -38,7 +43,29 @@ static const struct kv_cfg_opt node_opts[] = {
      "transfer protocol"},
     {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",
      "shared token transfer peers must present"},
+    {"admin-addr", "KVSTASH_NODE_ADMIN_ADDR", NULL, KV_CFG_STR, "off", 0, 0, NULL, "H:P",
+     "HTTP /health (liveness) and /ready (200 once mounted on the leader) on H:P, or off"},
 };
+
+/* The node for the admin server's /ready: NULL until kv_node_start returned (prefaulting a
+ * large segment takes seconds, and /health answers meanwhile). */
+static _Atomic(struct kv_node *) admin_node;
+
+static bool node_ready(void *ud, json_t *doc, char *reason, size_t reasonlen)
+{
+    (void)ud;
+    struct kv_node *n = atomic_load(&admin_node);
+    if (!n) {
+        snprintf(reason, reasonlen, "starting (registering and prefaulting the segment)");
+        return false;
+    }
+    json_object_set_new(doc, "node_id", json_string(kv_node_id(n)));
+    if (kv_node_wait_mounted(n, 0) < 0) {
+        snprintf(reason, reasonlen, "not mounted on a leader master yet");
+        return false;
+    }
+    return true;
+}
 
 int kv_cli_node(int argc, char **argv)
 {
@@ -90,16 +117,34 @@ int kv_cli_node(int argc, char **argv)
         .token = kv_cfg_str(&cfg, "token"),
     };
     kv_cli_block_signals();
+    struct kv_admin_http *admin = NULL;
+    const char *aaddr = kv_cfg_str(&cfg, "admin-addr");
+    if (aaddr && strcmp(aaddr, "off") != 0) {
+        struct kv_admin_http_opts ao = {.addr = aaddr, .ready = node_ready};
+        char err[300];
+        if (kv_admin_http_create(&ao, &admin, err, sizeof(err)) < 0 ||
+            kv_admin_http_start(admin) < 0) {
+            fprintf(stderr, "kvstash node: --admin-addr: %s\n", err);
+            kv_admin_http_destroy(admin);
+            ex = 1;
+            goto out;
+        }
+        KV_LOGI("admin HTTP on port %u (/health, /ready)", kv_admin_http_port(admin));
+    }
     struct kv_node *n;
     int rc = kv_node_start(&no, &n);
     if (rc < 0) {
         fprintf(stderr, "kvstash node: cannot start: %s (see the log line above)\n",
                 kv_strerror(rc));
+        kv_admin_http_destroy(admin);
         ex = 1;
         goto out;
     }
+    atomic_store(&admin_node, n);
     int sig = kv_cli_wait_signal();
     KV_LOGI("signal %d: shutting down", sig);
+    kv_admin_http_destroy(admin); /* before the node it reports on */
+    atomic_store(&admin_node, NULL);
     kv_node_stop(n);
     ex = 0;
 out:

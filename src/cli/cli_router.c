@@ -41,6 +41,10 @@ static const struct kv_cfg_opt router_opts[] = {
      3600000, NULL, "MS", "GET /health of every engine this often"},
     {"health-timeout-ms", "KVSTASH_ROUTER_HEALTH_TIMEOUT_MS", NULL, KV_CFG_INT, "2000", 10, 600000,
      NULL, "MS", "a health check slower than this fails"},
+    {"discovery-wait-ms", "KVSTASH_ROUTER_DISCOVERY_WAIT_MS", NULL, KV_CFG_INT, "10000", 0, 600000,
+     NULL, "MS",
+     "a request arriving while engines' models are still being discovered waits this long (0: "
+     "fail at once)"},
     {"models-interval-ms", "KVSTASH_ROUTER_MODELS_INTERVAL_MS", NULL, KV_CFG_INT, "30000", 10,
      86400000, NULL, "MS", "refresh each engine's GET /v1/models this often"},
     {"threads", "KVSTASH_ROUTER_THREADS", NULL, KV_CFG_INT, "1", 1, 64, NULL, "N",
@@ -215,6 +219,9 @@ int kv_cli_router(int argc, char **argv)
         .timeout_ms = (int)kv_cfg_int(&cfg, "timeout-ms"),
         .health_interval_ms = (int)kv_cfg_int(&cfg, "health-interval-ms"),
         .health_timeout_ms = (int)kv_cfg_int(&cfg, "health-timeout-ms"),
+        .discovery_wait_ms = kv_cfg_int(&cfg, "discovery-wait-ms") > 0
+                                 ? (int)kv_cfg_int(&cfg, "discovery-wait-ms")
+                                 : -1,
         .models_interval_ms = (int)kv_cfg_int(&cfg, "models-interval-ms"),
         .threads = (int)kv_cfg_int(&cfg, "threads"),
         .cache_threshold = kv_cfg_double(&cfg, "cache-threshold"),

@@ -123,7 +123,9 @@ struct value {
     struct kv_buf b;
 };
 
-static int read_value(const char *path, struct value *v, char *err, size_t errlen)
+/* A stream (pipe, "-", /dev/zero) stops with an error once it passes max bytes (0: no limit):
+ * reading it to the end first would grow memory without bound. */
+static int read_value(const char *path, struct value *v, uint64_t max, char *err, size_t errlen)
 {
     memset(v, 0, sizeof(*v));
     kv_buf_init(&v->b);
@@ -155,6 +157,15 @@ static int read_value(const char *path, struct value *v, char *err, size_t errle
         }
         if (n == 0)
             break;
+        if (max && v->b.len + (size_t)n > max) {
+            char sz[32];
+            kv_format_size(max, sz, sizeof(sz));
+            snprintf(err, errlen,
+                     "%s: the input exceeds %s (%llu bytes), the largest object this cluster can "
+                     "hold (its largest storage node); stopped reading",
+                     path, sz, (unsigned long long)max);
+            goto out_fail;
+        }
         if (kv_buf_append(&v->b, chunk, (size_t)n) < 0) {
             snprintf(err, errlen, "%s: out of memory", path);
             goto out_fail;
@@ -179,6 +190,51 @@ static void value_fini(struct value *v)
     kv_buf_fini(&v->b);
 }
 
+static bool is_regular_file(const char *path)
+{
+    struct stat st;
+    return strcmp(path, "-") != 0 && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* The largest value a put with this many replicas can store: the replicas-th largest node
+ * capacity (each replica lives whole in one node's segment). KV_ESTORE_NONODE without a node,
+ * KV_ENOSPC (*nodes says how many there are) with fewer nodes than replicas. */
+static int largest_object(struct kv_store *s, int replicas, uint64_t *out, int *nodes_out)
+{
+    char *js = NULL;
+    int rc = kv_store_stat_json(s, &js);
+    if (rc < 0)
+        return rc;
+    json_t *root = json_loads(js, 0, NULL);
+    kv_store_free(js);
+    json_t *nodes = root ? json_object_get(root, "nodes") : NULL;
+    uint64_t top[16] = {0}; /* the largest capacities, descending */
+    int have = 0;
+    size_t i;
+    json_t *n;
+    json_array_foreach(nodes, i, n)
+    {
+        uint64_t c = (uint64_t)json_integer_value(json_object_get(n, "capacity"));
+        int at = KV_MIN(have, replicas);
+        while (at > 0 && top[at - 1] < c) {
+            if (at < (int)KV_ARRAY_SIZE(top))
+                top[at] = top[at - 1];
+            at--;
+        }
+        if (at < replicas && at < (int)KV_ARRAY_SIZE(top))
+            top[at] = c;
+        have++;
+    }
+    json_decref(root);
+    *nodes_out = have;
+    if (have == 0)
+        return KV_ESTORE_NONODE;
+    if (replicas < 1 || replicas > (int)KV_ARRAY_SIZE(top) || have < replicas)
+        return KV_ENOSPC;
+    *out = top[replicas - 1];
+    return KV_OK;
+}
+
 int kv_cli_put(int argc, char **argv)
 {
     struct kv_cfg cfg = {
@@ -201,17 +257,31 @@ int kv_cli_put(int argc, char **argv)
     ex = 1;
     struct value v;
     char err[512];
-    if (read_value(cfg.args[1], &v, err, sizeof(err)) < 0) {
-        fprintf(stderr, "%s: %s\n", cfg.prog, err);
-        goto out;
-    }
     if (kv_cli_store_open(&cfg, &s) < 0)
-        goto out_value;
+        goto out;
     struct kv_put_opts po = {
         .replicas = (int)kv_cfg_int(&cfg, "replicas"),
         .ttl_s = (uint32_t)kv_cfg_int(&cfg, "ttl"),
         .pin = kv_cfg_bool(&cfg, "pin"),
     };
+    uint64_t max = 0;
+    if (!is_regular_file(cfg.args[1])) {
+        int nodes = 0;
+        int rc = largest_object(s, po.replicas, &max, &nodes);
+        if (rc == KV_ENOSPC) {
+            fprintf(stderr, "%s: %s: %d replicas asked, but the cluster has %d storage node%s\n",
+                    cfg.prog, key, po.replicas, nodes, nodes == 1 ? "" : "s");
+            goto out;
+        }
+        if (rc < 0) {
+            print_err(&cfg, key, rc);
+            goto out;
+        }
+    }
+    if (read_value(cfg.args[1], &v, max, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s: %s\n", cfg.prog, err);
+        goto out;
+    }
     int rc = kv_store_put(s, key, v.p, v.len, &po);
     if (rc < 0) {
         print_err(&cfg, key, rc);

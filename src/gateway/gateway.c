@@ -828,6 +828,9 @@ static void *udp_main(void *arg)
     if (!done)
         udp_loop_recvmmsg(g, &lines);
     kv_buf_fini(&lines);
+    atomic_store(&g->udp_running, false);
+    if (!atomic_load_explicit(&g->stopping, memory_order_relaxed))
+        KV_LOGE("the UDP receive thread exited: /health answers 503");
     return NULL;
 }
 
@@ -936,7 +939,9 @@ int kv_gateway_start(const struct kv_gateway_opts *o, struct kv_gateway **out)
     rc = choose_udp_io(g, err, errlen);
     if (rc < 0)
         goto out_http;
+    atomic_store(&g->udp_running, true);
     if (pthread_create(&g->udp_thr, NULL, udp_main, g) != 0) {
+        atomic_store(&g->udp_running, false);
         rc = KV_EAGAIN;
         goto out_http;
     }

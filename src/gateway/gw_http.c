@@ -1,27 +1,27 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * gw_http.c - the gateway's HTTP query API on libevent's evhttp: GET /stats, /engines,
- * /engines/{id}, /engines/{id}/history, /health, /metrics (Prometheus text). Everything is JSON
- * except /metrics; unknown paths get 404 and other methods 405, both with a JSON error body.
+ * gw_http.c - the gateway's HTTP query API on the shared admin server (common/admin_http.h):
+ * GET /stats, /engines, /engines/{id}, /engines/{id}/history, /health, /ready, /metrics
+ * (Prometheus text). Everything is JSON except /metrics; unknown paths get 404 and other
+ * methods 405, both with a JSON error body.
  *
- * Thread model: one thread ("gw-http") runs its own event_base; handlers copy what they need
- * under the gateway's lock (a leaf lock, held only while copying) and format outside it.
- * Stopping: an eventfd registered in the base; writing it breaks the loop from inside, so no
- * libevent locking is needed.
+ * Liveness (/health): 200 while the UDP receive thread runs, 503 once it has exited (it only
+ * exits at stop or on an unrecoverable receive error). Readiness (/ready): the UDP socket is
+ * bound and the receive thread runs; the document names the port and the receive path.
+ *
+ * Thread model: one thread ("gw-http") runs the admin server's event_base; handlers copy what
+ * they need under the gateway's lock (a leaf lock, held only while copying) and format outside
+ * it.
  */
 #define KV_LOG_COMPONENT "gateway"
 #include <curl/curl.h>
-#include <errno.h>
-#include <event2/buffer.h>
-#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
+#include "common/admin_http.h"
 #include "common/alloc.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -31,11 +31,7 @@
 
 struct gw_http {
     struct kv_gateway *g;
-    struct event_base *base;
-    struct evhttp *http;
-    struct event *stop_ev;
-    int stop_fd;
-    pthread_t thr;
+    struct kv_admin_http *srv;
 };
 
 static json_t *state_json(const struct kv_gateway_state *s)
@@ -65,27 +61,14 @@ static json_t *engine_json(const struct kv_gateway_engine *e)
 
 static void reply_json(struct evhttp_request *req, int code, const char *reason, json_t *body)
 {
-    struct evbuffer *out = evbuffer_new();
-    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
-    json_decref(body);
-    if (!out || !text) {
-        if (out)
-            evbuffer_free(out);
-        kv_free(text);
-        evhttp_send_error(req, 500, "out of memory");
-        return;
-    }
-    evbuffer_add(out, text, strlen(text));
-    evbuffer_add(out, "\n", 1);
-    kv_free(text);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evhttp_send_reply(req, code, reason, out);
-    evbuffer_free(out);
+    (void)reason;
+    kv_admin_reply_json(req, code, body);
 }
 
 static void reply_error(struct evhttp_request *req, int code, const char *reason, const char *msg)
 {
-    reply_json(req, code, reason, json_pack("{s:s}", "error", msg));
+    (void)reason;
+    kv_admin_reply_error(req, code, "%s", msg);
 }
 
 static void do_stats(struct gw_http *h, struct evhttp_request *req)
@@ -188,14 +171,35 @@ static void do_engine(struct gw_http *h, struct evhttp_request *req, const char 
                          (json_int_t)json_array_size(list), "history", list));
 }
 
-static void do_health(struct gw_http *h, struct evhttp_request *req)
+static bool on_live(void *ud, json_t *doc, char *why, size_t whylen)
 {
-    struct kv_gateway_stats s;
-    kv_gateway_stats(h->g, &s);
-    reply_json(req, 200, "OK",
-               json_pack("{s:s, s:I, s:I}", "status", "ok", "active_engines",
-                         (json_int_t)s.active_engines, "total_engines",
-                         (json_int_t)s.total_engines));
+    struct gw_http *h = ud;
+    struct kv_gateway_stats st;
+    kv_gateway_stats(h->g, &st);
+    json_object_set_new(doc, "active_engines", json_integer((json_int_t)st.active_engines));
+    json_object_set_new(doc, "total_engines", json_integer((json_int_t)st.total_engines));
+    if (!atomic_load(&h->g->udp_running)) {
+        snprintf(why, whylen, "the UDP receive thread has exited");
+        return false;
+    }
+    return true;
+}
+
+static bool on_ready(void *ud, json_t *doc, char *reason, size_t reasonlen)
+{
+    struct gw_http *h = ud;
+    json_object_set_new(doc, "udp_port", json_integer(h->g->udp_port));
+    json_object_set_new(doc, "receive_path",
+                        json_string(atomic_load(&h->g->udp_io_uring) ? "io_uring" : "recvmmsg"));
+    if (h->g->udp_fd < 0) {
+        snprintf(reason, reasonlen, "UDP socket not bound");
+        return false;
+    }
+    if (!atomic_load(&h->g->udp_running)) {
+        snprintf(reason, reasonlen, "the UDP receive thread is not running");
+        return false;
+    }
+    return true;
 }
 
 /* A Prometheus label value: backslash, double quote and newline escaped. */
@@ -307,147 +311,86 @@ static void do_metrics(struct gw_http *h, struct evhttp_request *req)
         }
     }
     kv_gateway_free(arr);
-    struct evbuffer *out = evbuffer_new();
-    if (!out || !b.data) {
-        if (out)
-            evbuffer_free(out);
-        kv_buf_fini(&b);
-        evhttp_send_error(req, 500, "out of memory");
-        return;
-    }
-    evbuffer_add(out, b.data, b.len);
+    if (!b.data)
+        kv_admin_reply_error(req, 500, "out of memory");
+    else
+        kv_admin_reply(req, 200, "text/plain; version=0.0.4", b.data, b.len);
     kv_buf_fini(&b);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      "text/plain; version=0.0.4");
-    evhttp_send_reply(req, 200, "OK", out);
-    evbuffer_free(out);
 }
 
-static void handle(struct evhttp_request *req, void *arg)
+static void h_stats(struct evhttp_request *req, const char *path, void *ud)
 {
-    struct gw_http *h = arg;
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-        reply_error(req, 405, "Method Not Allowed", "only GET is supported");
+    (void)path;
+    do_stats(ud, req);
+}
+
+static void h_engines(struct evhttp_request *req, const char *path, void *ud)
+{
+    (void)path;
+    do_engines(ud, req);
+}
+
+static void h_metrics(struct evhttp_request *req, const char *path, void *ud)
+{
+    (void)path;
+    do_metrics(ud, req);
+}
+
+/* /engines/{id} and /engines/{id}/history (id percent-encoded). */
+static void h_engine(struct evhttp_request *req, const char *path, void *ud)
+{
+    const char *rest = path + strlen("/engines/");
+    size_t len = strlen(rest);
+    bool hist = false;
+    const char *suffix = "/history";
+    if (len > strlen(suffix) && strcmp(rest + len - strlen(suffix), suffix) == 0) {
+        hist = true;
+        len -= strlen(suffix);
+    }
+    int idlen = 0;
+    char *id = curl_easy_unescape(NULL, rest, (int)len, &idlen);
+    if (!id || idlen <= 0 || (size_t)idlen != strlen(id)) {
+        curl_free(id);
+        reply_error(req, 400, "Bad Request", "bad engine id in path");
         return;
     }
-    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-    if (!path)
-        path = "/";
-    if (strcmp(path, "/stats") == 0) {
-        do_stats(h, req);
-    } else if (strcmp(path, "/engines") == 0 || strcmp(path, "/engines/") == 0) {
-        do_engines(h, req);
-    } else if (strcmp(path, "/health") == 0) {
-        do_health(h, req);
-    } else if (strcmp(path, "/metrics") == 0) {
-        do_metrics(h, req);
-    } else if (kv_startswith(path, "/engines/")) {
-        const char *rest = path + strlen("/engines/");
-        size_t len = strlen(rest);
-        bool hist = false;
-        const char *suffix = "/history";
-        if (len > strlen(suffix) && strcmp(rest + len - strlen(suffix), suffix) == 0) {
-            hist = true;
-            len -= strlen(suffix);
-        }
-        int idlen = 0;
-        char *id = curl_easy_unescape(NULL, rest, (int)len, &idlen);
-        if (!id || idlen <= 0 || (size_t)idlen != strlen(id)) {
-            curl_free(id);
-            reply_error(req, 400, "Bad Request", "bad engine id in path");
-            return;
-        }
-        do_engine(h, req, id, hist);
-        curl_free(id);
-    } else {
-        reply_error(req, 404, "Not Found",
-                    "no such endpoint (try /stats, /engines, /engines/{id}, "
-                    "/engines/{id}/history, /health, /metrics)");
-    }
-}
-
-static void on_stop(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct gw_http *h = arg;
-    event_base_loopbreak(h->base);
-}
-
-static void *http_main(void *arg)
-{
-    struct gw_http *h = arg;
-    kv_log_set_thread_name("gw-http");
-    event_base_dispatch(h->base);
-    return NULL;
+    do_engine(ud, req, id, hist);
+    curl_free(id);
 }
 
 int gw_http_start(struct kv_gateway *g, const char *addr, struct gw_http **out, uint16_t *port,
                   char *err, size_t errlen)
 {
-    char host[256];
-    uint16_t p;
-    if (kv_parse_hostport(addr, host, sizeof(host), &p) < 0) {
-        if (err)
-            snprintf(err, errlen, "bad HTTP address '%s' (want HOST:PORT)", addr);
-        return KV_EINVAL;
-    }
     struct gw_http *h = kv_calloc(1, sizeof(*h));
     if (!h)
         return KV_ENOMEM;
     h->g = g;
-    h->stop_fd = -1;
-    int fd = -1;
-    errno = 0;
-    int rc = kv_net_listen_tcp(host, p, 128, &fd, port);
-    if (rc < 0) {
-        int e = errno; /* the bind/listen failure's errno survives the helper's close() */
-        if (err)
-            snprintf(err, errlen, "cannot listen on HTTP %s: %s", addr,
-                     e ? strerror(e) : kv_strerror(rc));
-        if (e == EADDRINUSE)
-            rc = KV_EBUSY;
+    struct kv_admin_http_opts o = {.addr = addr,
+                                   .thread_name = "gw-http",
+                                   .max_body = 4096, /* GET only: a body is never needed */
+                                   .live = on_live,
+                                   .ready = on_ready,
+                                   .ud = h};
+    int rc = kv_admin_http_create(&o, &h->srv, err, errlen);
+    if (rc < 0)
         goto out_free;
+    const unsigned get = KV_ADMIN_GET | KV_ADMIN_HEAD;
+    if (kv_admin_http_route(h->srv, "/stats", 0, get, h_stats, h) < 0 ||
+        kv_admin_http_route(h->srv, "/engines", 0, get, h_engines, h) < 0 ||
+        kv_admin_http_route(h->srv, "/engines/", 0, get, h_engines, h) < 0 ||
+        kv_admin_http_route(h->srv, "/engines/", KV_ADMIN_PREFIX, get, h_engine, h) < 0 ||
+        kv_admin_http_route(h->srv, "/metrics", 0, get, h_metrics, h) < 0) {
+        rc = KV_ENOMEM;
+        goto out_srv;
     }
-    kv_net_set_nonblock(fd, 1);
-    rc = KV_ENOMEM;
-    h->base = event_base_new();
-    if (!h->base)
-        goto out_fd;
-    h->http = evhttp_new(h->base);
-    if (!h->http)
-        goto out_base;
-    evhttp_set_gencb(h->http, handle, h);
-    evhttp_set_timeout(h->http, 30);
-    evhttp_set_max_body_size(h->http, 4096); /* GET only: a body is never needed */
-    evhttp_set_max_headers_size(h->http, 16384);
-    if (!evhttp_accept_socket_with_handle(h->http, fd))
-        goto out_http;
-    fd = -1; /* owned by evhttp now */
-    h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (h->stop_fd < 0)
-        goto out_http;
-    h->stop_ev = event_new(h->base, h->stop_fd, EV_READ | EV_PERSIST, on_stop, h);
-    if (!h->stop_ev || event_add(h->stop_ev, NULL) != 0)
-        goto out_ev;
-    if (pthread_create(&h->thr, NULL, http_main, h) != 0) {
-        rc = KV_EAGAIN;
-        goto out_ev;
-    }
+    rc = kv_admin_http_start(h->srv);
+    if (rc < 0)
+        goto out_srv;
+    *port = kv_admin_http_port(h->srv);
     *out = h;
     return KV_OK;
-out_ev:
-    if (h->stop_ev)
-        event_free(h->stop_ev);
-    close(h->stop_fd);
-out_http:
-    evhttp_free(h->http);
-out_base:
-    event_base_free(h->base);
-out_fd:
-    if (fd >= 0)
-        close(fd);
+out_srv:
+    kv_admin_http_destroy(h->srv);
 out_free:
     kv_free(h);
     return rc;
@@ -457,13 +400,6 @@ void gw_http_stop(struct gw_http *h)
 {
     if (!h)
         return;
-    uint64_t one = 1;
-    ssize_t w = write(h->stop_fd, &one, sizeof(one));
-    (void)w;
-    pthread_join(h->thr, NULL);
-    event_free(h->stop_ev);
-    evhttp_free(h->http);
-    event_base_free(h->base);
-    close(h->stop_fd);
+    kv_admin_http_destroy(h->srv);
     kv_free(h);
 }

@@ -130,8 +130,10 @@ struct kv_gateway {
     atomic_bool stopping;
     pthread_t udp_thr;
     bool udp_started;
-    struct gw_rxmem *rxmem; /* the receive thread's recvmmsg buffers */
-    struct gw_uring *uring; /* the io_uring ring and buffers, or NULL (recvmmsg only) */
+    atomic_bool udp_running; /* the receive thread is in its loop (set before it starts, cleared
+                                when it exits): /health and /ready (gw_http.c) */
+    struct gw_rxmem *rxmem;  /* the receive thread's recvmmsg buffers */
+    struct gw_uring *uring;  /* the io_uring ring and buffers, or NULL (recvmmsg only) */
     /* the receive thread runs io_uring (else recvmmsg); set at start, cleared by the receive
      * thread when it falls back to recvmmsg (io_uring refused after all, see gateway.c) */
     atomic_bool udp_io_uring;

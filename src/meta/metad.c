@@ -60,6 +60,7 @@
  */
 #define KV_LOG_COMPONENT "metad"
 #include "meta/metad.h"
+#include "common/admin_http.h"
 
 #include <errno.h>
 #include <sys/queue.h> /* before keyvalq_struct.h: TAILQ_* */
@@ -124,9 +125,9 @@ struct kv_metad {
     uint64_t wid; /* the ring's watch on m */
 
     struct event_base *base;
-    struct evhttp *http;
-    struct event *stop_ev; /* activated by kv_metad_stop */
-    struct event *wake_ev; /* activated when the ring grows */
+    struct kv_admin_http *admin; /* the shared admin server on base (common/admin_http.h) */
+    struct event *stop_ev;       /* activated by kv_metad_stop */
+    struct event *wake_ev;       /* activated when the ring grows */
     pthread_t thread;
     bool thread_started;
     size_t max_value;       /* largest value a PUT may store */
@@ -1256,8 +1257,6 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     if (strcmp(path, "/metadata") == 0) {
         handle_metadata(d, req, &q);
-    } else if (strcmp(path, "/health") == 0) {
-        reply(req, 200, "text/plain", "ok\n", 3);
     } else if (strcmp(path, "/watch") == 0) {
         if (cmd != EVHTTP_REQ_GET)
             reply_err(req, 405, KV_ENOTSUP, "use GET for /watch");
@@ -1278,10 +1277,16 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else {
         reply_err(req, 404, KV_ENOENT,
                   "unknown path '%.200s' (try /metadata, /metadata/cas, /lease/grant, "
-                  "/lease/keepalive, /lease/revoke, /watch, /health)",
+                  "/lease/keepalive, /lease/revoke, /watch, /health, /ready)",
                   path);
     }
     kv_metad_query_fini(&q);
+}
+
+static void on_route(struct evhttp_request *req, const char *path, void *ud)
+{
+    (void)path;
+    on_request(req, ud);
 }
 
 /* ---- lifecycle ---- */
@@ -1330,8 +1335,7 @@ static void metad_free(struct kv_metad *d)
         pthread_mutex_unlock(&d->save_lock);
         pthread_join(d->saver, NULL);
     }
-    if (d->http)
-        evhttp_free(d->http);
+    kv_admin_http_destroy(d->admin); /* after the loop stopped */
     if (d->stop_ev)
         event_free(d->stop_ev);
     if (d->wake_ev)
@@ -1381,7 +1385,6 @@ int kv_metad_start(const struct kv_metad_opts *opts, struct kv_metad **out)
     pthread_cond_init(&d->save_cond, &ca);
     pthread_condattr_destroy(&ca);
     int rc = KV_ENOMEM;
-    int fd = -1;
     d->ring = kv_calloc(RING_MAX_EVENTS, sizeof(*d->ring));
     if (!d->ring)
         goto out_free;
@@ -1406,29 +1409,27 @@ int kv_metad_start(const struct kv_metad_opts *opts, struct kv_metad **out)
             goto out_free;
     }
     d->base = event_base_new();
-    d->http = d->base ? evhttp_new(d->base) : NULL;
-    if (!d->http) {
+    if (!d->base) {
         rc = KV_ENOMEM;
         goto out_free;
     }
-    rc = kv_net_listen_tcp(host, port, 128, &fd, &d->port);
+    /* /health and /ready are the admin server's; every other path goes to on_request */
+    struct kv_admin_http_opts ao = {
+        .addr = opts->addr,
+        .base = d->base,
+        .max_body = KV_MAX(d->max_value, CAS_MAX_BODY) + BODY_SLACK,
+        .timeout_s = KV_METAD_MAX_WATCH_MS / 1000 + 60,
+    };
+    char err[300];
+    rc = kv_admin_http_create(&ao, &d->admin, err, sizeof(err));
     if (rc < 0) {
-        KV_LOGE("cannot listen on %s: %s", opts->addr,
-                rc == KV_EBUSY ? "address already in use" : kv_strerror(rc));
+        KV_LOGE("%s", err);
         goto out_free;
     }
-    evutil_make_socket_nonblocking(fd);
-    if (!evhttp_accept_socket_with_handle(d->http, fd)) {
-        close(fd);
-        rc = KV_EIO;
+    rc = kv_admin_http_route(d->admin, "/", KV_ADMIN_PREFIX, KV_ADMIN_ANY, on_route, d);
+    if (rc < 0)
         goto out_free;
-    }
-    evhttp_set_max_body_size(d->http,
-                             (ev_ssize_t)(KV_MAX(d->max_value, CAS_MAX_BODY) + BODY_SLACK));
-    evhttp_set_timeout(d->http, KV_METAD_MAX_WATCH_MS / 1000 + 60);
-    evhttp_set_allowed_methods(d->http, EVHTTP_REQ_GET | EVHTTP_REQ_PUT | EVHTTP_REQ_POST |
-                                            EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
-    evhttp_set_gencb(d->http, on_request, d);
+    d->port = kv_admin_http_port(d->admin);
     d->stop_ev = event_new(d->base, -1, 0, on_stop, d);
     d->wake_ev = event_new(d->base, -1, EV_PERSIST, on_wake, d);
     rc = KV_ENOMEM;

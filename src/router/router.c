@@ -346,16 +346,55 @@ int rt_models_body(struct kv_router *rt, struct kv_buf *out)
     return rc;
 }
 
+/* /health is liveness: the router answers it from its worker loop, so an answer means the loop
+ * runs (200 even with no engine in rotation: restarting the router would not bring one). */
 int rt_health_body(struct kv_router *rt, struct kv_buf *out, int *code)
 {
     int n = nengines(rt), healthy = 0;
     for (int i = 0; i < n; i++)
         healthy += atomic_load(&rt->eng[i].healthy) && !atomic_load(&rt->eng[i].removed);
     char body[160];
-    snprintf(body, sizeof(body), "{\"status\":\"%s\",\"healthy_engines\":%d,\"engines\":%d}",
-             healthy ? "ok" : "no healthy engine", healthy, n);
-    *code = healthy ? 200 : 503;
+    snprintf(body, sizeof(body), "{\"status\":\"ok\",\"healthy_engines\":%d,\"engines\":%d}",
+             healthy, n);
+    *code = 200;
     return kv_buf_appends(out, body);
+}
+
+int rt_ready_body(struct kv_router *rt, struct kv_buf *out, int *code)
+{
+    int n = nengines(rt), healthy = 0, known = 0, ready = 0;
+    pthread_mutex_lock(&rt->mu);
+    for (int i = 0; i < n; i++) {
+        const struct rt_engine *e = &rt->eng[i];
+        if (atomic_load(&e->removed))
+            continue;
+        bool h = atomic_load(&e->healthy), k = e->models != NULL;
+        healthy += h;
+        known += k;
+        ready += h && k;
+    }
+    pthread_mutex_unlock(&rt->mu);
+    char reason[160] = "";
+    if (n == 0)
+        snprintf(reason, sizeof(reason), "no engine known yet%s",
+                 rt->meta ? " (discovering engines through metadata)" : "");
+    else if (!healthy)
+        snprintf(reason, sizeof(reason), "no engine in rotation (%d known, none healthy)", n);
+    else if (!ready)
+        snprintf(reason, sizeof(reason),
+                 "the models of the %d engine(s) in rotation are not "
+                 "discovered yet",
+                 healthy);
+    json_t *o = json_pack("{s:b, s:i, s:i, s:i}", "ready", ready > 0, "engines", n,
+                          "healthy_engines", healthy, "engines_ready", ready);
+    if (o && !ready)
+        json_object_set_new(o, "reason", json_string(reason));
+    char *s = o ? kv_json_dump(o) : NULL;
+    json_decref(o);
+    int rc = s ? kv_buf_appends(out, s) : KV_ENOMEM;
+    kv_free(s);
+    *code = ready ? 200 : 503;
+    return rc;
 }
 
 static void hist_text(struct kv_buf *b, const char *name, const char *url, const struct rt_hist *h)
@@ -835,6 +874,7 @@ int kv_router_start(const struct kv_router_opts *o, struct kv_router **out)
     rt->health_interval_ms = o->health_interval_ms > 0 ? o->health_interval_ms : 5000;
     rt->health_timeout_ms = o->health_timeout_ms > 0 ? o->health_timeout_ms : 2000;
     rt->models_interval_ms = o->models_interval_ms > 0 ? o->models_interval_ms : 30000;
+    rt->discovery_wait_ms = o->discovery_wait_ms == 0 ? 10000 : KV_MAX(o->discovery_wait_ms, 0);
     rt->nw = o->threads > 0 ? o->threads : 1;
     if (rt->nw > 64) {
         KV_LOGE("at most 64 router threads");

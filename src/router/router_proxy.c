@@ -101,7 +101,9 @@ struct rt_req {
     int engine, attempts;
     uint64_t tried;
     bool streaming, started, first_byte, timed_out, stale_retry, chunked_out;
-    int force_engine; /* >= 0: the next dispatch reuses this engine (stale pooled connection) */
+    int force_engine;   /* >= 0: the next dispatch reuses this engine (stale pooled connection) */
+    int64_t wait_until; /* waiting for discovery until then (monotonic ms); 0: not waiting */
+    bool waiting;       /* parked: sweep() dispatches it again */
     int code;
     struct rt_up *up;
     int64_t t0_us;
@@ -799,7 +801,22 @@ static void dispatch(struct rt_cli *c)
         q->force_engine = -1;
         if (pick < 0)
             pick = rt_choose(rt, &q->info, sess, slen, q->tried, &serving, &unknown, &why);
-        if (!serving && unknown) {
+        bool discovering = unknown || (rt->meta && rt_nengines(rt) == 0);
+        if (!serving && discovering && rt->discovery_wait_ms > 0) {
+            /* engines' models are still being discovered: park the request (sweep() asks
+             * again every RT_SWEEP_MS) rather than fail it, up to discovery_wait_ms */
+            if (!q->wait_until) {
+                q->wait_until = w->now_ms + rt->discovery_wait_ms;
+                c->deadline = KV_MAX(c->deadline, q->wait_until + rt->timeout_ms);
+                KV_LOGD("request %s model %s: waiting up to %d ms for engine discovery", q->rid,
+                        q->info.model, rt->discovery_wait_ms);
+            }
+            if (w->now_ms < q->wait_until) {
+                q->waiting = true;
+                return;
+            }
+        }
+        if (!serving && discovering) {
             /* not "no such model": some engines were never reached to ask what they serve */
             atomic_fetch_add_explicit(&rt->c_noengine, 1, memory_order_relaxed);
             char msg[400];
@@ -901,6 +918,8 @@ static void local_endpoint(struct rt_cli *c, const char *path, size_t plen, bool
         rc = rt_models_body(rt, &b);
     } else if (path_is(path, plen, "/health")) {
         rc = rt_health_body(rt, &b, &code);
+    } else if (path_is(path, plen, "/ready")) {
+        rc = rt_ready_body(rt, &b, &code);
     } else if (path_is(path, plen, "/metrics")) {
         rc = rt_metrics_body(rt, &b);
         ctype = "text/plain; version=0.0.4";
@@ -1182,6 +1201,11 @@ static void sweep(struct rt_worker *w)
     }
     for (struct rt_cli *c = w->clients, *nx; c; c = nx) {
         nx = c->next;
+        if (c->q.waiting && !c->closed) {
+            c->q.waiting = false;
+            dispatch(c);
+            continue;
+        }
         bool waiting_up = c->busy && c->q.up && !c->q.up->paused;
         if (!waiting_up && c->deadline <= now)
             client_close(c);

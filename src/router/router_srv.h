@@ -88,6 +88,7 @@ struct kv_router {
     char *session_key;
     uint64_t max_body;
     int timeout_ms, health_interval_ms, health_timeout_ms, models_interval_ms;
+    int discovery_wait_ms; /* 0: requests do not wait for discovery (router_proxy.c dispatch) */
     struct kv_rt_prefix_params pp;
     struct kv_rt_elrar_params ep;
     struct kv_gateway *gw;
@@ -140,6 +141,8 @@ void rt_gen_request_id(struct kv_router *rt, char *out, size_t n);
 /* Bodies of the local endpoints. Return KV_OK or KV_ENOMEM; *code gets the HTTP status. */
 int rt_models_body(struct kv_router *rt, struct kv_buf *out);
 int rt_health_body(struct kv_router *rt, struct kv_buf *out, int *code);
+/* /ready: 200 when an engine is in rotation with its models known, else 503 with a reason. */
+int rt_ready_body(struct kv_router *rt, struct kv_buf *out, int *code);
 int rt_metrics_body(struct kv_router *rt, struct kv_buf *out);
 
 /* --- router_proxy.c --- */

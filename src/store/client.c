@@ -22,7 +22,8 @@
  *     hint of a standby's KV_EAGAIN. On KV_EAGAIN, or a lost connection for idempotent calls
  *     (get, exists, list, stat), the leader is forgotten, found again and the call retried until
  *     the timeout. Puts and removes are retried only when the request surely was not applied
- *     (KV_EAGAIN, KV_ECONNREFUSED).
+ *     (KV_EAGAIN, KV_ECONNREFUSED). KV_ESTORE_NONODE (the leader has no storage node mounted
+ *     yet; nothing was applied) is retried the same way, without forgetting the leader.
  *
  * Invariants:
  *   1. s->leader is NULL or a struct leader with one reference held by s; every caller that
@@ -211,9 +212,11 @@ static int call(struct kv_store *s, uint16_t method, const ProtobufCMessage *req
             int64_t left = deadline - kv_now_ms();
             rc = kv_rpc_call_pb(l->rpc, method, req, desc, resp, (int)KV_MAX(left, 1), hint,
                                 sizeof(hint));
-            bool retry =
-                rc == KV_EAGAIN || rc == KV_ECONNREFUSED || (idempotent && transport_err(rc));
-            if (retry || transport_err(rc))
+            /* no node mounted yet (a master just elected, `kvstash serve` prefaulting): the
+             * request was not applied; ask again, on the same leader, until the timeout */
+            bool retry = rc == KV_EAGAIN || rc == KV_ECONNREFUSED || rc == KV_ESTORE_NONODE ||
+                         (idempotent && transport_err(rc));
+            if ((retry && rc != KV_ESTORE_NONODE) || transport_err(rc))
                 leader_drop(s, l, rc == KV_EAGAIN ? hint : NULL);
             leader_put(l);
             if (!retry)

@@ -62,6 +62,27 @@ int mst_h_hello(struct kv_master *m, const uint8_t *req, size_t len, struct kv_b
     return mst_reply(resp, &r.base);
 }
 
+/* True when no node can take a placement (none mounted, or all mid-MOUNT): a put then fails
+ * with KV_ESTORE_NONODE rather than "no space left". Caller holds m->lock; called only on the
+ * failure path. */
+static bool no_usable_node(const struct kv_master *m)
+{
+    for (const struct mnode *x = m->nodes; x; x = x->next)
+        if (!x->removed && !x->mounting)
+            return false;
+    return true;
+}
+
+/* All n statuses are KV_ESTORE_NONODE (n > 0): the call as a whole answers that, so clients
+ * retry it as they do KV_EAGAIN. */
+static bool all_nonode(const int32_t *st, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (st[i] != KV_ESTORE_NONODE)
+            return false;
+    return n > 0;
+}
+
 /* Places one item as a PENDING object. slot (may be NULL) gets the replicas for the writer;
  * *out (may be NULL) the object. */
 int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__PutSlot *slot,
@@ -75,7 +96,7 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
     if (kv_oidx_get(&m->index, it->key))
         return KV_EEXIST;
     if (want > m->nnodes)
-        return KV_ENOSPC;
+        return no_usable_node(m) ? KV_ESTORE_NONODE : KV_ENOSPC;
     struct mobj *o = mst_obj_new(it->key, want);
     if (!o)
         return KV_ENOMEM;
@@ -84,7 +105,7 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
         for (int i = 0; i < got; i++)
             kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].blk);
         kv_free(o);
-        return KV_ENOSPC;
+        return no_usable_node(m) ? KV_ESTORE_NONODE : KV_ENOSPC;
     }
     Kvstash__Replica **rs = slot ? kv_calloc((size_t)got, sizeof(*rs)) : NULL;
     Kvstash__Replica *ra = slot ? kv_calloc((size_t)got, sizeof(*ra)) : NULL;
@@ -166,6 +187,10 @@ int mst_h_put_start(struct kv_master *m, const uint8_t *req, size_t len, struct 
         }
     } else {
         mst_place_items(m, in->items, n, st, slots, NULL);
+    }
+    if (all_nonode(st, n)) {
+        rc = KV_ESTORE_NONODE;
+        goto out;
     }
     for (size_t i = 0; i < n; i++)
         slots[i].status = st[i];
@@ -498,6 +523,10 @@ int mst_h_put(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf
     } else {
         mst_place_items(m, in->items, n, st, NULL, objs);
     }
+    if (all_nonode(st, n)) {
+        rc = KV_ESTORE_NONODE;
+        goto out;
+    }
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < n; i++) {
         if (st[i] != KV_OK) {
@@ -647,6 +676,11 @@ int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf
         goto out;
     }
     pthread_mutex_lock(&m->lock);
+    if (n && m->nnodes == 0) { /* nothing can be found before a node mounts */
+        pthread_mutex_unlock(&m->lock);
+        rc = KV_ESTORE_NONODE;
+        goto out;
+    }
     for (size_t i = 0; fast && i < n; i++) {
         if (get_may_wait(m, in->keys[i])) {
             pthread_mutex_unlock(&m->lock);

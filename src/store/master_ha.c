@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * master_ha.c - the master's leader election (through the metadata backend) and its admin HTTP
- * endpoints (/health, /metrics, /api/v1/cluster).
+ * master_ha.c - the master's leader election (through the metadata backend). Its admin HTTP
+ * endpoints are in master_admin.c.
  *
  * Election (states of one master):
  *
@@ -18,19 +18,11 @@
  * standby takes over at once after a clean stop, and within leader_ttl_s after a crash.
  *
  * Thread model: one campaign thread; watch and lease-lost callbacks (backend threads) only set
- * flags and signal wake_cond. Admin HTTP: one libevent loop thread ("admin"); handlers build
- * their documents under m->lock (through master.c helpers).
+ * flags and signal wake_cond.
  */
 #define KV_LOG_COMPONENT "master"
-#include <event2/buffer.h>
-#include <event2/event.h>
-#include <event2/http.h>
-#include <event2/thread.h>
-#include <arpa/inet.h>
 #include <jansson.h>
-#include <netinet/in.h>
 #include <stdio.h>
-#include <sys/socket.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -229,129 +221,4 @@ void kv_master_campaign_stop(struct kv_master *m)
         m->lease = 0;
     }
     atomic_store(&m->leader, false);
-}
-
-/* ---- admin HTTP ---- */
-
-static void send_text(struct evhttp_request *req, int code, const char *ctype, const char *body,
-                      size_t len)
-{
-    struct evbuffer *b = evbuffer_new();
-    if (!b) {
-        evhttp_send_error(req, 500, "out of memory");
-        return;
-    }
-    evbuffer_add(b, body, len);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
-    evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
-    evbuffer_free(b);
-}
-
-static void on_http(struct evhttp_request *req, void *arg)
-{
-    struct kv_master *m = arg;
-    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-    if (!path)
-        path = "/";
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        evhttp_send_error(req, 405, "only GET");
-        return;
-    }
-    if (strcmp(path, "/health") == 0) {
-        char body[256];
-        int n = snprintf(body, sizeof(body), "{\"status\":\"ok\",\"id\":\"%s\",\"leader\":%s}\n",
-                         m->id, atomic_load(&m->leader) ? "true" : "false");
-        send_text(req, 200, "application/json", body, (size_t)n);
-    } else if (strcmp(path, "/metrics") == 0) {
-        struct kv_buf b;
-        kv_buf_init(&b);
-        if (kv_master_metrics(m, &b) == KV_OK)
-            send_text(req, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
-        else
-            evhttp_send_error(req, 500, "out of memory");
-        kv_buf_fini(&b);
-    } else if (strcmp(path, "/api/v1/cluster") == 0) {
-        char *js = kv_master_cluster_json(m);
-        if (js)
-            send_text(req, 200, "application/json", js, strlen(js));
-        else
-            evhttp_send_error(req, 500, "out of memory");
-        kv_free(js);
-    } else {
-        evhttp_send_error(req, 404, "unknown path (try /health, /metrics, /api/v1/cluster)");
-    }
-}
-
-static void on_stop(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    event_base_loopbreak(((struct kv_master *)arg)->ebase);
-}
-
-static void *admin_main(void *arg)
-{
-    struct kv_master *m = arg;
-    event_base_dispatch(m->ebase);
-    return NULL;
-}
-
-int kv_master_admin_start(struct kv_master *m, const char *addr)
-{
-    char host[256];
-    uint16_t port;
-    if (kv_parse_hostport(addr, host, sizeof(host), &port) < 0)
-        return KV_EINVAL;
-    evthread_use_pthreads();
-    m->ebase = event_base_new();
-    if (!m->ebase)
-        return KV_ENOMEM;
-    m->http = evhttp_new(m->ebase);
-    if (!m->http) {
-        event_base_free(m->ebase);
-        m->ebase = NULL;
-        return KV_ENOMEM;
-    }
-    evhttp_set_gencb(m->http, on_http, m);
-    m->stop_ev = event_new(m->ebase, -1, 0, on_stop, m);
-    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(m->http, host, port);
-    if (!bs || !m->stop_ev) {
-        if (m->stop_ev)
-            event_free(m->stop_ev);
-        evhttp_free(m->http);
-        event_base_free(m->ebase);
-        m->http = NULL;
-        m->ebase = NULL;
-        return KV_EBUSY;
-    }
-    evutil_socket_t fd = evhttp_bound_socket_get_fd(bs);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-        m->admin_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                       : ((struct sockaddr_in *)&ss)->sin_port);
-    snprintf(m->admin_addr, sizeof(m->admin_addr), "%s:%u",
-             strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host, m->admin_port);
-    if (pthread_create(&m->admin_thread, NULL, admin_main, m) != 0) {
-        event_free(m->stop_ev);
-        evhttp_free(m->http);
-        event_base_free(m->ebase);
-        m->http = NULL;
-        m->ebase = NULL;
-        return KV_ENOMEM;
-    }
-    m->admin_running = true;
-    return KV_OK;
-}
-
-void kv_master_admin_stop(struct kv_master *m)
-{
-    if (!m->admin_running)
-        return;
-    event_active(m->stop_ev, EV_TIMEOUT, 0); /* works even before the loop started */
-    pthread_join(m->admin_thread, NULL);
-    event_free(m->stop_ev);
-    evhttp_free(m->http);
-    event_base_free(m->ebase);
-    m->admin_running = false;
 }

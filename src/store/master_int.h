@@ -2,7 +2,8 @@
 /*
  * master_int.h - the master's private state and the functions its files share: master.c
  * (design, dispatch, lifecycle), master_obj.c, master_index.c, master_place.c, master_maint.c,
- * master_client.c, master_node.c, master_stats.c and master_ha.c (election, admin HTTP).
+ * master_client.c, master_node.c, master_stats.c, master_ha.c (election) and master_admin.c
+ * (admin HTTP).
  */
 #ifndef KV_STORE_MASTER_INT_H
 #define KV_STORE_MASTER_INT_H
@@ -206,12 +207,8 @@ struct kv_master {
     pthread_cond_t wake_cond;
     bool wake_flag;
 
-    /* admin HTTP (master_ha.c) */
-    struct event_base *ebase;
-    struct evhttp *http;
-    struct event *stop_ev;
-    pthread_t admin_thread;
-    bool admin_running;
+    /* admin HTTP (master_admin.c) */
+    struct kv_admin_http *admin;
     uint16_t admin_port;
 };
 
@@ -408,6 +405,8 @@ int kv_master_metrics(struct kv_master *m, struct kv_buf *b);
 /* master_ha.c */
 int kv_master_campaign_start(struct kv_master *m);
 void kv_master_campaign_stop(struct kv_master *m);
+
+/* master_admin.c: /health, /ready, /metrics, /api/v1/cluster on the shared admin server */
 int kv_master_admin_start(struct kv_master *m, const char *addr);
 void kv_master_admin_stop(struct kv_master *m);
 

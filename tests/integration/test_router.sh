@@ -377,7 +377,7 @@ ok "/metrics: per-engine counters, in-flight, latency and TTFB histograms"
 # --- an engine that starts after the router is in rotation within about a second, although
 # --health-interval-ms is a minute (engines out of rotation are re-checked every second)
 lport=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-start_router late --backends "http://127.0.0.1:$lport" --health-interval-ms 60000
+start_router late --backends "http://127.0.0.1:$lport" --health-interval-ms 60000 --discovery-wait-ms 0
 chat late m1 >/dev/null
 [ "$(code)" = 503 ] && jq -e '.error.message | test("not reached")' "$W/body" >/dev/null ||
     fail "no engine reached yet: want 503 naming it, got $(code) $(cat "$W/body")"

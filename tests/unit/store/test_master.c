@@ -567,8 +567,9 @@ static void test_mount_in_parts(void **state)
     assert_int_equal(mount_part(cl, "np", po, 1, true, true), KV_EINVAL); /* no mount under way */
     assert_int_equal(mount_part(cl, "np", po, 1, false, true), KV_OK);
     assert_int_equal(kv_master_node_count(m), 1);
-    /* not yet, and no eviction on its behalf either (p0 stays) */
-    assert_int_equal(put(cl, "new", 4096, 1, 0, false, false, NULL), KV_ENOSPC);
+    /* not yet ("no storage node mounted yet": its only node is mid-MOUNT), and no eviction on
+     * its behalf either (p0 stays) */
+    assert_int_equal(put(cl, "new", 4096, 1, 0, false, false, NULL), KV_ESTORE_NONODE);
     assert_int_equal(mount_part(cl, "np", po + 1, 1, true, true), KV_OK);
     assert_int_equal(mount_part(cl, "np", po + 2, 1, true, false), KV_OK); /* the last part */
     assert_int_equal(kv_master_object_count(m), 3);
