@@ -5,13 +5,16 @@
 #
 # Starts redis-server (no persistence) on a free port and a kvstash cluster (kvstash metad +
 # master + one node, free ports), then runs
-#   redis-benchmark -t set,get -d SIZE -c THREADS -n REQUESTS
+#   redis-benchmark -t set|get -d SIZE -c THREADS -n N (N sized to last DURATION seconds)
 #   kvstash bench store --op=put|get --size=SIZE --threads=THREADS --protocol=shm  (same host)
 #   kvstash bench store --op=put|get --size=SIZE --threads=THREADS --protocol=tcp
+# (both sides for the same duration; any error on either side - a Redis error reply or failed
+# call, a kvstash object that failed - ends the script with exit 1 instead of a figure)
 # and prints ops/s and ratios against the goals: same-host get >= 2x Redis GET, put >= 1.5x
 # Redis SET, over TCP >= 1x.
 #
 # Usage: bench/store_vs_redis.sh [--size BYTES] [--threads N] [--duration S] [--requests N]
+#        [--quick] (2 s runs of 64 KiB values; put --size etc. after it to override)
 # Env: KVSTASH_BIN (default: build/kvstash next to this script's repo).
 # Everything it starts is stopped on exit. Only loopback is used.
 set -euo pipefail
@@ -29,7 +32,8 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift 2 ;;
     --requests) REQUESTS=$2; shift 2 ;;
     --capacity) CAPACITY=$2; shift 2 ;;
-    -h | --help) sed -n '3,17p' "$0"; exit 0 ;;
+    --quick) DURATION=2; REQUESTS=500; SIZE=65536; shift ;;
+    -h | --help) sed -n '3,20p' "$0"; exit 0 ;;
     *) echo "store_vs_redis.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -80,37 +84,85 @@ d = json.load(sys.stdin); n = d.get("nodes", 0)
 sys.exit(0 if (len(n) if isinstance(n, list) else int(n)) >= 1 else 1)'; }
 wait_for 20 up || { echo "node did not join; see below" >&2; tail "$W/node.log" >&2; exit 1; }
 
-echo "value size $SIZE bytes, concurrency $THREADS, kvstash duration ${DURATION}s, redis $REQUESTS requests"
+echo "value size $SIZE bytes, concurrency $THREADS, ${DURATION}s per run on both sides (redis calibrated with $REQUESTS requests)"
 echo "host: $(nproc) cores; $(uname -sr)"
 
-# --- redis-benchmark ---
-redis-benchmark -h 127.0.0.1 -p "$RP" -t set,get -d "$SIZE" -c "$THREADS" -n "$REQUESTS" --csv \
-    >"$W/redis.csv" 2>/dev/null
-redis_rps() { python3 -c '
+# --- redis-benchmark, sized to run --duration seconds like kvstash's runs ---
+# redis-benchmark has no duration option: a calibration run of --requests gives its rate, then
+# the measured run asks for rate * DURATION requests (at least --requests). Redis' own counters
+# (INFO) must show exactly that many SET/GET calls and no error reply, else the script fails.
+redis_info() { # FIELD (from INFO stats / commandstats) -> its value; "calls=N" for cmdstat_*
+    redis-cli -p "$RP" info all | tr -d '\r' | python3 -c '
+import sys
+want = sys.argv[1]
+for line in sys.stdin:
+    k, _, v = line.strip().partition(":")
+    if k == want:
+        if k.startswith("cmdstat_"):
+            d = dict(x.split("=", 1) for x in v.split(","))
+            print(int(d["calls"]), int(d.get("failed_calls", 0)) + int(d.get("rejected_calls", 0)))
+        else:
+            print(v)
+        break
+else:
+    print("0 0" if want.startswith("cmdstat_") else 0)' "$1"; }
+redis_csv_rps() { python3 -c '
 import csv, sys
 for row in csv.reader(open(sys.argv[1])):
     if row and row[0] == sys.argv[2]:
         print(row[1]); break
 else:
-    print(0)' "$W/redis.csv" "$1"; }
-R_SET=$(redis_rps SET)
-R_GET=$(redis_rps GET)
+    print(0)' "$1" "$2"; }
+redis_run() { # TEST (SET|GET) -> ops/s over a run of about DURATION seconds; exits on errors
+    local t=$1 lt n rps c0 f0 c1 f1 e0 e1 t0 t1
+    lt=${t,,}
+    redis-benchmark -h 127.0.0.1 -p "$RP" -t "$lt" -d "$SIZE" -c "$THREADS" -n "$REQUESTS" --csv \
+        >"$W/redis-cal.csv" 2>/dev/null
+    rps=$(redis_csv_rps "$W/redis-cal.csv" "$t")
+    n=$(awk -v r="$rps" -v d="$DURATION" -v m="$REQUESTS" 'BEGIN {n = int(r * d); print (n > m ? n : m)}')
+    read -r c0 f0 < <(redis_info "cmdstat_$lt")
+    e0=$(redis_info total_error_replies)
+    t0=$(date +%s.%N)
+    redis-benchmark -h 127.0.0.1 -p "$RP" -t "$lt" -d "$SIZE" -c "$THREADS" -n "$n" --csv \
+        >"$W/redis.csv" 2>/dev/null
+    t1=$(date +%s.%N)
+    read -r c1 f1 < <(redis_info "cmdstat_$lt")
+    e1=$(redis_info total_error_replies)
+    if [ $((c1 - c0)) -ne "$n" ] || [ $((f1 - f0)) -ne 0 ] || [ $((e1 - e0)) -ne 0 ]; then
+        echo "store_vs_redis.sh: redis $t run failed: $((c1 - c0)) of $n calls seen, $((f1 - f0)) failed, $((e1 - e0)) error replies" >&2
+        exit 1
+    fi
+    echo "redis $t: $n requests in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s (wall), 0 errors" >&2
+    redis_csv_rps "$W/redis.csv" "$t"
+}
+R_SET=$(redis_run SET)
+R_GET=$(redis_run GET)
 
-# --- kvstash bench store ---
-kv_ops() { # OP PROTOCOL -> ops/s
+# --- kvstash bench store (every run must finish without an error) ---
+kv_ops() { # OP PROTOCOL -> ops/s p50 p99; exits when the run failed or had errors
+    local rc=0
     "$BIN" bench store --master "$MRPC" --log-level error --op="$1" --protocol="$2" --size="$SIZE" \
-        --threads="$THREADS" --duration="$DURATION" --json >"$W/kv-$1-$2.json" || true
+        --threads="$THREADS" --duration="$DURATION" --json >"$W/kv-$1-$2.json" || rc=$?
     python3 -c '
 import json, sys
 try:
-    d = json.load(open(sys.argv[1])); print("%.1f %.0f %.0f" % (d["ops_per_s"], d["p50_us"], d["p99_us"]))
-except Exception:
-    print("0 0 0")' "$W/kv-$1-$2.json"
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    sys.exit("store_vs_redis.sh: kvstash %s (%s): no result (exit %s): %s" % (sys.argv[2], sys.argv[3], sys.argv[4], e))
+if d.get("errors", 1) != 0 or d.get("ops", 0) <= 0 or sys.argv[4] != "0":
+    sys.exit("store_vs_redis.sh: kvstash %s (%s): %s errors, %s ops, exit %s; first error: %s"
+             % (sys.argv[2], sys.argv[3], d.get("errors"), d.get("ops"), sys.argv[4], d.get("first_error")))
+print("kvstash %s (%s): %d ops in %.1f s, 0 errors" % (sys.argv[2], sys.argv[3], d["ops"], d.get("duration_s", 0)), file=sys.stderr)
+print("%.1f %.0f %.0f" % (d["ops_per_s"], d["p50_us"], d["p99_us"]))' "$W/kv-$1-$2.json" "$1" "$2" "$rc"
 }
-read -r K_PUT_SHM K_PUT_SHM_P50 K_PUT_SHM_P99 < <(kv_ops put shm)
-read -r K_GET_SHM K_GET_SHM_P50 K_GET_SHM_P99 < <(kv_ops get shm)
-read -r K_PUT_TCP K_PUT_TCP_P50 K_PUT_TCP_P99 < <(kv_ops put tcp)
-read -r K_GET_TCP K_GET_TCP_P50 K_GET_TCP_P99 < <(kv_ops get tcp)
+kv_put_shm=$(kv_ops put shm)
+kv_get_shm=$(kv_ops get shm)
+kv_put_tcp=$(kv_ops put tcp)
+kv_get_tcp=$(kv_ops get tcp)
+read -r K_PUT_SHM K_PUT_SHM_P50 K_PUT_SHM_P99 <<<"$kv_put_shm"
+read -r K_GET_SHM K_GET_SHM_P50 K_GET_SHM_P99 <<<"$kv_get_shm"
+read -r K_PUT_TCP K_PUT_TCP_P50 K_PUT_TCP_P99 <<<"$kv_put_tcp"
+read -r K_GET_TCP K_GET_TCP_P50 K_GET_TCP_P99 <<<"$kv_get_tcp"
 
 python3 - "$R_SET" "$R_GET" "$K_PUT_SHM" "$K_GET_SHM" "$K_PUT_TCP" "$K_GET_TCP" \
     "$K_PUT_SHM_P50/$K_PUT_SHM_P99" "$K_GET_SHM_P50/$K_GET_SHM_P99" \

@@ -9,12 +9,16 @@
 #   seq-cp    : N sequential `cp -r` of the set (the local-disk floor of one copy)
 # Prints wall times, the publisher's upload (p2p stat) and ratios. Everything on 127.0.0.1.
 # Usage: bench/p2p/run.sh [N=8] [SIZE_MIB=512] [CHUNK=16MiB]
-# Env: KVSTASH_BIN (default build/kvstash), BENCH_DIR (default /tmp).
+# Env: KVSTASH_BIN (default build/kvstash), BENCH_DIR (default /tmp), FETCH_TIMEOUT (600 s: a
+# fetcher that exits unfinished or is not done by then fails the run). Every fetched copy is
+# compared with the source, part by part, byte for byte; a difference fails the run.
+# Quick: bench/p2p/run.sh 3 64 4MiB
 set -euo pipefail
 n=${1:-8}
 size_mib=${2:-512}
 chunk=${3:-16MiB}
 bin=${KVSTASH_BIN:-$(dirname "$0")/../../build/kvstash}
+fetch_timeout=${FETCH_TIMEOUT:-600}
 work=$(mktemp -d "${BENCH_DIR:-/tmp}/kvstash-bench-p2p.XXXXXX")
 pids=()
 cleanup() {
@@ -27,6 +31,13 @@ need=$(( (size_mib * (2 * n + 2)) * 1024 ))
 avail=$(df --output=avail -k "$work" | tail -1)
 [ "$avail" -gt "$need" ] || { echo "need $((need / 1024)) MiB free in $work" >&2; exit 1; }
 now() { date +%s.%N; }
+# same_set DIR WHAT: every part of the set in DIR equals the source, byte for byte
+same_set() {
+  local f
+  for f in "$work"/src/*; do
+    cmp -s "$f" "$1/$(basename "$f")" || { echo "$2: $(basename "$f") differs from the source" >&2; exit 1; }
+  done
+}
 port=$(/usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 "$bin" metad --addr "127.0.0.1:$port" >"$work/metad.log" 2>&1 &
 pids+=($!)
@@ -48,14 +59,26 @@ for i in $(seq "$n"); do
   fp+=($!)
   pids+=($!)
 done
+# a fetcher that died, or is not done within FETCH_TIMEOUT s, fails the run (no figure)
+deadline=$((SECONDS + fetch_timeout))
 for i in $(seq "$n"); do
-  until [ -s "$work/p$i.out" ]; do sleep 0.01; done
+  until [ -s "$work/p$i.out" ]; do
+    if ! kill -0 "${fp[$((i - 1))]}" 2>/dev/null; then
+      rc=0
+      wait "${fp[$((i - 1))]}" || rc=$?
+      echo "fetcher p$i exited ($rc) without finishing:" >&2
+      tail -5 "$work/p$i.out" >&2 || true
+      exit 1
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || { echo "fetcher p$i not done after ${fetch_timeout} s" >&2; exit 1; }
+    sleep 0.01
+  done
 done
 t1=$(now)
 "$bin" p2p stat "${M[@]}" --json set >"$work/stat1.json"
 for p in "${fp[@]}"; do kill "$p"; done
 for p in "${fp[@]}"; do wait "$p" 2>/dev/null || true; done
-for i in $(seq "$n"); do cmp -s "$work/src/part4.bin" "$work/p$i/part4.bin" || { echo "p$i differs" >&2; exit 1; }; done
+for i in $(seq "$n"); do same_set "$work/p$i" "p2p fetcher p$i"; done
 rm -rf "$work"/p[0-9]*
 
 # ---- seq-pub: N sequential copies from the publisher ----
@@ -67,7 +90,9 @@ pids+=($!)
 for _ in $(seq 200); do [ -s "$work/pub2.out" ] && break; sleep 0.05; done
 t2=$(now)
 for i in $(seq "$n"); do
-  "$bin" p2p fetch "${M[@]}" --json set "$work/s$i" >"$work/s$i.out"
+  timeout "$fetch_timeout" "$bin" p2p fetch "${M[@]}" --json set "$work/s$i" >"$work/s$i.out" ||
+    { echo "sequential fetch s$i failed or timed out (${fetch_timeout} s)" >&2; exit 1; }
+  same_set "$work/s$i" "sequential fetch s$i"
   rm -rf "$work/s$i"
 done
 t3=$(now)

@@ -100,6 +100,42 @@ KV_API int kv_store_stat_json(struct kv_store *s, char **json);
 
 KV_API void kv_store_free(void *p);
 
+/* ---- Handles: the same client addressed by a generation-checked id (for bindings) ----
+ *
+ * A binding (Python's ctypes) must never hold a raw struct kv_store pointer: a close in one
+ * thread while another thread calls would make the call read freed memory. kv_store_h_open()
+ * returns an id ({index, generation}, never 0); every kv_store_h_* call looks the id up and
+ * holds a reference on the client for the duration of the call. kv_store_h_close() removes the
+ * id at once (later calls with it, or with any stale or made-up id, return KV_ESHUTDOWN, and
+ * never touch freed memory) and the client is closed when the last call in flight returns.
+ * The other functions behave as their kv_store_* counterparts (same arguments and results).
+ * Thread-safety: every function may be called from any thread at any time, close included. */
+typedef uint64_t kv_store_id;
+
+KV_API int kv_store_h_open(const struct kv_store_opts *opts, kv_store_id *id);
+/* KV_OK, or KV_ESHUTDOWN when id is not open (closed twice, stale, never opened). */
+KV_API int kv_store_h_close(kv_store_id id);
+/* A reference on the client behind id for a caller that needs the pointer itself (the copy
+ * engine's kv_conn_opts.store): *s is valid until the matching kv_store_h_release(*s), even
+ * after kv_store_h_close(id). KV_ESHUTDOWN when id is not open. */
+KV_API int kv_store_h_acquire(kv_store_id id, struct kv_store **s);
+KV_API void kv_store_h_release(struct kv_store *s);
+KV_API int kv_store_h_put(kv_store_id id, const char *key, const void *buf, size_t len,
+                          const struct kv_put_opts *opts);
+KV_API int kv_store_h_get(kv_store_id id, const char *key, void *buf, size_t cap, size_t *len);
+KV_API int kv_store_h_get_alloc(kv_store_id id, const char *key, void **buf, size_t *len);
+KV_API int kv_store_h_exists(kv_store_id id, const char *key);
+KV_API int kv_store_h_remove(kv_store_id id, const char *key);
+KV_API int kv_store_h_batch_put(kv_store_id id, size_t n, const char *const *keys,
+                                const void *const *bufs, const size_t *lens,
+                                const struct kv_put_opts *opts, int *results);
+KV_API int kv_store_h_batch_get(kv_store_id id, size_t n, const char *const *keys,
+                                void *const *bufs, const size_t *caps, size_t *lens, int *results);
+KV_API int kv_store_h_batch_exists(kv_store_id id, size_t n, const char *const *keys, int *results);
+KV_API int kv_store_h_list(kv_store_id id, const char *prefix, size_t limit, char ***keys,
+                           uint64_t **sizes, size_t *n);
+KV_API int kv_store_h_stat_json(kv_store_id id, char **json);
+
 #ifdef __cplusplus
 }
 #endif

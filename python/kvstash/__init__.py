@@ -15,13 +15,13 @@ import atexit
 import logging
 
 from . import _native
-from .errors import (ChecksumError, ExistsError, InvalidArgumentError, KvstashError,
+from .errors import (ChecksumError, ClosedError, ExistsError, InvalidArgumentError, KvstashError,
                      NoSpaceError, NotFoundError, TimeoutError, UnavailableError)
 from .store import Store
 
 __version__ = _native.kv_version().decode()
 __all__ = ["Store", "KvstashError", "NotFoundError", "ExistsError", "NoSpaceError",
-           "InvalidArgumentError", "UnavailableError", "TimeoutError", "ChecksumError",
+           "InvalidArgumentError", "UnavailableError", "TimeoutError", "ChecksumError", "ClosedError",
            "forward_logs", "__version__"]
 
 _LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}

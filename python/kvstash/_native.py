@@ -115,6 +115,36 @@ kv_store_list = _fn("kv_store_list", c_int, c_void_p, c_char_p, c_size_t,
                     ctypes.POINTER(ctypes.POINTER(c_uint64)), ctypes.POINTER(c_size_t))
 kv_store_keys_free = _fn("kv_store_keys_free", None, ctypes.POINTER(c_char_p), c_size_t)
 
+# Handles (store.h, kv_store_h_*): the client by generation-checked id, never by pointer, so
+# a close racing with calls in other threads gives KV_ESHUTDOWN instead of a use-after-free.
+kv_store_h_open = _fn("kv_store_h_open", c_int, ctypes.POINTER(StoreOpts),
+                      ctypes.POINTER(c_uint64))
+kv_store_h_close = _fn("kv_store_h_close", c_int, c_uint64)
+kv_store_h_acquire = _fn("kv_store_h_acquire", c_int, c_uint64, ctypes.POINTER(c_void_p))
+kv_store_h_release = _fn("kv_store_h_release", None, c_void_p)
+kv_store_h_put = _fn("kv_store_h_put", c_int, c_uint64, c_char_p, c_void_p, c_size_t,
+                     ctypes.POINTER(PutOpts))
+kv_store_h_get = _fn("kv_store_h_get", c_int, c_uint64, c_char_p, c_void_p, c_size_t,
+                     ctypes.POINTER(c_size_t))
+kv_store_h_get_alloc = _fn("kv_store_h_get_alloc", c_int, c_uint64, c_char_p,
+                           ctypes.POINTER(c_void_p), ctypes.POINTER(c_size_t))
+kv_store_h_exists = _fn("kv_store_h_exists", c_int, c_uint64, c_char_p)
+kv_store_h_remove = _fn("kv_store_h_remove", c_int, c_uint64, c_char_p)
+kv_store_h_batch_put = _fn("kv_store_h_batch_put", c_int, c_uint64, c_size_t,
+                           ctypes.POINTER(c_char_p), ctypes.POINTER(c_void_p),
+                           ctypes.POINTER(c_size_t), ctypes.POINTER(PutOpts),
+                           ctypes.POINTER(c_int))
+kv_store_h_batch_get = _fn("kv_store_h_batch_get", c_int, c_uint64, c_size_t,
+                           ctypes.POINTER(c_char_p), ctypes.POINTER(c_void_p),
+                           ctypes.POINTER(c_size_t), ctypes.POINTER(c_size_t),
+                           ctypes.POINTER(c_int))
+kv_store_h_batch_exists = _fn("kv_store_h_batch_exists", c_int, c_uint64, c_size_t,
+                              ctypes.POINTER(c_char_p), ctypes.POINTER(c_int))
+kv_store_h_stat_json = _fn("kv_store_h_stat_json", c_int, c_uint64, ctypes.POINTER(c_void_p))
+kv_store_h_list = _fn("kv_store_h_list", c_int, c_uint64, c_char_p, c_size_t,
+                      ctypes.POINTER(ctypes.POINTER(c_char_p)),
+                      ctypes.POINTER(ctypes.POINTER(c_uint64)), ctypes.POINTER(c_size_t))
+
 kv_hash64 = _fn("kv_hash64", c_uint64, c_void_p, c_size_t)
 kv_hash64_seed = _fn("kv_hash64_seed", c_uint64, c_void_p, c_size_t, c_uint64)
 

@@ -42,6 +42,16 @@ class ChecksumError(KvstashError):
     pass
 
 
+class ClosedError(KvstashError, ValueError):
+    """The Store (or its id) was closed: by this thread or another one, before or during the
+    call. Never a crash: the C client is addressed by a generation-checked id."""
+
+    def __init__(self, code=None, what=""):
+        if code is None:
+            code = CODES["KV_ESHUTDOWN"]
+        super().__init__(code, what)
+
+
 def _codes():
     names = {}
     for v in range(0, -700, -1):
@@ -66,6 +76,7 @@ _CLASS = {
     "KV_ESTORE_NONODE": UnavailableError,
     "KV_EXFER_PEER": UnavailableError,
     "KV_ECHECKSUM": ChecksumError,
+    "KV_ESHUTDOWN": ClosedError,
 }
 
 

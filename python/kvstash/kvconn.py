@@ -112,12 +112,17 @@ class CopyEngine:
         if store is None and backend is None:
             raise ValueError("kvstash: CopyEngine needs a store or a backend")
         be = ctypes.pointer(self._backend.struct) if self._backend else None
-        opts = _native.ConnOpts(store.handle if store is not None else None, be, int(threads),
+        # a reference on the store's C client for the engine's lifetime (released in close)
+        self._store_ptr = store.acquire_pointer() if store is not None else None
+        opts = _native.ConnOpts(self._store_ptr, be, int(threads),
                                 int(block_size), int(chunk_blocks), int(num_heads),
                                 int(row_bytes), int(ttl_s), int(replicas), int(batch_max))
         h = ctypes.c_void_p()
-        check(_native.kv_conn_create(ctypes.byref(opts), ctypes.byref(h)),
-              "cannot start the copy engine")
+        rc = _native.kv_conn_create(ctypes.byref(opts), ctypes.byref(h))
+        if rc < 0 and self._store_ptr:
+            _native.kv_store_h_release(self._store_ptr)
+            self._store_ptr = None
+        check(rc, "cannot start the copy engine")
         self._h = h
         self.block_size = int(block_size)
         self.chunk_blocks = int(chunk_blocks)
@@ -130,6 +135,9 @@ class CopyEngine:
         if getattr(self, "_h", None):
             _native.kv_conn_destroy(self._h)
             self._h = None
+        if getattr(self, "_store_ptr", None):
+            _native.kv_store_h_release(self._store_ptr)
+            self._store_ptr = None
 
     def __del__(self):
         self.close()

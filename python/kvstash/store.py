@@ -4,13 +4,15 @@
 Values are bytes-like objects (bytes, bytearray, memoryview, numpy arrays) or contiguous CPU
 torch tensors; get_into() and batch_get_into() write straight into the caller's memory with no
 extra copy. A Store may be shared between threads (the C client is thread-safe and ctypes
-releases the GIL during calls).
+releases the GIL during calls). The C client is addressed by a generation-checked id
+(kv_store_h_*, include/kvstash/store.h), never a pointer: close() from one thread while others
+call is safe; calls after (or racing with) close() raise ClosedError.
 """
 import ctypes
 import json
 
 from . import _native
-from .errors import check, error_for
+from .errors import ClosedError, check, error_for
 
 _ENOENT = None
 
@@ -79,15 +81,18 @@ class Store:
         enc = lambda s: s.encode() if isinstance(s, str) else s  # noqa: E731
         self._opts = _native.StoreOpts(enc(master), enc(metadata), enc(cluster), enc(protocol),
                                        int(timeout_ms))
-        h = ctypes.c_void_p()
-        check(_native.kv_store_open(ctypes.byref(self._opts), ctypes.byref(h)),
+        h = ctypes.c_uint64()
+        check(_native.kv_store_h_open(ctypes.byref(self._opts), ctypes.byref(h)),
               "cannot connect to %s" % (master or metadata))
-        self._h = h
+        self._h = h.value
 
     def close(self):
-        if getattr(self, "_h", None):
-            _native.kv_store_close(self._h)
-            self._h = None
+        """Closes the connection. Safe while other threads call: the C client stays alive
+        until their calls return; they and any later call raise ClosedError. Idempotent."""
+        h = getattr(self, "_h", None)
+        self._h = None
+        if h:
+            _native.kv_store_h_close(h)
 
     def __enter__(self):
         return self
@@ -99,9 +104,10 @@ class Store:
         self.close()
 
     def _handle(self):
-        if not self._h:
-            raise ValueError("kvstash: Store is closed")
-        return self._h
+        h = self._h
+        if not h:
+            raise ClosedError(what="kvstash: Store is closed")
+        return h
 
     @staticmethod
     def _put_opts(replicas, ttl_s, pin):
@@ -112,7 +118,7 @@ class Store:
         k = _key(key)
         addr, n, keep = buffer_of(data, False)
         opts = self._put_opts(replicas, ttl_s, pin)
-        check(_native.kv_store_put(self._handle(), k, addr, n, ctypes.byref(opts)),
+        check(_native.kv_store_h_put(self._handle(), k, addr, n, ctypes.byref(opts)),
               "put %r" % key)
         del keep
 
@@ -121,7 +127,7 @@ class Store:
         k = _key(key)
         p = ctypes.c_void_p()
         n = ctypes.c_size_t()
-        check(_native.kv_store_get_alloc(self._handle(), k, ctypes.byref(p), ctypes.byref(n)),
+        check(_native.kv_store_h_get_alloc(self._handle(), k, ctypes.byref(p), ctypes.byref(n)),
               "get %r" % key)
         try:
             return ctypes.string_at(p, n.value) if n.value else b""
@@ -133,7 +139,7 @@ class Store:
         k = _key(key)
         addr, cap, keep = buffer_of(buffer, True)
         n = ctypes.c_size_t()
-        check(_native.kv_store_get(self._handle(), k, addr, cap, ctypes.byref(n)),
+        check(_native.kv_store_h_get(self._handle(), k, addr, cap, ctypes.byref(n)),
               "get %r" % key)
         del keep
         return n.value
@@ -156,12 +162,12 @@ class Store:
             return []
         arr = (ctypes.c_char_p * n)(*[_key(k) for k in ks])
         res = (ctypes.c_int * n)()
-        check(_native.kv_store_batch_exists(self._handle(), n, arr, res), "exists")
+        check(_native.kv_store_h_batch_exists(self._handle(), n, arr, res), "exists")
         return list(res)
 
     def remove(self, key):
         """Removes key. Raises KeyError (NotFoundError) when absent."""
-        check(_native.kv_store_remove(self._handle(), _key(key)), "remove %r" % key)
+        check(_native.kv_store_h_remove(self._handle(), _key(key)), "remove %r" % key)
 
     def batch_put(self, keys, values, replicas=1, ttl_s=0, pin=False):
         """Puts many keys in one round trip per phase. Returns a list of status codes (0 = ok,
@@ -179,7 +185,7 @@ class Store:
         larr = (ctypes.c_size_t * n)(*[b[1] for b in bufs])
         res = (ctypes.c_int * n)()
         opts = self._put_opts(replicas, ttl_s, pin)
-        check(_native.kv_store_batch_put(self._handle(), n, karr, parr, larr, ctypes.byref(opts),
+        check(_native.kv_store_h_batch_put(self._handle(), n, karr, parr, larr, ctypes.byref(opts),
                                          res), "batch_put")
         del bufs
         return list(res)
@@ -200,7 +206,7 @@ class Store:
         carr = (ctypes.c_size_t * n)(*[b[1] for b in bufs])
         lens = (ctypes.c_size_t * n)()
         res = (ctypes.c_int * n)()
-        check(_native.kv_store_batch_get(self._handle(), n, karr, parr, carr, lens, res),
+        check(_native.kv_store_h_batch_get(self._handle(), n, karr, parr, carr, lens, res),
               "batch_get")
         del bufs
         return [lens[i] if res[i] == 0 else res[i] for i in range(n)]
@@ -218,7 +224,7 @@ class Store:
             return []
         res = (ctypes.c_int * n)()
         opts = self._put_opts(replicas, ttl_s, pin)
-        check(_native.kv_store_batch_put(self._handle(), n, (ctypes.c_char_p * n)(*ks),
+        check(_native.kv_store_h_batch_put(self._handle(), n, (ctypes.c_char_p * n)(*ks),
                                          (ctypes.c_void_p * n)(*ptrs),
                                          (ctypes.c_size_t * n)(*sizes), ctypes.byref(opts), res),
               "batch_put")
@@ -235,7 +241,7 @@ class Store:
             return []
         lens = (ctypes.c_size_t * n)()
         res = (ctypes.c_int * n)()
-        check(_native.kv_store_batch_get(self._handle(), n, (ctypes.c_char_p * n)(*ks),
+        check(_native.kv_store_h_batch_get(self._handle(), n, (ctypes.c_char_p * n)(*ks),
                                          (ctypes.c_void_p * n)(*ptrs),
                                          (ctypes.c_size_t * n)(*caps), lens, res), "batch_get")
         return [lens[i] if res[i] == 0 else res[i] for i in range(n)]
@@ -250,7 +256,7 @@ class Store:
         sizes = ctypes.POINTER(ctypes.c_uint64)()
         n = ctypes.c_size_t()
         pre = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
-        check(_native.kv_store_list(self._handle(), pre, int(limit), ctypes.byref(keys),
+        check(_native.kv_store_h_list(self._handle(), pre, int(limit), ctypes.byref(keys),
                                     ctypes.byref(sizes), ctypes.byref(n)), "list %r" % prefix)
         try:
             return [(keys[i].decode(), sizes[i]) for i in range(n.value)]
@@ -258,15 +264,21 @@ class Store:
             _native.kv_store_keys_free(keys, n.value)
             _native.kv_store_free(ctypes.cast(sizes, ctypes.c_void_p))
 
-    @property
-    def handle(self):
-        """The C struct kv_store address (for kvstash.kvconn.CopyEngine); borrowed."""
-        return self._handle().value
+    def acquire_pointer(self):
+        """The C struct kv_store address with a reference that keeps the client alive (even
+        past close()) until release_pointer(address): for kvstash.kvconn.CopyEngine only."""
+        p = ctypes.c_void_p()
+        check(_native.kv_store_h_acquire(self._handle(), ctypes.byref(p)), "acquire")
+        return p.value
+
+    @staticmethod
+    def release_pointer(address):
+        _native.kv_store_h_release(address)
 
     def stat(self):
         """The cluster statistics (the master's /api/v1/cluster document) as a dict."""
         p = ctypes.c_void_p()
-        check(_native.kv_store_stat_json(self._handle(), ctypes.byref(p)), "stat")
+        check(_native.kv_store_h_stat_json(self._handle(), ctypes.byref(p)), "stat")
         try:
             return json.loads(ctypes.string_at(p).decode())
         finally:

@@ -6,8 +6,8 @@
  * the pure response decoders on malformed replies.
  *
  * The server runs in its own process group with PR_SET_PDEATHSIG, and the group teardown
- * kills and reaps it even when a test fails. Skips (exit 0 with a message) when no etcd
- * binary is installed.
+ * kills and reaps it even when a test fails. Skips (exit 77, KV_SKIP_EXIT, with a message)
+ * when no etcd binary is installed.
  */
 #include <ftw.h>
 #include <setjmp.h>
