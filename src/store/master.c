@@ -10,7 +10,8 @@
  *   master_client.c  client handlers and the group commit of new objects on their nodes
  *   master_node.c    node handlers (MOUNT in parts, HEARTBEAT) and calls to nodes
  *   master_stats.c   cluster JSON, Prometheus text
- *   master_ha.c      leader election, admin HTTP
+ *   master_ha.c      leader election, the lease keeper and its local deadline (mst_leading),
+ *                    admin HTTP
  *
  * Object states (struct mobj):
  *
@@ -80,8 +81,17 @@ static int dispatch(struct kv_master *m, uint16_t method, const uint8_t *req, si
     default:
         return KV_ENOTSUP;
     }
-    if (!atomic_load(&m->leader))
+    if (!mst_leading(m))
         return mst_not_leader(m, resp);
+    if ((method == KV_RPC_PUT_START || method == KV_RPC_PUT) && mst_place_fenced(m)) {
+        /* every mounted node served an older leader, whose clients may still write into
+         * ranges we do not know: a retryable refusal until the fence ends (master_ha.c) */
+        KV_LOGW_RL(5000,
+                   "%s refused for now: every mounted node served an older leader; "
+                   "placement waits out its lease and the put timeout",
+                   kv_rpc_method_name(method));
+        return mst_not_leader(m, resp);
+    }
     int rc;
     switch (method) {
     case KV_RPC_HELLO:
@@ -202,6 +212,10 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
     atomic_init(&m->leader, false);
     atomic_init(&m->stopping, false);
     atomic_init(&m->lease_lost, false);
+    atomic_init(&m->lease_deadline, 0);
+    atomic_init(&m->keep_lease, 0);
+    atomic_init(&m->fence_until, 0);
+    atomic_init(&m->keepalive, kv_meta_lease_keepalive);
 
     rc = kv_meta_open(o->metadata, NULL, &m->meta);
     if (rc < 0) {
@@ -330,13 +344,13 @@ const char *kv_master_id(const struct kv_master *m)
 
 bool kv_master_is_leader(struct kv_master *m)
 {
-    return atomic_load(&m->leader);
+    return mst_leading(m);
 }
 
 int kv_master_wait_leader(struct kv_master *m, int timeout_ms)
 {
     int64_t end = kv_now_ms() + timeout_ms;
-    while (!atomic_load(&m->leader)) {
+    while (!mst_leading(m)) {
         if (kv_now_ms() >= end)
             return KV_ETIMEDOUT;
         kv_sleep_ms(10);

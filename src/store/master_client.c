@@ -256,9 +256,10 @@ static void commit_lead(struct kv_master *m, struct mnode *n)
     uint64_t epoch = m->epoch;
     pthread_mutex_unlock(&m->lock);
 
-    int rc = KV_OK;
+    /* deposed since the put was placed: commit nothing more (the client is not acknowledged) */
+    int rc = mst_leading(m) ? KV_OK : KV_EAGAIN;
     Kvstash__NodeObject **all = batch->objs;
-    if (batch->next) { /* several requests: one array for the message */
+    if (rc == KV_OK && batch->next) { /* several requests: one array for the message */
         all = kv_malloc(total * sizeof(*all));
         if (all) {
             size_t k = 0;

@@ -17,6 +17,25 @@
  * MOUNT again with their object lists, rebuilding it. kv_master_stop revokes the lease, so a
  * standby takes over at once after a clean stop, and within leader_ttl_s after a crash.
  *
+ * Leading on a local deadline (a partitioned leader steps down): the lease keeper thread sends
+ * a keepalive every ttl/3 (every 250 ms after a failure) and, when one succeeds, sets
+ * lease_deadline = the time it was SENT + ttl - margin (monotonic clock). etcd restarts the ttl
+ * when it receives the keepalive, after we sent it, so the lease cannot expire in metadata
+ * before sent + ttl: past the deadline another master may have won. mst_leading() is the one
+ * check every leader-only path makes; the first caller to find the deadline passed steps the
+ * master down (it answers NOT_LEADER from then on), the campaign thread then revokes the lease
+ * (best effort), drops its index and nodes, and campaigns again as a standby. A metadata
+ * outage longer than ttl - margin thus costs leadership even when no other master exists: it
+ * is won back once metadata answers. A keepalive answered "expired" (lease_lost) steps down too.
+ *
+ * Fence of a new leader: the old leader stopped placing by its deadline, before its lease
+ * ended, hence before we won; a key deleted by hand could let it go on until ttl after we won.
+ * Its clients may still write into the ranges it handed out until the put timeout after that.
+ * So a node that reports at MOUNT that it served an older epoch is not placed on until
+ * won + ttl + put timeout (fence_until); a node that never mounted before (last_epoch 0) cannot
+ * hold such ranges and is placed on at once. When every mounted node is fenced a put gets a
+ * retryable NOT_LEADER naming this master (docs/design/store.md).
+ *
  * Thread model: one campaign thread; watch and lease-lost callbacks (backend threads) only set
  * flags and signal wake_cond.
  */
@@ -29,6 +48,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "kvstash/kvstash.h"
 #include "store/master_int.h"
 
 static void wake(struct kv_master *m)
@@ -45,13 +65,75 @@ static void on_leader_event(void *ud, const struct kv_meta_event *ev)
     wake(ud);
 }
 
-static int on_lease_lost(void *ud, int64_t lease)
+static int64_t ttl_ms(const struct kv_master *m)
 {
-    struct kv_master *m = ud;
-    KV_LOGW("leader lease %lld lost", (long long)lease);
-    atomic_store(&m->lease_lost, true);
-    wake(m);
-    return KV_OK; /* the campaign loop steps down and runs again */
+    return (int64_t)m->leader_ttl_s * 1000;
+}
+
+/* How long before the earliest possible expiry in metadata the leader stops: covers the clock
+ * rate difference between hosts and a standby that reads the key the moment it expires. */
+static int64_t lease_margin_ms(const struct kv_master *m)
+{
+    return KV_MAX(ttl_ms(m) / 6, 200);
+}
+
+bool mst_leading(struct kv_master *m)
+{
+    if (!atomic_load(&m->leader))
+        return false;
+    int64_t deadline = atomic_load(&m->lease_deadline);
+    int64_t now = kv_now_ms();
+    if (now < deadline)
+        return true;
+    if (atomic_exchange(&m->leader, false)) {
+        KV_LOGW("master %s steps down: no lease keepalive succeeded in time; its local deadline "
+                "passed %lld ms ago, %lld ms before its lease (ttl %d s) can expire in metadata; "
+                "it stops acting as leader",
+                m->id, (long long)(now - deadline), (long long)lease_margin_ms(m), m->leader_ttl_s);
+        wake(m);
+    }
+    return false;
+}
+
+/* The lease keeper: renews keep_lease every ttl/3 and moves lease_deadline on. */
+static void *keeper_main(void *arg)
+{
+    struct kv_master *m = arg;
+    kv_log_set_thread_name("master-lease");
+    int64_t cur = 0, next = 0;
+    while (!atomic_load(&m->stopping)) {
+        int64_t lease = atomic_load(&m->keep_lease);
+        int64_t now = kv_now_ms();
+        if (lease != cur) {
+            cur = lease;
+            next = now + ttl_ms(m) / 3;
+        }
+        if (!lease || now < next) {
+            kv_sleep_ms(lease ? (int)KV_MIN(next - now, 50) : 50);
+            continue;
+        }
+        mst_keepalive_fn keepalive = atomic_load(&m->keepalive);
+        int64_t sent = kv_now_ms();
+        int rc = keepalive(m->meta, lease);
+        if (atomic_load(&m->keep_lease) != lease)
+            continue; /* stepped down or stopped meanwhile */
+        if (rc == KV_OK) {
+            atomic_store(&m->lease_deadline, sent + ttl_ms(m) - lease_margin_ms(m));
+            next = sent + ttl_ms(m) / 3;
+        } else if (rc == KV_EMETA_LEASE) {
+            KV_LOGW("leader lease %lld expired in metadata", (long long)lease);
+            atomic_store(&m->lease_lost, true);
+            atomic_store(&m->keep_lease, 0);
+            wake(m);
+        } else {
+            KV_LOGW_RL(2000,
+                       "leader lease %lld keepalive failed (%s); leading until %lld ms from now",
+                       (long long)lease, kv_strerror(rc),
+                       (long long)(atomic_load(&m->lease_deadline) - kv_now_ms()));
+            next = kv_now_ms() + 250;
+        }
+    }
+    return NULL;
 }
 
 /* Parses the leader document. Returns KV_OK with its id and rpc_addr copied. */
@@ -96,6 +178,7 @@ static void campaign(struct kv_master *m)
     if (rc < 0)
         return; /* another master bumped it first: look again */
     int64_t lease;
+    int64_t sent = kv_now_ms(); /* the lease cannot expire before sent + ttl */
     rc = kv_meta_lease_grant(m->meta, m->leader_ttl_s, &lease);
     if (rc < 0) {
         KV_LOGW_RL(5000, "campaign: lease grant: %s", kv_strerror(rc));
@@ -117,13 +200,11 @@ static void campaign(struct kv_master *m)
         return;
     }
     atomic_store(&m->lease_lost, false);
-    rc = kv_meta_lease_autorenew(m->meta, lease, m->leader_ttl_s, on_lease_lost, m);
-    if (rc < 0) {
-        KV_LOGW("campaign: lease auto-renew: %s", kv_strerror(rc));
-        kv_meta_lease_revoke(m->meta, lease);
-        return;
-    }
     m->lease = lease;
+    int64_t now = kv_now_ms();
+    atomic_store(&m->fence_until, now + ttl_ms(m) + (int64_t)m->put_timeout_ms);
+    atomic_store(&m->lease_deadline, sent + ttl_ms(m) - lease_margin_ms(m));
+    atomic_store(&m->keep_lease, lease);
     pthread_mutex_lock(&m->lock);
     m->epoch = e + 1;
     snprintf(m->leader_hint, sizeof(m->leader_hint), "%s", m->rpc_addr);
@@ -133,22 +214,45 @@ static void campaign(struct kv_master *m)
             (unsigned long long)(e + 1), m->rpc_addr);
 }
 
-static void step_down(struct kv_master *m, const char *why)
+/* Stops acting as leader now (the campaign thread releases the rest: release()). */
+static void demote(struct kv_master *m, const char *why)
 {
-    KV_LOGW("master %s steps down: %s", m->id, why);
-    atomic_store(&m->leader, false);
+    if (atomic_exchange(&m->leader, false))
+        KV_LOGW("master %s steps down: %s", m->id, why);
+}
+
+/* After leadership ended (demote or mst_leading): stops the keepalives, revokes the lease (best
+ * effort: metadata may be unreachable), drops every node and object. Campaign thread. */
+static void release(struct kv_master *m)
+{
+    atomic_store(&m->keep_lease, 0);
+    pthread_mutex_lock(&m->lock);
+    m->leader_hint[0] = '\0'; /* clients look the leader up in metadata */
+    pthread_mutex_unlock(&m->lock);
+    kv_master_reset(m);
     if (m->lease) {
-        kv_meta_lease_revoke(m->meta, m->lease);
+        int rc = kv_meta_lease_revoke(m->meta, m->lease);
+        if (rc < 0 && rc != KV_EMETA_LEASE)
+            KV_LOGW("revoking leader lease %lld: %s (it expires by itself)", (long long)m->lease,
+                    kv_strerror(rc));
         m->lease = 0;
     }
-    kv_master_reset(m);
+    KV_LOGI("master %s is a standby again; it campaigns when the leader key is free", m->id);
 }
 
 static void *campaign_main(void *arg)
 {
     struct kv_master *m = arg;
+    kv_log_set_thread_name("master-campaign");
     char last_leader[128] = "";
+    /* after stepping down, a master lets healthy standbys campaign first for one ttl: the one
+     * whose keepalives failed would otherwise win again and again */
+    int64_t campaign_after = 0;
     while (!atomic_load(&m->stopping)) {
+        if (!mst_leading(m) && m->lease) {
+            release(m); /* stepped down since the last round */
+            campaign_after = kv_now_ms() + ttl_ms(m);
+        }
         if (!m->watching &&
             kv_meta_watch(m->meta, m->leader_key, on_leader_event, m, &m->watch_id) == KV_OK)
             m->watching = true;
@@ -160,15 +264,20 @@ static void *campaign_main(void *arg)
         bool have = rc == KV_OK &&
                     parse_leader(v, len, id, sizeof(id), addr, sizeof(addr), &epoch) == KV_OK;
         kv_meta_free(v);
-        if (atomic_load(&m->leader)) {
+        if (m->lease) {
             if (atomic_load(&m->lease_lost))
-                step_down(m, "leader lease lost (metadata unreachable for longer than its ttl?)");
+                demote(m, "leader lease lost (metadata unreachable for longer than its ttl?)");
             else if (have && strcmp(id, m->id) != 0)
-                step_down(m, "the leader key names another master");
+                demote(m, "the leader key names another master");
             else if (rc == KV_ENOENT)
-                step_down(m, "the leader key disappeared");
+                demote(m, "the leader key disappeared");
+            if (!mst_leading(m)) {
+                release(m);
+                campaign_after = kv_now_ms() + ttl_ms(m);
+            }
         } else if (rc == KV_ENOENT) {
-            campaign(m);
+            if (kv_now_ms() >= campaign_after)
+                campaign(m);
         } else if (have) {
             pthread_mutex_lock(&m->lock);
             snprintf(m->leader_hint, sizeof(m->leader_hint), "%s", addr);
@@ -181,7 +290,7 @@ static void *campaign_main(void *arg)
         } else if (rc != KV_OK) {
             KV_LOGW_RL(5000, "reading %s: %s", m->leader_key, kv_strerror(rc));
         }
-        if (atomic_load(&m->leader))
+        if (m->lease)
             last_leader[0] = '\0';
         pthread_mutex_lock(&m->wake_lock);
         if (!m->wake_flag && !atomic_load(&m->stopping)) {
@@ -202,8 +311,15 @@ static void *campaign_main(void *arg)
 
 int kv_master_campaign_start(struct kv_master *m)
 {
-    if (pthread_create(&m->campaign_thread, NULL, campaign_main, m) != 0)
+    if (pthread_create(&m->keeper_thread, NULL, keeper_main, m) != 0)
         return KV_ENOMEM;
+    m->keeper_started = true;
+    if (pthread_create(&m->campaign_thread, NULL, campaign_main, m) != 0) {
+        atomic_store(&m->stopping, true);
+        pthread_join(m->keeper_thread, NULL);
+        m->keeper_started = false;
+        return KV_ENOMEM;
+    }
     return KV_OK;
 }
 
@@ -211,6 +327,11 @@ void kv_master_campaign_stop(struct kv_master *m)
 {
     wake(m);
     pthread_join(m->campaign_thread, NULL);
+    atomic_store(&m->keep_lease, 0);
+    if (m->keeper_started) {
+        pthread_join(m->keeper_thread, NULL); /* m->stopping is set */
+        m->keeper_started = false;
+    }
     if (m->watching) {
         kv_meta_unwatch(m->meta, m->watch_id);
         m->watching = false;

@@ -36,6 +36,8 @@ struct mnode {
     bool removed;
     bool local;    /* its RPC server is in this process: calls to it never wait on the network */
     bool mounting; /* a MOUNT in parts is under way: no placement on it yet */
+    int64_t fence_until; /* monotonic ms: no placement on it before (it served an older leader,
+                            whose writes may still land in ranges we do not know) */
     size_t mount_ok, mount_rejected; /* objects of the mount so far */
     int refs;                        /* the node list holds one; RPCs in flight hold one each */
     /* group commit (master.c): PutEnds' requests waiting for a NODE_COMMIT, and how many
@@ -154,6 +156,9 @@ struct dfree {
     struct dfree *next;
 };
 
+/* Renews a lease once (kv_meta_lease_keepalive; tests substitute one that stalls). */
+typedef int (*mst_keepalive_fn)(struct kv_meta *meta, int64_t lease);
+
 struct kv_master {
     /* immutable after start */
     char *id;
@@ -199,7 +204,19 @@ struct kv_master {
     atomic_bool leader;
     atomic_bool stopping;
     atomic_bool lease_lost;
+    /* monotonic ms until which this master may act as leader: the send time of its last
+     * keepalive that succeeded + leader ttl - a safety margin (master_ha.c, mst_leading) */
+    _Atomic int64_t lease_deadline;
     int64_t lease; /* campaign thread only */
+    /* the lease keeper (master_ha.c): renews keep_lease (0 = none) every ttl/3 */
+    _Atomic int64_t keep_lease;
+    pthread_t keeper_thread;
+    bool keeper_started;
+    /* sends one keepalive: kv_meta_lease_keepalive; a test may stall it */
+    _Atomic mst_keepalive_fn keepalive;
+    /* monotonic ms: nodes that served an older epoch are placed on only after it (won + leader
+     * ttl + put timeout; set by the campaign thread before it becomes leader) */
+    _Atomic int64_t fence_until;
     uint64_t watch_id;
     bool watching;
     pthread_t maint_thread, campaign_thread;
@@ -403,6 +420,15 @@ char *kv_master_cluster_json(struct kv_master *m);
 int kv_master_metrics(struct kv_master *m, struct kv_buf *b);
 
 /* master_ha.c */
+/* The one check of every leader-only path (client and node handlers, placement, commits,
+ * maintenance): true while this master is the leader and its local lease deadline has not
+ * passed. The first caller to find the deadline passed steps the master down (it stops acting
+ * as leader at once; the campaign thread then drops its state and campaigns as a standby).
+ * Any thread, any lock. */
+bool mst_leading(struct kv_master *m);
+/* True when nodes are mounted but every one is still fenced (fence_until): a put must wait.
+ * Takes the lock. */
+bool mst_place_fenced(struct kv_master *m);
 int kv_master_campaign_start(struct kv_master *m);
 void kv_master_campaign_stop(struct kv_master *m);
 

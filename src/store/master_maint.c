@@ -99,7 +99,7 @@ void mst_maint_wake(struct kv_master *m)
 
 void kv_master_maintain_now(struct kv_master *m, bool force_ttl)
 {
-    if (!atomic_load(&m->leader))
+    if (!mst_leading(m))
         return;
     pthread_mutex_lock(&m->lock);
     int64_t now = kv_now_ms();

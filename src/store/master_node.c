@@ -267,7 +267,15 @@ int mst_h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct kv_b
     n->last_hb_ms = kv_now_ms();
     n->mounting = in->more;
     n->local = kv_rpc_local_has(n->rpc_addr);
+    /* a node that served an older leader waits out its fence (master_ha.c) */
+    n->fence_until = in->last_epoch ? atomic_load(&m->fence_until) : 0;
+    int64_t fence_ms = KV_MAX(n->fence_until - kv_now_ms(), 0);
     pthread_mutex_lock(&m->lock);
+    if (!mst_leading(m)) { /* deposed since the dispatch */
+        pthread_mutex_unlock(&m->lock);
+        rc = mst_not_leader(m, resp);
+        goto out;
+    }
     struct mnode *old = mst_node_find(m, in->node_id);
     if (old)
         mst_node_remove(m, old, "mounted again");
@@ -280,10 +288,11 @@ int mst_h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct kv_b
     uint64_t epoch = m->epoch;
     pthread_mutex_unlock(&m->lock);
     KV_LOGI("node %s mounted%s: segment %s, %llu bytes DRAM, SSD %llu/%llu, rpc %s; %zu objects "
-            "indexed, %zu rejected",
+            "indexed, %zu rejected; it served epoch %llu: no placement on it for %lld ms",
             n->id, in->more ? " (first part; more follow)" : "", n->segment,
             (unsigned long long)n->size, (unsigned long long)n->ssd_used,
-            (unsigned long long)n->ssd_capacity, n->rpc_addr, ok, rejected);
+            (unsigned long long)n->ssd_capacity, n->rpc_addr, ok, rejected,
+            (unsigned long long)in->last_epoch, (long long)fence_ms);
     Kvstash__MountResp r = KVSTASH__MOUNT_RESP__INIT;
     r.epoch = epoch;
     rc = mst_reply(resp, &r.base);

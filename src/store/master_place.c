@@ -53,9 +53,12 @@ int mst_place(struct kv_master *m, uint64_t size, int want, struct mrep *reps)
         }
     }
     int nc = 0;
+    int64_t now = kv_now_ms();
     for (struct mnode *n = m->nodes; n && nc < KV_MAX(m->nnodes, 64); n = n->next) {
         if (n->mounting)
             continue; /* its objects are not all known yet: their ranges are not reserved */
+        if (n->fence_until > now)
+            continue; /* an older leader's writes may still land in its free ranges */
         uint64_t cap = kv_segalloc_capacity(n->alloc), used = node_used(n);
         cand[nc] = n;
         w[nc] = (cap > used ? cap - used : 0) / 4096 + 1;
@@ -258,9 +261,23 @@ void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
     pthread_mutex_unlock(&m->evict_lock);
 }
 
-/* Places items[0..n) as PENDING objects: status[i] gets each item's status, slots[i] (slots may
- * be NULL) its replicas, objs[i] (objs may be NULL) its object. Items that found no room get one
- * more try after an eviction pass over the nodes. Takes the lock. */
+bool mst_place_fenced(struct kv_master *m)
+{
+    int64_t now = kv_now_ms();
+    if (now >= atomic_load(&m->fence_until))
+        return false;
+    bool any = false, open = false;
+    pthread_mutex_lock(&m->lock);
+    for (struct mnode *n = m->nodes; n && !open; n = n->next) {
+        if (n->mounting || n->removed)
+            continue;
+        any = true;
+        open = n->fence_until <= now;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return any && !open;
+}
+
 bool mst_nodes_all_local(struct kv_master *m)
 {
     for (struct mnode *n = m->nodes; n; n = n->next)
@@ -279,6 +296,12 @@ int mst_place_items_now(struct kv_master *m, Kvstash__PutItem **items, size_t n,
         return KV_RPC_SLOW;
     }
     struct mobj *o;
+    if (!mst_leading(m)) { /* deposed since the dispatch: place nothing */
+        for (size_t i = 0; i < n; i++)
+            status[i] = KV_EAGAIN;
+        pthread_mutex_unlock(&m->lock);
+        return KV_OK;
+    }
     for (size_t i = 0; i < n && rc == KV_OK; i++) {
         status[i] = mst_put_start_one(m, items[i], slots ? &slots[i] : NULL, &o);
         if (status[i] == KV_OK && objs)
@@ -303,6 +326,10 @@ void mst_place_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, in
     uint64_t need = 0;
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < n; i++) {
+        if (!mst_leading(m)) { /* deposed since the dispatch: place nothing */
+            status[i] = KV_EAGAIN;
+            continue;
+        }
         status[i] =
             mst_put_start_one(m, items[i], slots ? &slots[i] : NULL, objs ? &objs[i] : NULL);
         if (status[i] == KV_ENOSPC && (int)KV_MAX(items[i]->replicas, 1) <= m->nnodes)
@@ -320,15 +347,16 @@ void mst_place_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, in
     mst_maint_wake(m);
     pthread_mutex_lock(&m->lock);
     int64_t deadline = kv_now_ms() + EVICT_WAIT_MS;
-    while (m->evict_done_seq < my && atomic_load(&m->leader) && kv_now_ms() < deadline) {
+    while (m->evict_done_seq < my && mst_leading(m) && kv_now_ms() < deadline) {
         struct timespec ts;
         kv_timespec_in_ms(&ts, 100);
         pthread_cond_timedwait(&m->cond, &m->lock, &ts);
     }
     for (size_t i = 0; i < n; i++)
         if (status[i] == KV_ENOSPC)
-            status[i] =
-                mst_put_start_one(m, items[i], slots ? &slots[i] : NULL, objs ? &objs[i] : NULL);
+            status[i] = !mst_leading(m) ? KV_EAGAIN
+                                        : mst_put_start_one(m, items[i], slots ? &slots[i] : NULL,
+                                                            objs ? &objs[i] : NULL);
     pthread_mutex_unlock(&m->lock);
 }
 

@@ -578,6 +578,9 @@ static int do_mount(struct kv_node *n)
         mr.ssd_capacity = n->ssd ? kv_ssd_capacity(n->ssd) : 0;
         mr.ssd_used = n->ssd ? kv_ssd_used(n->ssd) : 0;
         mr.total = a.n;
+        pthread_mutex_lock(&n->lock);
+        mr.last_epoch = n->epoch; /* the master we served last (0: none yet) */
+        pthread_mutex_unlock(&n->lock);
         /* in parts of mount_chunk objects, so that any number of objects fits the RPC frame
          * limit (64 MiB); the master places nothing on us until the last part */
         size_t chunk = n->mount_chunk, parts = 0;

@@ -9,8 +9,10 @@
 . "$(dirname "$0")/lib_store.sh"
 
 start_etcd
-start_master ma
-start_master mb
+# put timeout 5 s: the new leader places nothing on nodes that served the old one until the old
+# lease (3 s) and the put timeout are over (the old leader's writers may still be writing)
+start_master ma --put-timeout 5
+start_master mb --put-timeout 5
 start_node n1 32MiB
 start_node n2 32MiB
 wait_nodes 2
@@ -54,7 +56,7 @@ set -e
 [ $rc -eq 1 ] && grep -q "not found" <<<"$out" || fail "fo/12, removed before the fail-over, came back: rc $rc $out"
 ok "an object removed just before the leader died (read lease still on) stays removed"
 mkval "$W/after" 77777 5
-wait_for 10 kv put fo/after "$W/after" || fail "put after fail-over"
+wait_for 20 kv put fo/after "$W/after" || fail "put after fail-over (and its 8 s placement fence)"
 kv get fo/after - | cmp - "$W/after" || fail "fo/after"
 [ "$(kv ls fo/ | wc -l)" -eq 12 ] || fail "ls after fail-over: $(kv ls fo/)"
 ok "puts and ls work on the new leader"

@@ -443,7 +443,7 @@ static void test_failover(void **state)
 {
     (void)state;
     new_url();
-    struct kv_master_opts mo = {.id = "leader1", .leader_ttl_s = 2};
+    struct kv_master_opts mo = {.id = "leader1", .leader_ttl_s = 2, .put_timeout_ms = 3000};
     struct kv_master *m1 = start_master(&mo);
     assert_int_equal(kv_master_wait_leader(m1, 5000), KV_OK);
     mo.id = "standby2";
@@ -468,6 +468,7 @@ static void test_failover(void **state)
     }
     kv_master_stop(m1); /* resigns */
     assert_int_equal(kv_master_wait_leader(m2, 5000), KV_OK);
+    int64_t won = kv_now_ms();
     for (int i = 0; i < 100 && kv_master_node_count(m2) < 2; i++)
         kv_sleep_ms(50);
     assert_int_equal(kv_master_node_count(m2), 2);
@@ -501,9 +502,20 @@ static void test_failover(void **state)
                      KV_OK);
     assert_int_equal(h->epoch, 2);
     kv_rpc_pb_free(&h->base);
-    /* the new leader takes new puts and still says first writer wins */
+    /* both nodes served epoch 1: m2 places nothing on them until m1's lease (2 s) and the put
+     * timeout (3 s) are over, since m1's clients may still write into ranges m2 does not know;
+     * meanwhile a put gets a retryable NOT_LEADER */
+    int64_t fence = 2000 + 3000;
+    if (kv_now_ms() - won < fence - 1000)
+        assert_int_equal(put(c2, "after", 4096, 1, 0, false, true, NULL), KV_EAGAIN);
+    int rc;
+    while ((rc = put(c2, "after", 4096, 1, 0, false, true, NULL)) == KV_EAGAIN &&
+           kv_now_ms() - won < fence + 10000)
+        kv_sleep_ms(20);
+    assert_int_equal(rc, KV_OK);
+    assert_true(kv_now_ms() - won >= fence - 500); /* won: taken just after the fence began */
+    /* the new leader still says first writer wins */
     assert_int_equal(put(c2, "f3", 4096, 1, 0, false, true, NULL), KV_EEXIST);
-    assert_int_equal(put(c2, "after", 4096, 1, 0, false, true, NULL), KV_OK);
     kv_rpc_client_destroy(c1);
     kv_rpc_client_destroy(c2);
     kv_node_stop(a);
