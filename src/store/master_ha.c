@@ -38,6 +38,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "store/master_int.h"
+#include "store/master_metrics.h"
 
 static void wake(struct kv_master *m)
 {
@@ -263,13 +264,11 @@ static void on_http(struct evhttp_request *req, void *arg)
                          m->id, atomic_load(&m->leader) ? "true" : "false");
         send_text(req, 200, "application/json", body, (size_t)n);
     } else if (strcmp(path, "/metrics") == 0) {
-        struct kv_buf b;
-        kv_buf_init(&b);
-        if (kv_master_metrics(m, &b) == KV_OK)
-            send_text(req, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
-        else
-            evhttp_send_error(req, 500, "out of memory");
-        kv_buf_fini(&b);
+        kv_master_http_metrics(req, m);
+    } else if (strcmp(path, "/api/v1/status") == 0) {
+        kv_master_http_status(req, m);
+    } else if (strcmp(path, "/") == 0 || strncmp(path, "/ui/", 4) == 0) {
+        kv_master_http_page(req, m);
     } else if (strcmp(path, "/api/v1/cluster") == 0) {
         char *js = kv_master_cluster_json(m);
         if (js)
