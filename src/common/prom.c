@@ -143,6 +143,7 @@ void kv_prom_init(struct kv_prom *p, struct kv_buf *b)
     p->rc = KV_OK;
     p->type = KV_PROM_GAUGE;
     p->family = NULL;
+    p->lax = false;
 }
 
 void kv_prom_family(struct kv_prom *p, const char *name, enum kv_prom_type type, const char *help)
@@ -154,7 +155,7 @@ void kv_prom_family(struct kv_prom *p, const char *name, enum kv_prom_type type,
         fail(p, KV_EINVAL, "bad metric name", name);
         return;
     }
-    if ((type == KV_PROM_COUNTER) != ends_with(name, "_total")) {
+    if (!p->lax && (type == KV_PROM_COUNTER) != ends_with(name, "_total")) {
         fail(p, KV_EINVAL, "counters and only counters end in _total", name);
         return;
     }

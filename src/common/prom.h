@@ -23,6 +23,7 @@
 #ifndef KV_COMMON_PROM_H
 #define KV_COMMON_PROM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,6 +44,9 @@ struct kv_prom {
     int rc;
     enum kv_prom_type type; /* of the current family */
     const char *family;     /* the current family's name (borrowed from kv_prom_family) */
+    /* Set by the caller after kv_prom_init for a compatibility page that reproduces another
+     * project's names (the router's /metrics/vllm): the _total rule is not enforced. */
+    bool lax;
 };
 
 /* Starts writing into b (appends; b stays the caller's). */

@@ -140,7 +140,11 @@ void rt_gen_request_id(struct kv_router *rt, char *out, size_t n);
 /* Bodies of the local endpoints. Return KV_OK or KV_ENOMEM; *code gets the HTTP status. */
 int rt_models_body(struct kv_router *rt, struct kv_buf *out);
 int rt_health_body(struct kv_router *rt, struct kv_buf *out, int *code);
+/* router_metrics.c: /metrics, /metrics/vllm (the vLLM router's gauge names) and the status
+ * page's /api/v1/status JSON. */
 int rt_metrics_body(struct kv_router *rt, struct kv_buf *out);
+int rt_metrics_vllm_body(struct kv_router *rt, struct kv_buf *out);
+int rt_status_body(struct kv_router *rt, struct kv_buf *out);
 
 /* --- router_proxy.c --- */
 

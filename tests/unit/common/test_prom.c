@@ -181,6 +181,9 @@ static void test_colon_names(void **state)
     kv_prom_init(&p, &b);
     kv_prom_one(&p, "vllm:num_requests_running", KV_PROM_GAUGE, "vLLM router name", 3);
     assert_int_equal(kv_prom_end(&p), KV_OK);
+    p.lax = true; /* a compatibility page: a gauge named _total passes */
+    kv_prom_one(&p, "vllm:healthy_pods_total", KV_PROM_GAUGE, "vLLM router name", 1);
+    assert_int_equal(kv_prom_end(&p), KV_OK);
     assert_non_null(strstr(b.data, "\nvllm:num_requests_running 3\n"));
     kv_buf_fini(&b);
 }
