@@ -19,6 +19,7 @@
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
 #include <stdio.h>
+#include <math.h>
 #include <string.h>
 
 #include "common/admin_http.h"
@@ -26,6 +27,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "common/prom.h"
 #include "common/util.h"
 #include "gateway/gw_int.h"
 
@@ -202,26 +204,36 @@ static bool on_ready(void *ud, json_t *doc, char *reason, size_t reasonlen)
     return true;
 }
 
-/* A Prometheus label value: backslash, double quote and newline escaped. */
-static void label(struct kv_buf *b, const char *v)
-{
-    for (const char *p = v; *p; p++) {
-        if (*p == '\\')
-            kv_buf_append(b, "\\\\", 2);
-        else if (*p == '"')
-            kv_buf_append(b, "\\\"", 2);
-        else if (*p == '\n')
-            kv_buf_append(b, "\\n", 2);
-        else
-            kv_buf_append(b, p, 1);
-    }
-}
-
-static void metric(struct kv_buf *b, const char *name, const char *type, const char *help,
+static void metric(struct kv_prom *p, const char *name, enum kv_prom_type type, const char *help,
                    uint64_t v)
 {
-    kv_buf_appendf(b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
-                   (unsigned long long)v);
+    kv_prom_one(p, name, type, help, (double)v);
+}
+
+/* One per-engine gauge: value(e) for every engine, left out where it returns NAN (unknown). */
+static double eng_value(const struct kv_gateway_engine *e, int m)
+{
+    const struct kv_gateway_state *st = &e->state;
+    switch (m) {
+    case 0:
+        return e->fresh;
+    case 1:
+        return (double)e->age_ms / 1000.0;
+    case 2:
+        return st->latency_pred_ms >= 0 ? st->latency_pred_ms / 1000.0 : NAN;
+    case 3:
+        return (double)st->pending_tokens_total;
+    case 4:
+        return (double)st->kv_cache_free_blocks;
+    case 5:
+        return (double)st->kv_cache_total_blocks;
+    case 6:
+        return st->kv_cache_total_blocks > 0 && st->kv_cache_free_blocks >= 0
+                   ? 1.0 - (double)st->kv_cache_free_blocks / (double)st->kv_cache_total_blocks
+                   : NAN;
+    default:
+        return st->engine_capacity;
+    }
 }
 
 static void do_metrics(struct gw_http *h, struct evhttp_request *req)
@@ -233,86 +245,67 @@ static void do_metrics(struct gw_http *h, struct evhttp_request *req)
     kv_gateway_engines(h->g, &arr, &n);
     struct kv_buf b;
     kv_buf_init(&b);
-    metric(&b, "kvstash_gateway_received_total", "counter", "Datagrams received.",
+    struct kv_prom p;
+    kv_prom_init(&p, &b);
+    metric(&p, "kvstash_gateway_received_total", KV_PROM_COUNTER, "Datagrams received.",
            s.total_received);
-    metric(&b, "kvstash_gateway_unicast_received_total", "counter",
+    metric(&p, "kvstash_gateway_unicast_received_total", KV_PROM_COUNTER,
            "Datagrams received on a unicast address.", s.unicast_received);
-    metric(&b, "kvstash_gateway_broadcast_received_total", "counter",
+    metric(&p, "kvstash_gateway_broadcast_received_total", KV_PROM_COUNTER,
            "Datagrams received on a broadcast address.", s.broadcast_received);
-    metric(&b, "kvstash_gateway_valid_states_total", "counter", "Valid states ingested.",
+    metric(&p, "kvstash_gateway_valid_states_total", KV_PROM_COUNTER, "Valid states ingested.",
            s.valid_states);
-    kv_buf_appendf(&b, "# HELP kvstash_gateway_invalid_states_total Datagrams rejected, by "
-                       "reason.\n# TYPE kvstash_gateway_invalid_states_total counter\n");
-    for (int r = 1; r < KV_GW_REASON_COUNT; r++)
-        kv_buf_appendf(&b, "kvstash_gateway_invalid_states_total{reason=\"%s\"} %llu\n",
-                       kv_gateway_reason_name(r), (unsigned long long)s.invalid_by_reason[r]);
-    metric(&b, "kvstash_gateway_heartbeats_total", "counter", "Heartbeat states ingested.",
+    kv_prom_family(&p, "kvstash_gateway_invalid_states_total", KV_PROM_COUNTER,
+                   "Datagrams rejected, by reason.");
+    for (int r = 1; r < KV_GW_REASON_COUNT; r++) {
+        struct kv_prom_label l = {"reason", kv_gateway_reason_name(r)};
+        kv_prom_sample(&p, &l, 1, (double)s.invalid_by_reason[r]);
+    }
+    metric(&p, "kvstash_gateway_heartbeats_total", KV_PROM_COUNTER, "Heartbeat states ingested.",
            s.heartbeats);
-    metric(&b, "kvstash_gateway_recv_calls_total", "counter",
+    metric(&p, "kvstash_gateway_recv_calls_total", KV_PROM_COUNTER,
            "receive rounds (recvmmsg calls or io_uring reaps) that returned datagrams.",
            s.recv_calls);
-    metric(&b, "kvstash_gateway_active_engines", "gauge", "Engines with a fresh state.",
+    metric(&p, "kvstash_gateway_active_engines", KV_PROM_GAUGE, "Engines with a fresh state.",
            s.active_engines);
-    metric(&b, "kvstash_gateway_engines", "gauge", "Engines known.", s.total_engines);
-    metric(&b, "kvstash_gateway_engines_removed_total", "counter",
+    metric(&p, "kvstash_gateway_engines", KV_PROM_GAUGE, "Engines known.", s.total_engines);
+    metric(&p, "kvstash_gateway_engines_removed_total", KV_PROM_COUNTER,
            "Engines removed after a long silence.", s.engines_removed);
-    metric(&b, "kvstash_gateway_log_lines_total", "counter", "Lines written to the JSONL log.",
-           s.log_lines);
-    metric(&b, "kvstash_gateway_log_dropped_total", "counter",
+    metric(&p, "kvstash_gateway_log_lines_total", KV_PROM_COUNTER,
+           "Lines written to the JSONL log.", s.log_lines);
+    metric(&p, "kvstash_gateway_log_dropped_total", KV_PROM_COUNTER,
            "Log lines dropped because the writer fell behind.", s.log_dropped);
-    metric(&b, "kvstash_gateway_log_errors_total", "counter", "Log open/write failures.",
+    metric(&p, "kvstash_gateway_log_errors_total", KV_PROM_COUNTER, "Log open/write failures.",
            s.log_errors);
-    metric(&b, "kvstash_gateway_log_rotations_total", "counter", "Log rotations.", s.log_rotations);
+    metric(&p, "kvstash_gateway_log_rotations_total", KV_PROM_COUNTER, "Log rotations.",
+           s.log_rotations);
     static const struct {
         const char *name, *help;
     } per[] = {
         {"kvstash_gateway_engine_fresh", "1 if the engine's last state is fresh."},
         {"kvstash_gateway_engine_age_seconds", "Seconds since the engine's last state."},
-        {"kvstash_gateway_engine_latency_pred_ms", "Predicted latency reported (ms)."},
+        {"kvstash_gateway_engine_predicted_latency_seconds",
+         "Predicted latency reported (absent when unknown)."},
         {"kvstash_gateway_engine_pending_tokens", "Pending tokens reported (-1 unknown)."},
         {"kvstash_gateway_engine_kv_cache_free_blocks", "Free KV blocks (-1 unknown)."},
         {"kvstash_gateway_engine_kv_cache_total_blocks", "Total KV blocks (-1 unknown)."},
+        {"kvstash_gateway_engine_kv_cache_usage_ratio",
+         "Share of the KV blocks in use, 0..1 (absent when unknown)."},
         {"kvstash_gateway_engine_capacity", "Engine capacity reported."},
     };
-    for (size_t m = 0; m < KV_ARRAY_SIZE(per); m++) {
-        if (n == 0)
-            break;
-        kv_buf_appendf(&b, "# HELP %s %s\n# TYPE %s gauge\n", per[m].name, per[m].help,
-                       per[m].name);
+    for (size_t m = 0; m < KV_ARRAY_SIZE(per) && n > 0; m++) {
+        kv_prom_family(&p, per[m].name, KV_PROM_GAUGE, per[m].help);
         for (size_t i = 0; i < n; i++) {
-            const struct kv_gateway_engine *e = &arr[i];
-            double v = 0;
-            switch (m) {
-            case 0:
-                v = e->fresh;
-                break;
-            case 1:
-                v = (double)e->age_ms / 1000.0;
-                break;
-            case 2:
-                v = e->state.latency_pred_ms;
-                break;
-            case 3:
-                v = (double)e->state.pending_tokens_total;
-                break;
-            case 4:
-                v = (double)e->state.kv_cache_free_blocks;
-                break;
-            case 5:
-                v = (double)e->state.kv_cache_total_blocks;
-                break;
-            default:
-                v = e->state.engine_capacity;
-                break;
-            }
-            kv_buf_appendf(&b, "%s{engine_id=\"", per[m].name);
-            label(&b, e->state.engine_id);
-            kv_buf_appendf(&b, "\"} %.17g\n", v);
+            double v = eng_value(&arr[i], (int)m);
+            struct kv_prom_label l = {"engine_id", arr[i].state.engine_id};
+            if (!isnan(v))
+                kv_prom_sample(&p, &l, 1, v);
         }
     }
+    kv_prom_process(&p);
     kv_gateway_free(arr);
-    if (!b.data)
-        kv_admin_reply_error(req, 500, "out of memory");
+    if (kv_prom_end(&p) < 0 || !b.data)
+        kv_admin_reply_error(req, 500, "metrics page not written (see the log)");
     else
         kv_admin_reply(req, 200, "text/plain; version=0.0.4", b.data, b.len);
     kv_buf_fini(&b);

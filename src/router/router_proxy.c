@@ -60,6 +60,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/web.h"
 #include "router/router_http.h"
 #include "router/router_srv.h"
 
@@ -907,6 +908,21 @@ static bool path_is(const char *url, size_t plen, const char *p)
     return plen == n && memcmp(url, p, n) == 0;
 }
 
+/* The status page (web/router.html) and its assets, compiled in: true when path named one. */
+static bool web_page(struct rt_cli *c, const char *path, size_t plen, bool head)
+{
+    char p[64];
+    if (plen >= sizeof(p))
+        return false;
+    memcpy(p, path, plen);
+    p[plen] = '\0';
+    const struct kv_web_asset *a = kv_web_asset_find(strcmp(p, "/") == 0 ? "/router.html" : p);
+    if (!a)
+        return false;
+    reply(c, 200, "OK", a->ctype, (const char *)a->data, a->len, head, false);
+    return true;
+}
+
 static void local_endpoint(struct rt_cli *c, const char *path, size_t plen, bool head)
 {
     struct kv_router *rt = c->w->rt;
@@ -923,6 +939,15 @@ static void local_endpoint(struct rt_cli *c, const char *path, size_t plen, bool
     } else if (path_is(path, plen, "/metrics")) {
         rc = rt_metrics_body(rt, &b);
         ctype = "text/plain; version=0.0.4";
+    } else if (path_is(path, plen, "/metrics/vllm")) {
+        rc = rt_metrics_vllm_body(rt, &b);
+        ctype = "text/plain; version=0.0.4";
+    } else if (path_is(path, plen, "/api/v1/status")) {
+        rc = rt_status_body(rt, &b);
+    } else if (web_page(c, path, plen, head)) {
+        kv_buf_fini(&b);
+        request_done(c);
+        return;
     } else {
         reply_error(c, 404, "Not Found", "NotFoundError", "no such endpoint", false);
         request_done(c);

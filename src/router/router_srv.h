@@ -143,7 +143,11 @@ int rt_models_body(struct kv_router *rt, struct kv_buf *out);
 int rt_health_body(struct kv_router *rt, struct kv_buf *out, int *code);
 /* /ready: 200 when an engine is in rotation with its models known, else 503 with a reason. */
 int rt_ready_body(struct kv_router *rt, struct kv_buf *out, int *code);
+/* router_metrics.c: /metrics, /metrics/vllm (the vLLM router's gauge names) and the status
+ * page's /api/v1/status JSON. */
 int rt_metrics_body(struct kv_router *rt, struct kv_buf *out);
+int rt_metrics_vllm_body(struct kv_router *rt, struct kv_buf *out);
+int rt_status_body(struct kv_router *rt, struct kv_buf *out);
 
 /* --- router_proxy.c --- */
 

@@ -133,9 +133,20 @@ static int dispatch(struct kv_master *m, uint16_t method, const uint8_t *req, si
     return rc;
 }
 
+/* dispatch, timed for the RPC latency histograms (master_metrics.c) */
+static int dispatch_timed(struct kv_master *m, uint16_t method, const uint8_t *req, size_t len,
+                          struct kv_buf *resp, bool fast)
+{
+    int64_t t0 = kv_now_ns();
+    int rc = dispatch(m, method, req, len, resp, fast);
+    if (rc != KV_RPC_SLOW)
+        mst_rpc_observe(m, method, kv_now_ns() - t0);
+    return rc;
+}
+
 int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len, struct kv_buf *resp)
 {
-    return dispatch(ud, method, req, len, resp, false);
+    return dispatch_timed(ud, method, req, len, resp, false);
 }
 
 /* On the I/O thread: lookups, HELLO, STAT, HEARTBEAT, and puts that need neither an eviction nor
@@ -150,7 +161,7 @@ int kv_master_handle_fast(void *ud, uint16_t method, const uint8_t *req, size_t 
     case KV_RPC_MOUNT:
         return KV_RPC_SLOW;
     default:
-        return dispatch(ud, method, req, len, resp, true);
+        return dispatch_timed(ud, method, req, len, resp, true);
     }
 }
 

@@ -23,11 +23,13 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "store/master_int.h"
+#include "store/master_metrics.h"
 
-/* The one place the admin endpoints ask whether this master leads. */
+/* The one place the admin endpoints ask whether this master leads: within its local lease
+ * deadline too (master_ha.c), so a leader cut off from metadata stops saying it leads. */
 static bool admin_is_leader(struct kv_master *m)
 {
-    return atomic_load(&m->leader);
+    return mst_leading(m);
 }
 
 /* Nodes fully mounted (placement may use them). Takes m->lock. */
@@ -106,6 +108,19 @@ static void do_cluster(struct evhttp_request *req, const char *path, void *ud)
     kv_free(js);
 }
 
+/* The status page and its JSON (master_metrics.c) */
+static void do_status(struct evhttp_request *req, const char *path, void *ud)
+{
+    (void)path;
+    kv_master_http_status(req, ud);
+}
+
+static void do_page(struct evhttp_request *req, const char *path, void *ud)
+{
+    (void)path;
+    kv_master_http_page(req, ud);
+}
+
 int kv_master_admin_start(struct kv_master *m, const char *addr)
 {
     struct kv_admin_http_opts o = {
@@ -117,7 +132,10 @@ int kv_master_admin_start(struct kv_master *m, const char *addr)
         return rc;
     }
     if (kv_admin_http_route(m->admin, "/metrics", 0, 0, do_metrics, m) < 0 ||
-        kv_admin_http_route(m->admin, "/api/v1/cluster", 0, 0, do_cluster, m) < 0) {
+        kv_admin_http_route(m->admin, "/api/v1/cluster", 0, 0, do_cluster, m) < 0 ||
+        kv_admin_http_route(m->admin, "/api/v1/status", 0, 0, do_status, m) < 0 ||
+        kv_admin_http_route(m->admin, "/", 0, 0, do_page, m) < 0 ||
+        kv_admin_http_route(m->admin, "/ui/", KV_ADMIN_PREFIX, 0, do_page, m) < 0) {
         rc = KV_ENOMEM;
         goto out_free;
     }

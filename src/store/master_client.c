@@ -418,6 +418,7 @@ static int commit_complete(struct kv_master *m, size_t n, struct mobj **objs,
             obj_set_expire(o, wall);
             lru_push(m, o);
             m->puts++;
+            m->mc.put_bytes += o->size;
             st[i] = KV_OK;
         }
         mst_obj_put_done(m, o);
@@ -555,18 +556,22 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
     /* nodes whose promotion failed during this get: the next SSD replica is tried instead */
     const struct mnode *failed[16];
     int nfailed = 0, last_rc = KV_ENOENT;
+    bool via_ssd = false; /* no DRAM replica at first: an SSD lookup (metrics) */
     for (int tries = 0; tries < 16; tries++) {
         struct mobj *o = key_ok(key) ? kv_oidx_get(&m->index, key) : NULL;
         if (!o || o->state != OBJ_COMPLETE) {
             it->status = KV_ENOENT;
             m->misses++;
+            mst_count_miss(m, o ? MST_MISS_PENDING : MST_MISS_NOT_FOUND);
             return;
         }
         if (expired(o, kv_wall_ms())) {
             m->expired++;
+            m->mc.expired_bytes += o->size;
             mst_obj_unlink(m, o);
             it->status = KV_ENOENT;
             m->misses++;
+            mst_count_miss(m, MST_MISS_EXPIRED);
             return;
         }
         int nd = 0, ssd = -1, promoting = 0;
@@ -615,8 +620,10 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
             it->replicas = rs;
             it->n_replicas = (size_t)nd;
             m->hits++;
+            mst_count_hit(m, via_ssd, o->size);
             return;
         }
+        via_ssd = true;
         if (promoting) {
             struct timespec ts;
             kv_timespec_in_ms(&ts, 200);
@@ -645,6 +652,7 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
         }
         it->status = KV_ENOENT;
         m->misses++;
+        mst_count_miss(m, MST_MISS_LOST);
         return;
     }
     it->status = KV_ETIMEDOUT;

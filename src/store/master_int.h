@@ -158,6 +158,29 @@ struct dfree {
 
 /* Renews a lease once (kv_meta_lease_keepalive; tests substitute one that stalls). */
 typedef int (*mst_keepalive_fn)(struct kv_meta *meta, int64_t lease);
+/* ---- metrics (master_metrics.c) ---- */
+enum { MST_TIER_DRAM, MST_TIER_SSD, MST_NTIERS };
+/* why a get missed: no such key, a put still in flight, expired by TTL, no readable replica */
+enum { MST_MISS_NOT_FOUND, MST_MISS_PENDING, MST_MISS_EXPIRED, MST_MISS_LOST, MST_NMISS };
+/* Counters in keys and bytes, under kv_master.lock. A get looks in DRAM, then in SSD: each tier
+ * counts a hit or a miss for the lookups that reach it. */
+struct mst_counters {
+    uint64_t hits[MST_NTIERS], hit_bytes[MST_NTIERS];
+    uint64_t misses[MST_NTIERS], miss_bytes[MST_NTIERS]; /* bytes: when the size is known */
+    uint64_t miss_reason[MST_NMISS];
+    uint64_t put_bytes, evicted_bytes, demoted_bytes, promoted_bytes, expired_bytes;
+};
+/* RPC handling time per operation (atomics, no lock); bounds in master_metrics.c */
+#define MST_RPC_NB 17
+#define MST_RPC_NOPS 11
+struct mst_rpc_hist {
+    _Atomic uint64_t b[MST_RPC_NB + 1];
+    _Atomic uint64_t sum_ns;
+};
+/* The metric slot of an RPC method, -1 for none. */
+int mst_rpc_slot(uint16_t method);
+/* Records one RPC of method handled in ns nanoseconds. */
+void mst_rpc_observe(struct kv_master *m, uint16_t method, int64_t ns);
 
 struct kv_master {
     /* immutable after start */
@@ -198,7 +221,9 @@ struct kv_master {
     uint64_t evict_need;     /* bytes wanted by the requests not yet taken */
     uint64_t evict_req_seq;  /* requests made */
     uint64_t evict_done_seq; /* requests whose eviction pass finished (signalled on cond) */
+    struct mst_counters mc;  /* metrics in keys and bytes (master_metrics.c) */
     /* end lock */
+    struct mst_rpc_hist rpc_hist[MST_RPC_NOPS]; /* atomics */
 
     pthread_mutex_t evict_lock; /* serialises eviction passes (taken before lock) */
     atomic_bool leader;
@@ -230,6 +255,26 @@ struct kv_master {
 };
 
 /* ---- shared between the master_*.c files (see each file) ---- */
+
+/* Metrics of one get (lock held): a hit in DRAM, or in SSD (a DRAM miss first). */
+static inline void mst_count_hit(struct kv_master *m, bool via_ssd, uint64_t size)
+{
+    int t = via_ssd ? MST_TIER_SSD : MST_TIER_DRAM;
+    m->mc.hits[t]++;
+    m->mc.hit_bytes[t] += size;
+    if (via_ssd) {
+        m->mc.misses[MST_TIER_DRAM]++;
+        m->mc.miss_bytes[MST_TIER_DRAM] += size;
+    }
+}
+
+/* A get that neither tier served, and why (MST_MISS_*). */
+static inline void mst_count_miss(struct kv_master *m, int why)
+{
+    m->mc.misses[MST_TIER_DRAM]++;
+    m->mc.misses[MST_TIER_SSD]++;
+    m->mc.miss_reason[why]++;
+}
 
 static inline bool key_ok(const char *k)
 {
@@ -416,8 +461,11 @@ int kv_master_handle_fast(void *ud, uint16_t method, const uint8_t *req, size_t 
 /* master_stats.c */
 /* Builds the cluster JSON under the lock. */
 char *kv_master_cluster_json(struct kv_master *m);
-/* Prometheus text into b. */
+/* Prometheus text into b (master_metrics.c). */
 int kv_master_metrics(struct kv_master *m, struct kv_buf *b);
+/* The status page's JSON (master_metrics.c): the cluster JSON plus counters, latency
+ * histograms and process figures, sampled now. Free with kv_free; NULL on KV_ENOMEM. */
+char *kv_master_status_json(struct kv_master *m);
 
 /* master_ha.c */
 /* The one check of every leader-only path (client and node handlers, placement, commits,

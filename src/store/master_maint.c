@@ -40,6 +40,7 @@ static int sweep_cb(void *ud, struct mobj *o)
     if (o->refs || !expired(o, c->wall))
         return 0;
     c->expired++;
+    c->m->mc.expired_bytes += o->size;
     mst_obj_unlink2(c->m, o, false);
     return 1;
 }

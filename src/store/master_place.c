@@ -220,6 +220,7 @@ void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
                     r->dram = false;
                     r->ssd = true;
                     m->demotions++;
+                    m->mc.demoted_bytes += o->size;
                 } else if (o->lease_until > mono) {
                     /* a reader took a lease meanwhile: keep it */
                 } else {
@@ -229,6 +230,7 @@ void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
                     if (!r->ssd)
                         rep_drop(o, ri);
                     m->evictions++;
+                    m->mc.evicted_bytes += o->size;
                     if (o->nrep == 0 && !o->dead)
                         mst_obj_unlink(m, o);
                 }
@@ -245,6 +247,7 @@ void mst_evict_pass(struct kv_master *m, struct mnode *force, uint64_t need)
                 if (!obj_rep(o)[ri].dram && !obj_rep(o)[ri].promoting && !obj_rep(o)[ri].demoting) {
                     rep_drop(o, ri);
                     m->evictions++;
+                    m->mc.evicted_bytes += o->size;
                     if (o->nrep == 0 && !o->refs)
                         mst_obj_unlink(m, o);
                 }
@@ -406,6 +409,7 @@ int mst_promote(struct kv_master *m, struct mobj *o, int ri)
         if (rc == KV_OK) {
             r->dram = true;
             m->promotions++;
+            m->mc.promoted_bytes += o->size;
         } else {
             if (!n->removed)
                 kv_segalloc_free(n->alloc, blk);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * master_stats.c - what the master reports: /api/v1/cluster JSON, Prometheus text, counts for
- * tests. Design, states, invariants and locks of the master: master.c.
+ * master_stats.c - what the master reports: /api/v1/cluster JSON and counts for tests (the
+ * Prometheus text and the status page's JSON: master_metrics.c). Design, states, invariants and
+ * locks of the master: master.c.
  */
 #define KV_LOG_COMPONENT "master"
 #include <jansson.h>
@@ -68,47 +69,6 @@ char *kv_master_cluster_json(struct kv_master *m)
     char *s = kv_json_dump(root);
     json_decref(root);
     return s;
-}
-
-int kv_master_metrics(struct kv_master *m, struct kv_buf *b)
-{
-    pthread_mutex_lock(&m->lock);
-    uint64_t cap = 0, used = 0, ssd_used = 0;
-    for (struct mnode *n = m->nodes; n; n = n->next) {
-        cap += n->size;
-        used += kv_segalloc_used(n->alloc);
-        ssd_used += n->ssd_used;
-    }
-    struct {
-        const char *name, *type, *help;
-        uint64_t v;
-    } rows[] = {
-        {"leader", "gauge", "1 if this master is the leader", atomic_load(&m->leader) ? 1u : 0u},
-        {"epoch", "gauge", "leader epoch", m->epoch},
-        {"nodes", "gauge", "mounted storage nodes", (uint64_t)m->nnodes},
-        {"capacity_bytes", "gauge", "DRAM capacity of all nodes", cap},
-        {"used_bytes", "gauge", "DRAM bytes allocated", used},
-        {"ssd_used_bytes", "gauge", "SSD bytes used", ssd_used},
-        {"objects", "gauge", "objects in the index", m->index.n},
-        {"hits", "counter", "gets that found the key", m->hits},
-        {"misses", "counter", "gets that missed", m->misses},
-        {"evictions", "counter", "replicas dropped by eviction", m->evictions},
-        {"demotions", "counter", "replicas moved from DRAM to SSD", m->demotions},
-        {"promotions", "counter", "replicas read back from SSD to DRAM", m->promotions},
-        {"expired", "counter", "objects removed by TTL", m->expired},
-        {"puts", "counter", "completed puts", m->puts},
-        {"gets", "counter", "get requests (keys)", m->gets},
-        {"errors", "counter", "failed operations", m->errors},
-    };
-    pthread_mutex_unlock(&m->lock);
-    int rc = KV_OK;
-    for (size_t i = 0; i < KV_ARRAY_SIZE(rows) && rc == KV_OK; i++)
-        rc = kv_buf_appendf(b,
-                            "# HELP kvstash_store_%s %s\n# TYPE kvstash_store_%s %s\n"
-                            "kvstash_store_%s %llu\n",
-                            rows[i].name, rows[i].help, rows[i].name, rows[i].type, rows[i].name,
-                            (unsigned long long)rows[i].v);
-    return rc;
 }
 
 int kv_master_stat_json(struct kv_master *m, char **json)

@@ -23,7 +23,7 @@ metrics() { curl -s "http://127.0.0.1:${RPORT[$1]}/metrics"; }
 healthy_is() { # ROUTER URL 0|1   (no pipe into grep -q: with pipefail, curl's SIGPIPE would fail it)
     local m
     m=$(metrics "$1")
-    grep -q "^vllm:healthy_pods_total{server=\"$2\"} $3\$" <<<"$m"
+    grep -q "^kvstash_router_engine_healthy{server=\"$2\"} $3\$" <<<"$m"
 }
 
 start_engine A m1
@@ -201,7 +201,7 @@ EOF
     fail "router unhealthy after the abuse run"
 e=$(chat $R m1 | engine_of)
 [ "$(code)" = 200 ] && [ -n "$e" ] || fail "router does not serve after the abuse run: $(code)"
-wait_until 5 bash -c "curl -s http://127.0.0.1:${RPORT[$R]}/metrics | grep -q '^vllm:num_requests_running{server=\"$UA\"} 0'" ||
+wait_until 5 bash -c "curl -s http://127.0.0.1:${RPORT[$R]}/metrics | grep -q '^kvstash_router_engine_requests_running{server=\"$UA\"} 0'" ||
     fail "in-flight requests leaked by the abuse run"
 ok "400 garbage/truncated/reset clients: the router stays up, serves, leaks no in-flight request"
 
@@ -238,7 +238,7 @@ curl -s -N --max-time 1 "http://127.0.0.1:${RPORT[$R]}/v1/chat/completions" \
     -H "X-Test-Gate: $W/gate-never" \
     -d '{"model":"m2","stream":true,"messages":[{"role":"user","content":"hi"}]}' >"$W/sse-cut" || true
 grep -q '"i": 0' "$W/sse-cut" || fail "first event missing before the cut"
-wait_until 3 bash -c "curl -s http://127.0.0.1:${RPORT[$R]}/metrics | grep -q '^vllm:num_requests_running{server=\"$UC\"} 0'" ||
+wait_until 3 bash -c "curl -s http://127.0.0.1:${RPORT[$R]}/metrics | grep -q '^kvstash_router_engine_requests_running{server=\"$UC\"} 0'" ||
     fail "in-flight not released after the client left"
 [ "$(chat $R m2 | engine_of)" = C ] || fail "router unusable after a client left mid-stream"
 ok "client leaving mid-stream cancels the upstream request"
@@ -370,8 +370,10 @@ ok "no healthy engine -> 503"
 m=$(curl -s "http://127.0.0.1:${RPORT[$R]}/metrics")
 grep -q "^kvstash_router_request_latency_seconds_count{server=\"$UA\"} [1-9]" <<<"$m" || fail "latency histogram"
 grep -q "^kvstash_router_time_to_first_byte_seconds_bucket{server=\"$UC\",le=\"+Inf\"} [1-9]" <<<"$m" || fail "ttfb histogram"
-grep -q "^vllm:num_requests_running{server=\"$UA\"} 0" <<<"$m" || fail "in-flight gauge"
+grep -q "^kvstash_router_engine_requests_running{server=\"$UA\"} 0" <<<"$m" || fail "in-flight gauge"
 grep -q '^kvstash_router_rejected_total{reason="unknown_model"} [1-9]' <<<"$m" || fail "rejections"
+mv=$(curl -s "http://127.0.0.1:${RPORT[$R]}/metrics/vllm")
+grep -q "^vllm:healthy_pods_total{server=\"$UA\"} 1$" <<<"$mv" || fail "/metrics/vllm: $mv"
 ok "/metrics: per-engine counters, in-flight, latency and TTFB histograms"
 
 # --- an engine that starts after the router is in rotation within about a second, although
@@ -412,7 +414,7 @@ sleep 0.2
 for _ in 1 2 3 4; do
     [ "$(chat least m1 | engine_of)" = B ] || fail "least-loaded chose the busy engine"
 done
-wait_until 5 bash -c "curl -s http://127.0.0.1:${RPORT[least]}/metrics | grep -q '^vllm:num_requests_running{server=\"$UA\"} 0'" ||
+wait_until 5 bash -c "curl -s http://127.0.0.1:${RPORT[least]}/metrics | grep -q '^kvstash_router_engine_requests_running{server=\"$UA\"} 0'" ||
     fail "A's requests did not finish"
 rm -f "$W/A.slow"
 ok "least-loaded avoids the busy engine"

@@ -74,8 +74,8 @@ wait_log "$W/mA.log" "node n1 mounted: segment n1\." || fail "leader did not log
 curl -sf "http://127.0.0.1:$AP1/health" | grep -q '"leader":true' || fail "/health"
 curl -sf "http://127.0.0.1:$AP1/metrics" >"$W/metrics"
 grep -q '^kvstash_store_nodes 1$' "$W/metrics" || fail "/metrics nodes: $(cat "$W/metrics")"
-grep -q '^kvstash_store_capacity_bytes 8388608$' "$W/metrics" || fail "/metrics capacity"
-grep -q '^# TYPE kvstash_store_hits counter$' "$W/metrics" || fail "/metrics types"
+grep -q '^kvstash_store_capacity_bytes{node="n1",tier="dram"} 8388608$' "$W/metrics" || fail "/metrics capacity"
+grep -q '^# TYPE kvstash_store_hits_total counter$' "$W/metrics" || fail "/metrics types"
 curl -sf "http://127.0.0.1:$AP1/api/v1/cluster" >"$W/cluster.json"
 /usr/bin/python3 - "$W/cluster.json" <<'PY' || fail "/api/v1/cluster: $(cat "$W/cluster.json")"
 import json, sys

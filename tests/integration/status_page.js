@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+// status_page.js - drives the master's status page in headless Chromium (Debian's
+// /usr/bin/chromium through playwright-core; never a downloaded browser) for
+// test_status_page.sh. Usage:
+//   node status_page.js URL NODE_ID SCREENSHOT.png LOAD_CMD [ARG...]
+// Opens URL, checks the node table names NODE_ID, starts LOAD_CMD (a put load), and checks that
+// the plotted ops/s and object count change while it runs; saves a screenshot; fails on any
+// console error, page error or failed request. Exit 0 = all held; a message names what did not.
+"use strict";
+const { chromium } = require("playwright-core");
+const { spawn } = require("child_process");
+
+const [url, nodeId, shot, ...load] = process.argv.slice(2);
+if (!url || !nodeId || !shot || load.length === 0) {
+  console.error("usage: status_page.js URL NODE_ID SCREENSHOT LOAD_CMD [ARG...]");
+  process.exit(2);
+}
+
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
+  });
+  const problems = [];
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    page.on("console", (m) => { if (m.type() === "error") problems.push("console: " + m.text()); });
+    page.on("pageerror", (e) => problems.push("page error: " + e.message));
+    page.on("requestfailed", (r) => problems.push("request failed: " + r.url()));
+    const resp = await page.goto(url, { waitUntil: "load" });
+    if (!resp || resp.status() !== 200) throw new Error("GET " + url + ": " + (resp && resp.status()));
+
+    // the node table shows the node
+    await page.waitForFunction((id) => Array.from(document.querySelectorAll("#nodes tbody td"))
+      .some((td) => td.textContent === id), nodeId, { timeout: 10000 });
+    console.log("ok - the node table shows " + nodeId);
+
+    // a few idle samples first
+    await page.waitForFunction(() => window.kvStatus && window.kvStatus.samples >= 3,
+      null, { timeout: 10000 });
+    const before = await page.evaluate(() => {
+      const o = window.kvStatus.plots.objects.plot.data[1];
+      return { objects: o[o.length - 1], t: window.kvStatus.prev.time_ms / 1000 };
+    });
+
+    const child = spawn(load[0], load.slice(1), { stdio: ["ignore", "ignore", "inherit"] });
+    let loadExit = null;
+    child.on("exit", (code) => { loadExit = code; });
+
+    // while the load runs: some plotted puts/s > 0 after it started, and the plotted object
+    // count above what it was before
+    let seen = null;
+    for (let i = 0; i < 40 && !seen; i++) {
+      await sleep(500);
+      seen = await page.evaluate((b) => {
+        const ops = window.kvStatus.plots.ops.plot.data; // [t, gets/s, puts/s]
+        const obj = window.kvStatus.plots.objects.plot.data; // [t, objects]
+        let maxPuts = 0;
+        for (let k = 0; k < ops[0].length; k++)
+          if (ops[0][k] > b.t && ops[2][k] > maxPuts) maxPuts = ops[2][k];
+        const last = obj[1][obj[1].length - 1];
+        return maxPuts > 0 && last > b.objects ? { maxPuts, objects: last } : null;
+      }, before);
+    }
+    if (!seen)
+      throw new Error("the plotted ops/s or object count did not change during the put load " +
+        "(objects before: " + before.objects + ")");
+    console.log("ok - plotted puts/s rose to " + seen.maxPuts.toFixed(0) + " and objects from " +
+      before.objects + " to " + seen.objects + " during the load");
+    await sleep(1500); // one more second of plots in the screenshot
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log("ok - screenshot " + shot);
+    for (let i = 0; i < 60 && loadExit === null; i++) await sleep(500);
+    if (loadExit === null) child.kill("SIGKILL");
+    else if (loadExit !== 0) throw new Error("the put load exited " + loadExit);
+    if (problems.length) throw new Error("browser reported:\n  " + problems.join("\n  "));
+    console.log("ok - no console errors, page errors or failed requests");
+  } finally {
+    await browser.close();
+  }
+}
+
+main().then(() => process.exit(0), (e) => {
+  console.error("FAIL: " + e.message);
+  process.exit(1);
+});
