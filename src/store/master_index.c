@@ -62,6 +62,20 @@ struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key)
     return get_h(idx, key, kv_oidx_hash(key));
 }
 
+void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool chain)
+{
+    const struct kv_oidx_shard *s = &idx->sh[h >> (32 - SHARD_BITS)];
+    if (!s->nb)
+        return;
+    struct mobj *const *slot = &s->b[h & (s->nb - 1)];
+    if (!chain) {
+        __builtin_prefetch(slot);
+    } else if (*slot) {
+        __builtin_prefetch(*slot);
+        __builtin_prefetch((const char *)*slot + 64); /* the key starts near the line's end */
+    }
+}
+
 struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h)
 {
     return get_h(idx, key, h);

@@ -145,8 +145,29 @@ static void mount_objects(struct kv_master *m, struct mnode *n, const struct mou
 {
     int64_t wall = kv_wall_ms();
     if (src->packed) {
+        /* the records are in a buffer: look PF_FAR records ahead to prefetch their buckets,
+         * PF_NEAR ahead for the objects the buckets point at */
+        enum { PF_FAR = 16, PF_NEAR = 8 };
+        const uint8_t *end = src->packed_end, *far = src->packed, *near = src->packed;
+        for (int k = 0; k < PF_FAR && far < end; k++) {
+            kv_oidx_prefetch(&m->index, kv_oidx_hash((const char *)far + KV_MOUNT_REC_FIXED),
+                             false);
+            far += kv_mount_rec_len(far);
+        }
+        for (int k = 0; k < PF_NEAR && near < end; k++)
+            near += kv_mount_rec_len(near);
         Kvstash__NodeObject x;
-        for (const uint8_t *p = src->packed; p < src->packed_end;) {
+        for (const uint8_t *p = src->packed; p < end;) {
+            if (far < end) {
+                kv_oidx_prefetch(&m->index, kv_oidx_hash((const char *)far + KV_MOUNT_REC_FIXED),
+                                 false);
+                far += kv_mount_rec_len(far);
+            }
+            if (near < end) {
+                kv_oidx_prefetch(&m->index, kv_oidx_hash((const char *)near + KV_MOUNT_REC_FIXED),
+                                 true);
+                near += kv_mount_rec_len(near);
+            }
             p += kv_mount_decode(p, &x);
             mount_one(m, n, &x, wall);
         }

@@ -587,8 +587,11 @@ static int do_mount(struct kv_node *n)
         Kvstash__MountResp *resp = NULL;
         for (size_t off = 0; rc == KV_OK && (off < a.n || off == 0); off += chunk) {
             size_t cnt = KV_MIN(chunk, a.n - off), bytes = 0;
-            for (size_t i = off; i < off + cnt; i++)
+            for (size_t i = off; i < off + cnt; i++) {
+                if (i + 8 < off + cnt) /* records are read in sorted, not buffer, order */
+                    __builtin_prefetch(a.buf + a.ord[i + 8].rec);
                 bytes += kv_mount_rec_len(a.buf + a.ord[i].rec);
+            }
             if (bytes > part_cap) {
                 kv_free(part);
                 part_cap = bytes;
@@ -600,6 +603,8 @@ static int do_mount(struct kv_node *n)
             }
             uint8_t *p = part;
             for (size_t i = off; i < off + cnt; i++) {
+                if (i + 8 < off + cnt)
+                    __builtin_prefetch(a.buf + a.ord[i + 8].rec);
                 const uint8_t *r = a.buf + a.ord[i].rec;
                 size_t rl = kv_mount_rec_len(r);
                 memcpy(p, r, rl);
