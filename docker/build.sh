@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # docker/build.sh - builds the kvstash images, with the options users know from Dynamo's
-# container/build.sh: --target full|lite --tag T --no-cache --platform P --build-arg K=V.
+# container/build.sh: --target full|lite --tag T --no-cache --platform P --build-arg K=V;
+# --engine docker|podman (default: docker if present, else podman; podman builds with buildah)
+# and --base-image IMAGE|local (local: scripts/base-image.sh makes a Debian base, no registry).
 # Both Dockerfiles install through scripts/install-deps.sh (what the README and CI run) and
 # build with scripts/build.sh. --dry-run prints the exact docker command and runs nothing.
 # Bad options: one line on stderr, exit 2. See docs/deployment.md.
@@ -29,6 +31,9 @@ Options:
   --no-cache             do not use the build cache
   --platform P           target platform (default: $PLATFORM)
   --build-arg K=V        build argument (repeatable), e.g. --build-arg BASE_IMAGE=debian:12-slim
+  --base-image IMAGE     base image of both stages (sets BASE_IMAGE); local: make one with
+                         scripts/base-image.sh (debootstrap; cached by content), no registry pull
+  --engine docker|podman container engine (default: docker if on PATH, else podman)
   --dry-run              print the docker command and run nothing
   -h, --help             this help
 USAGE
@@ -49,6 +54,8 @@ no_cache=false
 platform=$PLATFORM
 dry_run=false
 build_args=()
+engine=
+base_image=
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -57,6 +64,8 @@ while [ $# -gt 0 ]; do
     --no-cache) no_cache=true; shift ;;
     --platform) need "$1" $#; platform=$2; shift 2 ;;
     --build-arg) need "$1" $#; build_args+=("$2"); shift 2 ;;
+    --base-image) need "$1" $#; base_image=$2; shift 2 ;;
+    --engine) need "$1" $#; engine=$2; shift 2 ;;
     --dry-run) dry_run=true; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option '$1' (try --help)" ;;
@@ -74,7 +83,24 @@ for a in "${build_args[@]}"; do
     [[ $a =~ ^[A-Za-z_][A-Za-z0-9_]*=.*$ ]] || die "--build-arg '$a': want KEY=VALUE"
 done
 
-args=(docker build -f "$dockerfile" -t "$tag" --platform "$platform")
+if [ -z "$engine" ]; then
+    if command -v docker >/dev/null; then engine=docker; else engine=podman; fi
+fi
+case $engine in docker | podman) ;; *) die "--engine '$engine': want docker or podman" ;; esac
+if [ "$base_image" = local ]; then
+    if [ "$dry_run" = true ]; then
+        base_image=$("$SOURCE_DIR/scripts/base-image.sh" --engine "$engine" --print-tag)
+    else
+        base_image=$("$SOURCE_DIR/scripts/base-image.sh" --engine "$engine" | tail -n 1)
+    fi
+fi
+[ -z "$base_image" ] || [[ $base_image =~ ^[a-z0-9][a-z0-9._/:@-]*$ ]] ||
+    die "--base-image '$base_image': want an image reference in lower case, or local"
+[ -z "$base_image" ] || build_args+=("BASE_IMAGE=$base_image")
+
+args=("$engine" build -f "$dockerfile" -t "$tag" --platform "$platform")
+# podman (buildah) reads no <Dockerfile>.dockerignore by itself: name it
+[ "$engine" = podman ] && args+=(--ignorefile "$dockerfile.dockerignore")
 [ "$no_cache" = true ] && args+=(--no-cache)
 for a in "${build_args[@]}"; do args+=(--build-arg "$a"); done
 if [ -n "$DOCKER_EXTRA_ARGS" ]; then
@@ -89,8 +115,8 @@ if [ "$dry_run" = true ]; then
     printf '\n'
     exit 0
 fi
-command -v docker >/dev/null || {
-    echo "build.sh: docker not found on PATH (use --dry-run to see the command)" >&2
+command -v "$engine" >/dev/null || {
+    echo "build.sh: $engine not found on PATH (use --dry-run to see the command)" >&2
     exit 1
 }
 # BuildKit reads docker/<Dockerfile>.dockerignore (keeps build trees and .git out of the context)

@@ -3,6 +3,9 @@
 # docker/run.sh - runs a kvstash image with the options users know from Dynamo's
 # container/run.sh, and the same defaults: host network, --ipc host, --shm-size=10G,
 # --ulimit memlock=-1, --ulimit stack=67108864, --ulimit nofile=65536:65536, all GPUs.
+# --engine docker|podman (default: docker if present, else podman). A default nofile limit
+# above the host's hard limit is lowered to it, with one line saying so (else the engine fails
+# with an opaque OCI error).
 # --dry-run prints the exact docker command (shell-quoted, one line) and runs nothing.
 # Bad options: one line on stderr, exit 2. See docs/deployment.md.
 set -euo pipefail
@@ -13,6 +16,8 @@ CONTAINER_NAME=${KVSTASH_CONTAINER_NAME:-}              # --name (empty: docker 
 CKPT_HOST_DIR=${KVSTASH_CKPT_HOST_DIR:-}                # host dir with model checkpoints (empty: none)
 CKPT_MOUNT_TARGET=${KVSTASH_CKPT_MOUNT_TARGET:-/models} # where CKPT_HOST_DIR appears inside
 DOCKER_EXTRA_ARGS=${KVSTASH_DOCKER_EXTRA_ARGS:-}        # extra docker run arguments, split on spaces
+ENGINE=${KVSTASH_ENGINE:-}                              # docker|podman (empty: docker if present)
+NVME_DEV=${KVSTASH_NVME_DEV:-}                          # e.g. nvme0n1: passed as /dev/$NVME_DEV
 # -------------------------------------------------------------------------------------------
 
 SOURCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,7 +51,12 @@ Options:
   --ipc MODE               IPC namespace (default: host)
   --privileged             run privileged
   --rdma                   expose /dev/infiniband and add --cap-add IPC_LOCK
-  --hugepages              mount /dev/hugepages
+  --hugepages              mount every hugetlbfs scripts/host-prepare.sh mounted (from
+                           /proc/mounts; /dev/hugepages when none is mounted yet)
+  --entrypoint CMD         override the image's entrypoint
+  --workdir DIR            working directory in the container
+  --runtime NAME           OCI runtime, e.g. runc (podman's crun fails on cgroup v1 hosts)
+  --engine docker|podman   container engine (default: docker if on PATH, else podman)
   --rm [true|false]        remove the container on exit (default: true)
   -it                      interactive with a terminal
   --dry-run                print the docker command and run nothing
@@ -54,7 +64,8 @@ Options:
   -- CMD...                command to run in the container (default: the image's)
 
 User-set variables at the top of this script: IMAGE_NAME, CONTAINER_NAME, CKPT_HOST_DIR,
-CKPT_MOUNT_TARGET, DOCKER_EXTRA_ARGS.
+CKPT_MOUNT_TARGET, DOCKER_EXTRA_ARGS, ENGINE, NVME_DEV (an NVMe block device such as nvme0n1,
+passed through as /dev/\$NVME_DEV).
 EOF
 }
 
@@ -83,6 +94,10 @@ hugepages=false
 rm=true
 interactive=false
 dry_run=false
+entrypoint=
+workdir=
+runtime=
+engine=$ENGINE
 volumes=()
 ports=()
 envs=()
@@ -115,6 +130,10 @@ while [ $# -gt 0 ]; do
         fi
         ;;
     -it | --interactive) interactive=true; shift ;;
+    --entrypoint) need "$1" $#; entrypoint=$2; shift 2 ;;
+    --workdir) need "$1" $#; workdir=$2; shift 2 ;;
+    --runtime) need "$1" $#; runtime=$2; shift 2 ;;
+    --engine) need "$1" $#; engine=$2; shift 2 ;;
     --dry-run) dry_run=true; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; cmd=("$@"); break ;;
@@ -154,27 +173,63 @@ if [ -n "$hf_cache" ]; then
 fi
 [ -z "$CKPT_HOST_DIR" ] || [ -d "$CKPT_HOST_DIR" ] || die "CKPT_HOST_DIR '$CKPT_HOST_DIR': not a directory"
 [[ $CKPT_MOUNT_TARGET == /* ]] || die "CKPT_MOUNT_TARGET '$CKPT_MOUNT_TARGET': want an absolute path"
+if [ -z "$engine" ]; then
+    if command -v docker >/dev/null; then engine=docker; else engine=podman; fi
+fi
+case $engine in docker | podman) ;; *) die "--engine '$engine': want docker or podman" ;; esac
+[ -z "$workdir" ] || [[ $workdir == /* ]] || die "--workdir '$workdir': want an absolute path"
+[ -z "$runtime" ] || [[ $runtime =~ ^[A-Za-z0-9_./-]+$ ]] || die "--runtime '$runtime': want a runtime name or path, e.g. runc"
+[ -z "$NVME_DEV" ] || [[ $NVME_DEV =~ ^[A-Za-z0-9_-]+$ ]] || die "NVME_DEV '$NVME_DEV': want a device name under /dev, e.g. nvme0n1"
+# nofile: the defaults' 65536, or the host's hard limit when that is lower
+nofile=65536
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$nofile" ]; then
+    echo "run.sh: note: the host's hard limit on open files is $hard (< $nofile): using --ulimit nofile=$hard:$hard" >&2
+    nofile=$hard
+fi
+hugemounts=()
+if [ "$hugepages" = true ]; then
+    mapfile -t hugemounts < <(awk '$3 == "hugetlbfs" {print $2}' /proc/mounts 2>/dev/null)
+    if [ ${#hugemounts[@]} -eq 0 ]; then
+        echo "run.sh: note: no hugetlbfs is mounted (scripts/host-prepare.sh mounts one): mapping /dev/hugepages" >&2
+        hugemounts=(/dev/hugepages)
+    fi
+fi
 if [ "$network" != bridge ] && [ ${#ports[@]} -gt 0 ]; then
     echo "run.sh: note: docker discards -p with --network $network (ports are published only in bridge mode)" >&2
 fi
 
 # ---- the command ----------------------------------------------------------------------------
-args=(docker run)
+args=("$engine")
+# podman takes --runtime before the subcommand, docker after it
+[ -n "$runtime" ] && [ "$engine" = podman ] && args+=(--runtime "$runtime")
+args+=(run)
+[ -n "$runtime" ] && [ "$engine" = docker ] && args+=(--runtime "$runtime")
 [ "$rm" = true ] && args+=(--rm)
 [ "$interactive" = true ] && args+=(-it)
 [ -n "$name" ] && args+=(--name "$name")
-[ "$gpus" = none ] || args+=(--gpus "$gpus")
+if [ "$gpus" != none ] && [ "$engine" = podman ]; then
+    # podman has no --gpus: GPUs are CDI devices (nvidia-ctk cdi generate)
+    if [ "$gpus" = all ]; then
+        args+=(--device nvidia.com/gpu=all)
+    else
+        for ((g = 0; g < gpus; g++)); do args+=(--device "nvidia.com/gpu=$g"); done
+    fi
+elif [ "$gpus" != none ]; then
+    args+=(--gpus "$gpus")
+fi
 args+=(--network "$network")
 if [ "$network" = bridge ]; then
     for p in "${BRIDGE_PORTS[@]}"; do args+=(-p "$p"); done
 fi
 for p in "${ports[@]}"; do args+=(-p "$p"); done
 args+=(--ipc "$ipc" "--shm-size=$shm_size")
-args+=(--ulimit memlock=-1 --ulimit stack=67108864 --ulimit nofile=65536:65536)
+args+=(--ulimit memlock=-1 --ulimit stack=67108864 --ulimit "nofile=$nofile:$nofile")
 [ -n "$user" ] && args+=(--user "$user")
 [ "$privileged" = true ] && args+=(--privileged)
 [ "$rdma" = true ] && args+=(--device /dev/infiniband --cap-add IPC_LOCK)
-[ "$hugepages" = true ] && args+=(-v /dev/hugepages:/dev/hugepages)
+for h in "${hugemounts[@]}"; do args+=(-v "$h:$h"); done
+[ -n "$NVME_DEV" ] && args+=(--device "/dev/$NVME_DEV")
 if [ "$workspace" = true ]; then
     args+=(-v "$SOURCE_DIR:$WORKSPACE_TARGET" -w "$WORKSPACE_TARGET")
 fi
@@ -182,6 +237,8 @@ fi
 [ -n "$CKPT_HOST_DIR" ] && args+=(-v "$CKPT_HOST_DIR:$CKPT_MOUNT_TARGET")
 for v in "${volumes[@]}"; do args+=(-v "$v"); done
 for e in "${envs[@]}"; do args+=(-e "$e"); done
+[ -n "$workdir" ] && args+=(-w "$workdir")
+[ -n "$entrypoint" ] && args+=(--entrypoint "$entrypoint")
 if [ -n "$DOCKER_EXTRA_ARGS" ]; then
     read -r -a extra <<<"$DOCKER_EXTRA_ARGS"
     args+=("${extra[@]}")
@@ -195,8 +252,8 @@ if [ "$dry_run" = true ]; then
     printf '\n'
     exit 0
 fi
-command -v docker >/dev/null || {
-    echo "run.sh: docker not found on PATH (use --dry-run to see the command)" >&2
+command -v "$engine" >/dev/null || {
+    echo "run.sh: $engine not found on PATH (use --dry-run to see the command)" >&2
     exit 1
 }
 exec "${args[@]}"

@@ -69,6 +69,26 @@ KV_API void kv_xfer_destroy(struct kv_xfer *x);
 KV_API int kv_xfer_segment_alloc(struct kv_xfer *x, const char *name, size_t len, void **addr,
                                  kv_seg_id *id);
 
+/* Page backing of kv_xfer_segment_alloc_huge() memory. */
+enum kv_xfer_huge {
+    KV_XFER_HUGE_OFF = 0,  /* ordinary (4 KiB) pages: kv_xfer_segment_alloc() */
+    KV_XFER_HUGE_AUTO = 1, /* 2 MiB pages when enough are reserved, else ordinary pages (one
+                              log line says so) */
+    KV_XFER_HUGE_2M = 2,   /* 2 MiB pages, or KV_ENOMEM naming what is reserved */
+    KV_XFER_HUGE_1G = 3,   /* 1 GiB pages, or KV_ENOMEM naming what is reserved */
+};
+
+/* Parses "off", "auto", "2M" or "1G" (case-insensitive; "2MiB", "1GiB" too). KV_EINVAL
+ * otherwise. */
+KV_API int kv_xfer_huge_parse(const char *s, enum kv_xfer_huge *out);
+
+/* kv_xfer_segment_alloc() backed by huge pages: a memfd made with MFD_HUGETLB, so same-host
+ * peers map the same huge pages. len is rounded up to the page size (the segment is that
+ * long). *page_size (may be NULL) gets the page size in use (4096 after an auto fallback). */
+KV_API int kv_xfer_segment_alloc_huge(struct kv_xfer *x, const char *name, size_t len,
+                                      enum kv_xfer_huge huge, void **addr, kv_seg_id *id,
+                                      size_t *page_size);
+
 /* Registers caller-owned memory [addr, addr+len) as segment name (not retained beyond
  * kv_xfer_unregister(); the caller keeps it alive until then). Same-host peers reach it through
  * tcp, since it is not shareable. */

@@ -15,7 +15,15 @@
 #include "common/admin_http.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "kvstash/xfer.h"
 #include "store/store_int.h"
+
+/* --hugepages, already checked against its choices by the config table */
+static int cli_huge(const char *s)
+{
+    enum kv_xfer_huge h = KV_XFER_HUGE_OFF;
+    return s && kv_xfer_huge_parse(s, &h) == KV_OK ? (int)h : KV_XFER_HUGE_OFF;
+}
 
 static const struct kv_cfg_opt node_opts[] = {
     {"metadata", "KVSTASH_METADATA", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "URL",
@@ -26,6 +34,9 @@ static const struct kv_cfg_opt node_opts[] = {
      "use this master instead of following the elected leader"},
     {"capacity", "KVSTASH_CAPACITY", NULL, KV_CFG_SIZE, "1GiB", 1048576, 1e15, NULL, NULL,
      "DRAM segment size"},
+    {"hugepages", "KVSTASH_HUGEPAGES", NULL, KV_CFG_ENUM, "off", 0, 0, "auto|2M|1G|off", NULL,
+     "back the DRAM segment with huge pages (reserve them with scripts/host-prepare.sh): auto "
+     "uses 2 MiB pages when enough are free, else 4 KiB pages; 2M/1G fail at start without them"},
     {"prefault", "KVSTASH_PREFAULT", NULL, KV_CFG_BOOL, "true", 0, 0, NULL, NULL,
      "commit and map the whole DRAM segment at start (about 1 s per GiB on a VM), so puts never "
      "wait on page faults; false: memory is committed as objects are written"},
@@ -109,6 +120,7 @@ int kv_cli_node(int argc, char **argv)
         .node_id = kv_cfg_str(&cfg, "node-id"),
         .capacity = kv_cfg_size(&cfg, "capacity"),
         .no_prefault = !kv_cfg_bool(&cfg, "prefault"),
+        .hugepages = cli_huge(kv_cfg_str(&cfg, "hugepages")),
         .ssd_dir = kv_cfg_str(&cfg, "ssd-dir"),
         .ssd_capacity = kv_cfg_size(&cfg, "ssd-capacity"),
         .bind = kv_cfg_str(&cfg, "bind"),

@@ -13,13 +13,24 @@
 #include "cli/cli.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "kvstash/xfer.h"
 #include "kvstash/kvstash.h"
 #include "meta/metad.h"
 #include "store/store_int.h"
 
+/* --hugepages, already checked against its choices by the config table */
+static int cli_huge(const char *s)
+{
+    enum kv_xfer_huge h = KV_XFER_HUGE_OFF;
+    return s && kv_xfer_huge_parse(s, &h) == KV_OK ? (int)h : KV_XFER_HUGE_OFF;
+}
+
 static const struct kv_cfg_opt serve_opts[] = {
     {"capacity", "KVSTASH_CAPACITY", NULL, KV_CFG_SIZE, "1GiB", 1048576, 1e15, NULL, NULL,
      "DRAM the node serves"},
+    {"hugepages", "KVSTASH_HUGEPAGES", NULL, KV_CFG_ENUM, "off", 0, 0, "auto|2M|1G|off", NULL,
+     "back the DRAM segment with huge pages (reserve them with scripts/host-prepare.sh): auto "
+     "uses 2 MiB pages when enough are free, else 4 KiB pages; 2M/1G fail at start without them"},
     {"prefault", "KVSTASH_PREFAULT", NULL, KV_CFG_BOOL, "true", 0, 0, NULL, NULL,
      "commit and map all of --capacity at start, so puts never wait on page faults (false: "
      "memory is committed as objects are written)"},
@@ -139,6 +150,7 @@ int kv_cli_serve(int argc, char **argv)
         .segment = kv_cfg_str(&cfg, "segment"),
         .capacity = kv_cfg_size(&cfg, "capacity"),
         .no_prefault = !kv_cfg_bool(&cfg, "prefault"),
+        .hugepages = cli_huge(kv_cfg_str(&cfg, "hugepages")),
         .ssd_dir = kv_cfg_str(&cfg, "data-dir"),
         .ssd_capacity = kv_cfg_size(&cfg, "ssd-capacity"),
         .bind = kv_cfg_str(&cfg, "bind"),

@@ -873,13 +873,17 @@ int kv_node_start(const struct kv_node_opts *o, struct kv_node **out)
         snprintf(n->segment, sizeof(n->segment), "%s.%08llx", n->id,
                  (unsigned long long)((uint64_t)kv_now_ns() * 0x9E3779B97F4A7C15ull >> 32));
     void *base;
-    rc = kv_xfer_segment_alloc(n->x, n->segment, n->cap, &base, &n->seg);
+    size_t page = 0;
+    rc = kv_xfer_segment_alloc_huge(n->x, n->segment, n->cap, (enum kv_xfer_huge)o->hugepages,
+                                    &base, &n->seg, &page);
     if (rc < 0) {
         KV_LOGE("cannot register DRAM segment %s (%llu bytes): %s", n->segment,
                 (unsigned long long)n->cap, kv_strerror(rc));
         goto out_xfer;
     }
     n->base = base;
+    char psz[32];
+    KV_LOGI("DRAM segment %s: %s pages", n->segment, kv_format_size(page, psz, sizeof(psz)));
     if (!o->no_prefault) {
         /* commit and map every page now: a put's memcpy would otherwise take a page fault per
          * 4 KiB (on a VM, several us each) the first time each range is used */

@@ -88,6 +88,7 @@ struct kv_node_opts {
                                    start, since a crashed predecessor's name may linger) */
     uint64_t capacity;          /* DRAM segment bytes (>= 1 MiB) */
     bool no_prefault;           /* false: populate the whole segment at start */
+    int hugepages;              /* enum kv_xfer_huge of the DRAM segment; 0 = off */
     const char *ssd_dir;        /* NULL = no SSD tier */
     uint64_t ssd_capacity;      /* 0 = 64 GiB (with ssd_dir) */
     const char *bind;           /* RPC and transfer listen host; NULL = 127.0.0.1 */

@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -432,6 +433,90 @@ int kv_xfer_segment_alloc(struct kv_xfer *x, const char *name, size_t len, void 
         return rc;
     }
     *addr = p;
+    return KV_OK;
+}
+
+int kv_xfer_huge_parse(const char *s, enum kv_xfer_huge *out)
+{
+    static const struct {
+        const char *word;
+        enum kv_xfer_huge v;
+    } words[] = {
+        {"off", KV_XFER_HUGE_OFF}, {"auto", KV_XFER_HUGE_AUTO}, {"2M", KV_XFER_HUGE_2M},
+        {"2MiB", KV_XFER_HUGE_2M}, {"1G", KV_XFER_HUGE_1G},     {"1GiB", KV_XFER_HUGE_1G},
+    };
+    for (size_t i = 0; s && out && i < KV_ARRAY_SIZE(words); i++) {
+        if (strcasecmp(s, words[i].word) == 0) {
+            *out = words[i].v;
+            return KV_OK;
+        }
+    }
+    KV_LOGW("huge pages '%s': want auto, 2M, 1G or off", s ? s : "(null)");
+    return KV_EINVAL;
+}
+
+int kv_xfer_segment_alloc_huge(struct kv_xfer *x, const char *name, size_t len,
+                               enum kv_xfer_huge huge, void **addr, kv_seg_id *id,
+                               size_t *page_size)
+{
+    if (!x || !addr || !id || len == 0)
+        return KV_EINVAL;
+    size_t ps;
+    switch (huge) {
+    case KV_XFER_HUGE_OFF:
+        ps = 0;
+        break;
+    case KV_XFER_HUGE_AUTO:
+    case KV_XFER_HUGE_2M:
+        ps = (size_t)2 << 20;
+        break;
+    case KV_XFER_HUGE_1G:
+        ps = (size_t)1 << 30;
+        break;
+    default:
+        return KV_EINVAL;
+    }
+    int rc = check_name(name);
+    if (rc < 0)
+        return rc;
+    if (ps == 0) {
+        rc = kv_xfer_segment_alloc(x, name, len, addr, id);
+        if (rc == KV_OK && page_size)
+            *page_size = (size_t)sysconf(_SC_PAGESIZE);
+        return rc;
+    }
+    if (len > SIZE_MAX - ps)
+        return KV_EINVAL;
+    size_t hlen = (len + ps - 1) / ps * ps;
+    int fd = -1;
+    void *p = NULL;
+    if (huge == KV_XFER_HUGE_AUTO) {
+        /* auto asks the pool first, so that the fallback is one line, not an error */
+        uint64_t nfree = 0, ntotal = 0;
+        if (!kv_xfer_huge_pool(ps, &nfree, &ntotal) || nfree < hlen / ps) {
+            KV_LOGW("xfer: segment '%s': huge pages auto: %zu 2 MiB pages needed, %llu of %llu "
+                    "reserved are free; using 4 KiB pages",
+                    name, hlen / ps, (unsigned long long)nfree, (unsigned long long)ntotal);
+            return kv_xfer_segment_alloc_huge(x, name, len, KV_XFER_HUGE_OFF, addr, id, page_size);
+        }
+    }
+    rc = kv_xfer_shm_create_huge(name, hlen, ps, &fd, &p);
+    if (rc < 0 && huge == KV_XFER_HUGE_AUTO) {
+        KV_LOGW("xfer: segment '%s': huge pages auto: %s; using 4 KiB pages", name,
+                kv_strerror(rc));
+        return kv_xfer_segment_alloc_huge(x, name, len, KV_XFER_HUGE_OFF, addr, id, page_size);
+    }
+    if (rc < 0)
+        return rc;
+    rc = seg_add(x, name, p, hlen, fd, id);
+    if (rc < 0) {
+        munmap(p, hlen);
+        close(fd);
+        return rc;
+    }
+    *addr = p;
+    if (page_size)
+        *page_size = ps;
     return KV_OK;
 }
 

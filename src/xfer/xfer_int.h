@@ -213,6 +213,13 @@ void kv_xfer_tcp_submit(struct xfer_tcp_client *c, struct xfer_piece *p);
 
 /* Creates a zeroed memfd of len bytes mapped shared; *fd and *addr owned by the caller. */
 int kv_xfer_shm_create(const char *name, size_t len, int *fd, void **addr);
+/* Same, on huge pages of page_size bytes (2 MiB or 1 GiB; len a multiple of it). KV_ENOMEM
+ * (with a log line naming the free and reserved pages) when too few are reserved; KV_ENOTSUP
+ * when the kernel has no pool of that size. */
+int kv_xfer_shm_create_huge(const char *name, size_t len, size_t page_size, int *fd, void **addr);
+/* Free (not reserved by a mapping) and total huge pages of page_size in the kernel's pool;
+ * false if there is no pool of that size. */
+bool kv_xfer_huge_pool(size_t page_size, uint64_t *free_pages, uint64_t *total_pages);
 /* Maps the segment of d through its shm path (bounds and identity checked). */
 int kv_xfer_shm_map(const struct kv_xfer_desc *d, void **addr, size_t *len);
 /* Page-table population in bulk for a shm target (see xfer_shm.c): the KV_XFER_SHM_CHUNK

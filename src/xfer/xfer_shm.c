@@ -61,6 +61,85 @@ int kv_xfer_shm_create(const char *name, size_t len, int *fd_out, void **addr_ou
     return KV_OK;
 }
 
+#ifndef MFD_HUGETLB
+#define MFD_HUGETLB 0x0004u
+#endif
+#ifndef MFD_HUGE_SHIFT
+#define MFD_HUGE_SHIFT 26
+#endif
+
+bool kv_xfer_huge_pool(size_t page_size, uint64_t *free_pages, uint64_t *total_pages)
+{
+    char path[128];
+    unsigned long long f = 0, t = 0;
+    snprintf(path, sizeof(path), "/sys/kernel/mm/hugepages/hugepages-%zukB/free_hugepages",
+             page_size >> 10);
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return false;
+    if (fscanf(fp, "%llu", &f) != 1)
+        f = 0;
+    fclose(fp);
+    unsigned long long r = 0;
+    const char *more[] = {"nr_hugepages", "resv_hugepages"};
+    unsigned long long *dst[] = {&t, &r};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof(path), "/sys/kernel/mm/hugepages/hugepages-%zukB/%s", page_size >> 10,
+                 more[i]);
+        fp = fopen(path, "r");
+        if (fp) {
+            if (fscanf(fp, "%llu", dst[i]) != 1)
+                *dst[i] = 0;
+            fclose(fp);
+        }
+    }
+    /* reserved pages (mapped by a segment, not faulted in yet) are counted free */
+    *free_pages = f > r ? f - r : 0;
+    *total_pages = t;
+    return true;
+}
+
+int kv_xfer_shm_create_huge(const char *name, size_t len, size_t page_size, int *fd_out,
+                            void **addr_out)
+{
+    char mname[KV_XFER_NAME_MAX + 8], sz[32];
+    uint64_t nfree = 0, ntotal = 0;
+    kv_format_size(page_size, sz, sizeof(sz));
+    if (!kv_xfer_huge_pool(page_size, &nfree, &ntotal)) {
+        KV_LOGE("xfer: this kernel has no %s huge-page pool (no "
+                "/sys/kernel/mm/hugepages/hugepages-%zukB)",
+                sz, page_size >> 10);
+        return KV_ENOTSUP;
+    }
+    unsigned shift = (unsigned)__builtin_ctzll((unsigned long long)page_size);
+    snprintf(mname, sizeof(mname), "kvx:%s", name);
+    int fd = memfd_create(mname, MFD_CLOEXEC | MFD_HUGETLB | (shift << MFD_HUGE_SHIFT));
+    if (fd < 0) {
+        int e = errno;
+        KV_LOGE("xfer: memfd_create(MFD_HUGETLB, %s) for '%s': %s", sz, name, strerror(e));
+        return e == EINVAL ? KV_ENOTSUP : kv_err_from_errno(e);
+    }
+    if (ftruncate(fd, (off_t)len) < 0) {
+        int rc = kv_err_from_errno(errno);
+        close(fd);
+        return rc == KV_EIO ? KV_ENOMEM : rc;
+    }
+    /* MAP_SHARED reserves every page now: too few free pages fail here, never later in a
+     * page fault (SIGBUS) */
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        KV_LOGE("xfer: '%s' needs %zu huge pages of %s; %llu of %llu reserved are free "
+                "(reserve more: scripts/host-prepare.sh --hugepages %s --pages N)",
+                name, len / page_size, sz, (unsigned long long)nfree, (unsigned long long)ntotal,
+                page_size == (1u << 21) ? "2M" : "1G");
+        close(fd);
+        return KV_ENOMEM;
+    }
+    *fd_out = fd;
+    *addr_out = p;
+    return KV_OK;
+}
+
 int kv_xfer_shm_map(const struct kv_xfer_desc *d, void **addr, size_t *len)
 {
     if (!d->shm[0])

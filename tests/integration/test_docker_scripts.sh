@@ -19,7 +19,9 @@ fail() {
 ok() { echo "ok - $*"; }
 # the user-set variables may be exported by the caller: the test wants the defaults
 unset KVSTASH_IMAGE_NAME KVSTASH_CONTAINER_NAME KVSTASH_CKPT_HOST_DIR KVSTASH_CKPT_MOUNT_TARGET \
-    KVSTASH_DOCKER_EXTRA_ARGS KVSTASH_PLATFORM
+    KVSTASH_DOCKER_EXTRA_ARGS KVSTASH_PLATFORM KVSTASH_NVME_DEV
+# the docker commands below: docker, whichever engine this host has (--engine cases at the end)
+export KVSTASH_ENGINE=docker
 
 # expect WANT CMD...: CMD prints exactly WANT (one line) and exits 0.
 expect() {
@@ -42,7 +44,11 @@ bad() {
 }
 
 D='docker run --rm'
-U='--ipc host --shm-size=10G --ulimit memlock=-1 --ulimit stack=67108864 --ulimit nofile=65536:65536'
+# nofile: 65536, or the host's hard limit when lower (run.sh says so on stderr)
+NOFILE=65536
+HARD=$(ulimit -Hn)
+[ "$HARD" = unlimited ] || [ "$HARD" -ge 65536 ] || NOFILE=$HARD
+U="--ipc host --shm-size=10G --ulimit memlock=-1 --ulimit stack=67108864 --ulimit nofile=$NOFILE:$NOFILE"
 BR='-p 8080:8080 -p 50051:50051 -p 9003:9003 -p 9998:9998 -p 9999:9999/udp -p 8000:8000'
 
 # ---- run.sh ----------------------------------------------------------------------------------
@@ -59,11 +65,13 @@ expect "$D --gpus all --network container:peer $U kvstash:latest" "$RUN" --dry-r
 ok "run.sh bridge mode publishes the ports incl. -p 9999:9999/udp; none; container:NAME"
 expect "$D --gpus all --network host $U --device /dev/infiniband --cap-add IPC_LOCK kvstash:latest" \
     "$RUN" --dry-run --rdma
-expect "$D --gpus all --network host $U --privileged -v /dev/hugepages:/dev/hugepages kvstash:latest" \
+HUGE=$(awk '$3 == "hugetlbfs" {printf " -v %s:%s", $2, $2}' /proc/mounts)
+[ -n "$HUGE" ] || HUGE=" -v /dev/hugepages:/dev/hugepages"
+expect "$D --gpus all --network host $U --privileged$HUGE kvstash:latest" \
     "$RUN" --dry-run --privileged --hugepages
 ok "run.sh --rdma adds the IB devices and IPC_LOCK; --privileged; --hugepages"
 mkdir -p "$W/hf" "$W/ckpt"
-expect "docker run -it --name kv1 --network host --ipc private --shm-size=1G --ulimit memlock=-1 --ulimit stack=67108864 --ulimit nofile=65536:65536 --user 1000:1000 -v $SRC:/workspace -w /workspace -v $W/hf:/home/kvstash/.cache/huggingface -e HF_HOME=/home/kvstash/.cache/huggingface -v /data:/data:ro -e A=1 -e HOME img:t kvstash serve --bind 0.0.0.0" \
+expect "docker run -it --name kv1 --network host --ipc private --shm-size=1G --ulimit memlock=-1 --ulimit stack=67108864 --ulimit nofile=$NOFILE:$NOFILE --user 1000:1000 -v $SRC:/workspace -w /workspace -v $W/hf:/home/kvstash/.cache/huggingface -e HF_HOME=/home/kvstash/.cache/huggingface -v /data:/data:ro -e A=1 -e HOME img:t kvstash serve --bind 0.0.0.0" \
     "$RUN" --dry-run --rm false -it --name kv1 --gpus none --ipc private --shm-size 1G --user 1000:1000 \
     --mount-workspace --hf-cache "$W/hf" -v /data:/data:ro -e A=1 -e HOME --image img:t \
     -- kvstash serve --bind 0.0.0.0
@@ -86,7 +94,26 @@ bad "--hf-cache '/nonexistent-kvstash'" "$RUN" --dry-run --hf-cache /nonexistent
 bad "--image needs a value" "$RUN" --dry-run --image
 bad "unknown option '--bogus'" "$RUN" --dry-run --bogus
 bad "CKPT_HOST_DIR" env KVSTASH_CKPT_HOST_DIR=/nonexistent-kvstash "$RUN" --dry-run
+bad "--engine 'lxc'" "$RUN" --dry-run --engine lxc
+bad "--workdir 'rel'" "$RUN" --dry-run --workdir rel
+bad "NVME_DEV '../sda'" env KVSTASH_NVME_DEV=../sda "$RUN" --dry-run
 ok "run.sh: bad options are one line on stderr, exit 2, no command"
+
+# --engine, --runtime (podman: a global option), --entrypoint, --workdir, NVME_DEV
+expect "podman --runtime runc run --rm --network host $U -v /data:/data -w /work --entrypoint /bin/sh img:1 -c true" \
+    "$RUN" --dry-run --engine podman --runtime runc --gpus none -v /data:/data --workdir /work \
+    --entrypoint /bin/sh --image img:1 -- -c true
+expect "docker run --runtime runc --rm --network host $U --device /dev/nvme0n1 kvstash:latest" \
+    env KVSTASH_NVME_DEV=nvme0n1 "$RUN" --dry-run --runtime runc --gpus none
+expect "podman run --rm --device nvidia.com/gpu=all --network host $U kvstash:latest" \
+    env KVSTASH_ENGINE=podman "$RUN" --dry-run
+ok "run.sh --engine podman|docker, --runtime, --entrypoint, --workdir, NVME_DEV; podman GPUs as CDI devices"
+if [ "$NOFILE" != 65536 ]; then
+    "$RUN" --dry-run >/dev/null 2>"$W/err"
+    { [ "$(wc -l <"$W/err")" -eq 1 ] && grep -q "hard limit on open files is $HARD" "$W/err"; } ||
+        fail "run.sh does not say in one line that it lowered nofile to $HARD: $(cat "$W/err")"
+    ok "run.sh: nofile lowered to the host's hard limit $HARD, said in one line"
+fi
 
 # ---- build.sh --------------------------------------------------------------------------------
 expect "docker build -f $SRC/docker/Dockerfile -t kvstash:latest --platform linux/amd64 $SRC" "$BUILD" --dry-run
@@ -95,12 +122,20 @@ expect "docker build -f $SRC/docker/Dockerfile.lite -t kvstash:latest-lite --pla
 expect "docker build -f $SRC/docker/Dockerfile -t reg.io/kv:1.0 --platform linux/arm64 --no-cache --build-arg BASE_IMAGE=debian:12 --build-arg X=a\\ b $SRC" \
     "$BUILD" --dry-run --target full --tag reg.io/kv:1.0 --no-cache --platform linux/arm64 \
     --build-arg BASE_IMAGE=debian:12 --build-arg "X=a b"
-ok "build.sh --target full|lite --tag --no-cache --platform --build-arg"
+expect "podman build -f $SRC/docker/Dockerfile.lite -t kvstash:latest-lite --platform linux/amd64 --ignorefile $SRC/docker/Dockerfile.lite.dockerignore --build-arg BASE_IMAGE=debian:12 $SRC" \
+    "$BUILD" --dry-run --engine podman --target lite --base-image debian:12
+BASE=$("$SRC/scripts/base-image.sh" --engine docker --print-tag)
+[[ $BASE =~ ^kvstash-base:bookworm-[0-9a-f]{12}$ ]] || fail "base-image.sh --print-tag: '$BASE'"
+expect "docker build -f $SRC/docker/Dockerfile -t kvstash:latest --platform linux/amd64 --build-arg BASE_IMAGE=$BASE $SRC" \
+    "$BUILD" --dry-run --base-image local
+ok "build.sh --target full|lite --tag --no-cache --platform --build-arg --engine --base-image IMAGE|local"
 bad "--target 'huge'" "$BUILD" --dry-run --target huge
 bad "--build-arg 'NOEQ'" "$BUILD" --dry-run --build-arg NOEQ
 bad "--platform 'amd64'" "$BUILD" --dry-run --platform amd64
 bad "--tag 'Bad Tag'" "$BUILD" --dry-run --tag 'Bad Tag'
 bad "unknown option '--push'" "$BUILD" --push
+bad "--engine 'lxc'" "$BUILD" --dry-run --engine lxc
+bad "--base-image 'Bad'" "$BUILD" --dry-run --base-image Bad
 ok "build.sh: bad options are one line on stderr, exit 2"
 
 # ---- Dockerfiles -----------------------------------------------------------------------------
