@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "store/store_int.h"
@@ -37,7 +38,7 @@ static const struct kv_cfg_opt node_opts[] = {
     {"protocol", "KVSTASH_PROTOCOL", NULL, KV_CFG_ENUM, "auto", 0, 0, "auto|tcp|shm|rdma", NULL,
      "transfer protocol"},
     {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",
-     "shared token transfer peers must present"},
+     "shared token transfer and store RPC peers must present"},
 };
 
 int kv_cli_node(int argc, char **argv)
@@ -89,6 +90,8 @@ int kv_cli_node(int argc, char **argv)
         .protocol = strcmp(proto, "auto") == 0 ? NULL : proto,
         .token = kv_cfg_str(&cfg, "token"),
     };
+    /* the store RPC (common/auth.h) requires the same token as the transfer engine */
+    kv_auth_set_token(kv_cfg_str(&cfg, "token"));
     kv_cli_block_signals();
     struct kv_node *n;
     int rc = kv_node_start(&no, &n);
