@@ -13,6 +13,7 @@
 
 #include "cli/cli.h"
 #include "common/admin_http.h"
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "kvstash/xfer.h"
@@ -53,7 +54,7 @@ static const struct kv_cfg_opt node_opts[] = {
     {"protocol", "KVSTASH_PROTOCOL", NULL, KV_CFG_ENUM, "auto", 0, 0, "auto|tcp|shm|rdma", NULL,
      "transfer protocol"},
     {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",
-     "shared token transfer peers must present"},
+     "shared token transfer and store RPC peers must present"},
     {"admin-addr", "KVSTASH_NODE_ADMIN_ADDR", NULL, KV_CFG_STR, "off", 0, 0, NULL, "H:P",
      "HTTP /health (liveness) and /ready (200 once mounted on the leader) on H:P, or off"},
 };
@@ -128,6 +129,8 @@ int kv_cli_node(int argc, char **argv)
         .protocol = strcmp(proto, "auto") == 0 ? NULL : proto,
         .token = kv_cfg_str(&cfg, "token"),
     };
+    /* the store RPC (common/auth.h) requires the same token as the transfer engine */
+    kv_auth_set_token(kv_cfg_str(&cfg, "token"));
     kv_cli_block_signals();
     struct kv_admin_http *admin = NULL;
     const char *aaddr = kv_cfg_str(&cfg, "admin-addr");

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "kvstash/xfer.h"
@@ -51,7 +52,7 @@ static const struct kv_cfg_opt serve_opts[] = {
     {"protocol", "KVSTASH_PROTOCOL", NULL, KV_CFG_ENUM, "auto", 0, 0, "auto|tcp|shm|rdma", NULL,
      "transport for requests this process starts"},
     {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",
-     "shared token transfer peers must present"},
+     "shared token transfer and store RPC peers must present"},
     {"kv-expire-time", "KVSTASH_KV_EXPIRE_TIME", NULL, KV_CFG_INT, "86400", 1, 4e9, NULL, "S",
      "default object TTL in seconds"},
 };
@@ -134,6 +135,8 @@ int kv_cli_serve(int argc, char **argv)
         .kv_expire_time_s = (uint32_t)kv_cfg_int(&cfg, "kv-expire-time"),
         .in_process_rpc = true, /* its node calls it directly, not through a socket */
     };
+    /* the store RPC (common/auth.h) requires the same token as the transfer engine */
+    kv_auth_set_token(kv_cfg_str(&cfg, "token"));
     rc = kv_master_start(&mopts, &m);
     if (rc < 0) {
         fprintf(stderr,

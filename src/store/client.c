@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/auth.h"
 #include "common/hash.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -355,6 +356,7 @@ int kv_store_open(const struct kv_store_opts *opts, struct kv_store **out)
         .cluster = s->cluster,
         .protocol = s->protocol,
         .timeout_ms = s->timeout_ms,
+        .token = kv_auth_token(), /* nodes' transfer engines check the same KVSTASH_TOKEN */
     };
     rc = kv_xfer_create(s->meta, &xo, &s->xfer);
     if (rc < 0) {

@@ -94,11 +94,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -107,6 +109,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/net.h"
 #include "common/util.h"
@@ -114,6 +117,7 @@
 #define POOL_MAX_IDLE 8
 #define DEF_TIMEOUT_MS 10000
 #define DEF_CONNECT_MS 3000
+#define CLI_RX_STEP (64u << 10) /* a response buffer grows at most this (or doubles) at a time */
 
 /* ---- codec ------------------------------------------------------------------------------- */
 
@@ -204,6 +208,8 @@ const char *kv_rpc_method_name(uint16_t method)
         return "STAT";
     case KV_RPC_PUT:
         return "PUT";
+    case KV_RPC_AUTH:
+        return "AUTH";
     case KV_RPC_MOUNT:
         return "MOUNT";
     case KV_RPC_HEARTBEAT:
@@ -286,6 +292,7 @@ struct kv_rpc_client {
     int idle[POOL_MAX_IDLE];
     int nidle;
     _Atomic uint64_t next_id;
+    char *token; /* presented first on every new connection (AUTH); NULL = none */
 };
 
 int kv_rpc_client_create(const char *addr, int connect_timeout_ms, struct kv_rpc_client **out)
@@ -305,9 +312,24 @@ int kv_rpc_client_create(const char *addr, int connect_timeout_ms, struct kv_rpc
         return KV_ENOMEM;
     }
     c->connect_timeout_ms = connect_timeout_ms > 0 ? connect_timeout_ms : DEF_CONNECT_MS;
+    if (kv_auth_token() && kv_rpc_client_set_token(c, kv_auth_token()) < 0) {
+        kv_free(c->addr);
+        kv_free(c);
+        return KV_ENOMEM;
+    }
     pthread_mutex_init(&c->lock, NULL);
     atomic_init(&c->next_id, 1);
     *out = c;
+    return KV_OK;
+}
+
+int kv_rpc_client_set_token(struct kv_rpc_client *c, const char *token)
+{
+    char *t = token && *token ? kv_strdup(token) : NULL;
+    if (token && *token && !t)
+        return KV_ENOMEM;
+    kv_free(c->token);
+    c->token = t;
     return KV_OK;
 }
 
@@ -318,6 +340,7 @@ void kv_rpc_client_destroy(struct kv_rpc_client *c)
     for (int i = 0; i < c->nidle; i++)
         close(c->idle[i]);
     pthread_mutex_destroy(&c->lock);
+    kv_free(c->token);
     kv_free(c->addr);
     kv_free(c);
 }
@@ -395,24 +418,47 @@ static int exchange(int fd, uint16_t method, uint64_t id, const void *req, size_
     kv_buf_init(&tmp);
     struct kv_buf *dst = resp ? resp : &tmp;
     kv_buf_reset(dst);
-    rc = kv_buf_reserve(dst, (size_t)r.len + 1);
-    if (rc < 0)
-        return rc;
-    if (r.len) {
-        rc = kv_net_read_full(fd, dst->data, r.len, deadline);
+    /* The buffer grows as the payload arrives, by at most max(CLI_RX_STEP, received) at a
+     * time: a peer whose header announces 64 MiB and sends nothing costs CLI_RX_STEP. */
+    size_t got = 0;
+    do {
+        size_t chunk = KV_MIN((size_t)r.len - got, KV_MAX((size_t)CLI_RX_STEP, got));
+        rc = kv_buf_reserve(dst, chunk + 1);
+        if (rc == KV_OK && chunk)
+            rc = kv_net_read_full(fd, dst->data + got, chunk, deadline);
         if (rc < 0) {
             kv_buf_reset(dst);
             kv_buf_fini(&tmp);
             return rc;
         }
-    }
-    dst->len = r.len;
+        got += chunk;
+        dst->len = got;
+    } while (got < r.len);
     dst->data[r.len] = '\0';
     kv_buf_fini(&tmp);
     if (r.id == 0) /* the server rejected our framing and closes: treat as protocol error */
         return r.status < 0 ? r.status : KV_EPROTO;
     *status = r.status;
     return KV_OK;
+}
+
+/* Presents c's token on the fresh connection fd (an AUTH frame). KV_OK, KV_EPERM when the
+ * server refused it (its reason logged), or a transport error. */
+static int client_auth(struct kv_rpc_client *c, int fd, uint64_t id, int64_t deadline)
+{
+    struct kv_buf r;
+    kv_buf_init(&r);
+    int status = 0;
+    bool got_any;
+    int rc =
+        exchange(fd, KV_RPC_AUTH, id, c->token, strlen(c->token), deadline, &status, &r, &got_any);
+    if (rc == KV_OK && status != KV_OK) {
+        KV_LOGW_RL(5000, "RPC server %s refused this client's token: %s", c->addr,
+                   r.len ? r.data : kv_strerror(status));
+        rc = status == KV_EPERM ? KV_EPERM : (status < 0 ? status : KV_EPROTO);
+    }
+    kv_buf_fini(&r);
+    return rc;
 }
 
 int kv_rpc_call(struct kv_rpc_client *c, uint16_t method, const void *req, size_t len,
@@ -438,9 +484,24 @@ int kv_rpc_call(struct kv_rpc_client *c, uint16_t method, const void *req, size_
             int rc = kv_net_connect_tcp(c->host, c->port, KV_MIN(left, c->connect_timeout_ms), &fd);
             if (rc < 0)
                 return rc;
+            if (c->token) {
+                rc = client_auth(c, fd, id, deadline);
+                if (rc < 0) {
+                    close(fd);
+                    return rc;
+                }
+            }
         }
         bool got_any;
         int rc = exchange(fd, method, id, req, len, deadline, status, resp, &got_any);
+        if (rc == KV_OK && *status == KV_EPERM) {
+            /* refused: the server closes the connection after this answer */
+            KV_LOGW_RL(5000, "RPC %s to %s refused: %.*s", kv_rpc_method_name(method), c->addr,
+                       resp && resp->len ? (int)KV_MIN(resp->len, 200u) : 13,
+                       resp && resp->len ? resp->data : "permission denied");
+            close(fd);
+            return KV_OK;
+        }
         if (rc == KV_OK) {
             pool_put(c, fd);
             return KV_OK;
@@ -525,6 +586,7 @@ struct srv_conn {
     bool close_after_tx;   /* framing lost (malformed header, no memory): close once sent */
     bool failed;           /* the worker's write failed: the loop closes it */
     bool fresh;            /* accepted, not yet registered with its loop's epoll */
+    bool authed;           /* presented the server's token (or none is needed); loop thread */
 
     /* Loop thread only. */
     bool closed;                  /* closed in this loop iteration; freed at its end */
@@ -583,7 +645,8 @@ struct kv_rpc_server {
     int nqueued;
     struct srv_loop *lead_head, *lead_tail; /* loops without a leader, served before requests */
     int nlead;
-    int nidle; /* threads waiting on wcond */
+    int nidle;   /* threads waiting on wcond */
+    char *token; /* every connection must present it first (AUTH); NULL = none; fixed */
 };
 
 static void conn_free(struct srv_conn *c)
@@ -637,7 +700,7 @@ static void conn_set_response(struct srv_conn *c, uint16_t method, uint64_t id, 
 {
     if (status > 0)
         status = KV_OK;
-    bool payload = status == KV_OK || status == KV_EAGAIN;
+    bool payload = status == KV_OK || status == KV_EAGAIN || status == KV_EPERM;
     if (payload && c->out.len > KV_RPC_MAX_PAYLOAD) {
         KV_LOGW_RL(5000, "RPC %s: response of %zu bytes is over the frame limit",
                    kv_rpc_method_name(method), c->out.len);
@@ -812,11 +875,63 @@ static void loop_push(struct srv_loop *l, struct srv_conn *c)
         loop_wake(l);
 }
 
+/* The peer's "HOST:PORT" for a log line. */
+static void conn_peer(const struct srv_conn *c, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+            port = ntohs(a->sin6_port);
+        }
+    }
+    snprintf(buf, len, "%s:%u", ip, port);
+}
+
+/* Loop thread: the first frame of a connection of a server with a token, or an AUTH frame.
+ * AUTH with the right token (or any AUTH when the server has none): KV_OK. Anything else:
+ * KV_EPERM with the reason as payload, logged (rate-limited), and the connection is closed
+ * once that is sent. */
+static void conn_auth(struct kv_rpc_server *s, struct srv_conn *c)
+{
+    bool is_auth = c->h.method == KV_RPC_AUTH;
+    const char *why = NULL;
+    int rc = kv_auth_check(s->token, is_auth, c->in.data + KV_RPC_HDR_LEN, c->h.len, &why);
+    kv_buf_reset(&c->out);
+    if (rc == KV_OK) {
+        c->authed = true;
+        conn_set_response(c, c->h.method, c->h.id, KV_OK);
+        return;
+    }
+    char peer[96];
+    conn_peer(c, peer, sizeof(peer));
+    if (is_auth) /* one rate limit per reason: a flood of one does not hide the other */
+        KV_LOGW_RL(5000, "refused RPC connection from %s: %s", peer, why);
+    else
+        KV_LOGW_RL(5000, "refused RPC connection from %s: %s (first request %s, no AUTH)", peer,
+                   why, kv_rpc_method_name(c->h.method));
+    kv_buf_append(&c->out, why, strlen(why));
+    conn_set_response(c, c->h.method, c->h.id, KV_EPERM);
+    c->close_after_tx = true;
+}
+
 /* Loop thread: a complete request is in c->in. Answers it through fast_handler, or hands it to
  * the workers (then returns true: the connection is busy and no longer the loop's). */
 static bool conn_dispatch(struct srv_loop *l, struct srv_conn *c)
 {
     struct kv_rpc_server *s = l->s;
+    if (!c->authed || c->h.method == KV_RPC_AUTH) {
+        conn_auth(s, c);
+        return false;
+    }
     if (s->fast_handler) {
         int status = conn_call(s, c, s->fast_handler);
         if (status != KV_RPC_SLOW) {
@@ -966,6 +1081,7 @@ static void loop_accept(struct srv_loop *l)
         }
         c->fd = fd;
         c->fresh = true;
+        c->authed = !s->token;
         kv_buf_init(&c->in);
         kv_buf_init(&c->out);
         pthread_mutex_init(&c->lock, NULL);
@@ -1257,6 +1373,7 @@ static void server_teardown(struct kv_rpc_server *s, int loops_inited)
     pthread_mutex_destroy(&s->wlock);
     kv_free(s->threads);
     kv_free(s->loops);
+    kv_free(s->token);
     kv_free(s);
 }
 
@@ -1275,6 +1392,11 @@ int kv_rpc_server_start(const struct kv_rpc_server_opts *opts, struct kv_rpc_ser
         return KV_ENOMEM;
     s->handler = opts->handler;
     s->fast_handler = opts->fast_handler;
+    const char *tok = opts->token ? opts->token : kv_auth_token();
+    if (tok && *tok && !(s->token = kv_strdup(tok))) {
+        kv_free(s);
+        return KV_ENOMEM;
+    }
     s->ud = opts->ud;
     s->max_conns = opts->max_conns > 0 ? opts->max_conns : KV_RPC_DEF_MAX_CONNS;
     s->io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEF_TIMEOUT_MS;
@@ -1316,6 +1438,7 @@ out_teardown:
     server_teardown(s, inited);
     return rc;
 out_free:
+    kv_free(s->token);
     kv_free(s);
     return rc;
 }

@@ -19,6 +19,15 @@
  * connection is closed (its framing can no longer be trusted); a well-framed request whose
  * payload does not decode gets a KV_EPROTO response and the connection stays usable.
  *
+ * Authentication: a server with a token (KVSTASH_TOKEN; kv_rpc_server_opts.token) answers
+ * nothing on a connection before it presented that token: the first frame must be
+ *     AUTH         token bytes  -> -              (KV_EPERM + reason text: "bad token")
+ * and any other first frame gets KV_EPERM with the payload "authentication required"; a
+ * refused connection is closed after the answer, and the refusal is logged (rate-limited)
+ * with the peer's address. A client with a token (kv_rpc_client_create: KVSTASH_TOKEN) sends
+ * AUTH first on every new connection. A server without a token answers AUTH with KV_OK.
+ * Tokens are compared in constant time (common/auth.h).
+ *
  * Methods and messages (request -> response; "-" = empty payload):
  *   client -> master
  *     HELLO        HelloReq     -> HelloResp
@@ -45,7 +54,8 @@
  *
  * Frame status: KV_OK means the response payload is the message above. Any other status means
  * the whole call failed; the payload is then empty, except KV_EAGAIN ("not the leader"), whose
- * payload is a NotLeader message naming the leader when known. Unknown method: KV_ENOTSUP.
+ * payload is a NotLeader message naming the leader when known, and KV_EPERM, whose payload is
+ * the refusal's reason (text). Unknown method: KV_ENOTSUP.
  *
  * Thread-safety: a kv_rpc_client may be used by many threads at once (a pool of connections).
  * A kv_rpc_server runs a fixed set of threads whatever its number of connections: io_threads
@@ -78,6 +88,7 @@ enum kv_rpc_method {
     KV_RPC_LIST = 7,
     KV_RPC_STAT = 8,
     KV_RPC_PUT = 9,
+    KV_RPC_AUTH = 10,
     KV_RPC_MOUNT = 20,
     KV_RPC_HEARTBEAT = 21,
     KV_RPC_NODE_COMMIT = 40,
@@ -129,6 +140,10 @@ struct kv_rpc_client;
  * call and kept in a pool (up to 8 idle). connect_timeout_ms 0 = 3000. KV_EINVAL for a bad
  * address. Destroy with kv_rpc_client_destroy(). */
 int kv_rpc_client_create(const char *addr, int connect_timeout_ms, struct kv_rpc_client **out);
+/* Replaces the token c presents on its new connections (copied; NULL or "" = none). By default
+ * a client presents kv_auth_token() (KVSTASH_TOKEN). Call before the first call (tests, tools).
+ * KV_ENOMEM. */
+int kv_rpc_client_set_token(struct kv_rpc_client *c, const char *token);
 /* Closes every pooled connection and frees c. Calls in flight must have returned. NULL no-op. */
 void kv_rpc_client_destroy(struct kv_rpc_client *c);
 /* The address given at creation. Borrowed, valid until destroy. */
@@ -138,7 +153,9 @@ const char *kv_rpc_client_addr(const struct kv_rpc_client *c);
  * 10000) from now. Returns KV_OK when a response arrived: *status gets its frame status and
  * resp (reset first; may be NULL to discard) its payload. Returns a negative transport error
  * otherwise: KV_ECONNREFUSED (no server), KV_ETIMEDOUT, KV_ECONNRESET (connection lost),
- * KV_EPROTO (malformed response); the connection is dropped then, never reused. A call that
+ * KV_EPROTO (malformed response); the connection is dropped then, never reused. KV_EPERM when
+ * the server refused this client's token (the reason is logged, rate-limited); a server that
+ * requires a token this client lacks answers the call with status KV_EPERM. A call that
  * fails on a pooled (possibly stale) connection before anything was received is retried once on
  * a fresh connection. Thread-safe. */
 int kv_rpc_call(struct kv_rpc_client *c, uint16_t method, const void *req, size_t len,
@@ -200,6 +217,9 @@ struct kv_rpc_server_opts {
      * itself and pass its loop to an idle thread, so at most `workers` handlers run at once.
      * A request waits in a queue while all of them are busy. */
     int workers;
+    /* The token every connection must present first (AUTH frame, above); copied. NULL =
+     * kv_auth_token() (KVSTASH_TOKEN, or none), "" = none. */
+    const char *token;
 };
 
 struct kv_rpc_server;

@@ -4,9 +4,11 @@
  * typed and raw calls, malformed frames from a raw socket (bad magic, oversize, truncated,
  * garbage payload), timeouts, refused connections and the not-leader hint; the event-loop server:
  * 1,000 concurrent connections on a fixed number of threads, a blocked worker not delaying a
- * fast_handler answer, no big reservation for a header that announces 64 MiB, max_conns, and
- * stop while handlers run.
+ * fast_handler answer, no big reservation for a header that announces 64 MiB (a request to the
+ * server, or a response to the client), max_conns, stop while handlers run, and the shared
+ * token: refusals ("authentication required", "bad token") answered and logged.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,11 +21,13 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
 #include "common/net.h"
 #include "common/util.h"
+#include "kvstash/kvstash.h"
 #include "store/rpc.h"
 
 #define M_ECHO 100
@@ -644,6 +648,196 @@ static void test_stop_while_running(void **state)
     }
 }
 
+/* ---- a response header that lies (client side) ---- */
+
+static int g_liar_fd = -1;
+
+/* Accepts one connection, reads one request frame, answers with a header announcing
+ * KV_RPC_MAX_PAYLOAD bytes followed by 1000 bytes, then closes. */
+static void *liar_main(void *arg)
+{
+    (void)arg;
+    int fd = accept(g_liar_fd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    uint8_t hb[KV_RPC_HDR_LEN];
+    struct kv_rpc_hdr h;
+    if (kv_net_read_full(fd, hb, sizeof(hb), kv_now_ms() + 5000) == KV_OK &&
+        kv_rpc_hdr_decode(hb, sizeof(hb), &h) == KV_OK) {
+        char junk[4096];
+        for (uint32_t left = h.len; left;) {
+            uint32_t n = left < sizeof(junk) ? left : (uint32_t)sizeof(junk);
+            if (kv_net_read_full(fd, junk, n, kv_now_ms() + 5000) < 0)
+                break;
+            left -= n;
+        }
+        struct kv_rpc_hdr r = {KV_RPC_MAGIC,       h.method, KV_RPC_F_RESPONSE,
+                               KV_RPC_MAX_PAYLOAD, 0,        h.id};
+        kv_rpc_hdr_encode(&r, hb);
+        memset(junk, 'z', 1000);
+        kv_net_write_full(fd, hb, sizeof(hb), kv_now_ms() + 5000);
+        kv_net_write_full(fd, junk, 1000, kv_now_ms() + 5000);
+    }
+    close(fd);
+    return NULL;
+}
+
+/* A server whose response header announces 64 MiB and then hangs up costs the client a small
+ * buffer, not 64 MiB, and the call fails with a transport error. */
+static void test_client_big_response_header(void **state)
+{
+    (void)state;
+    uint16_t port;
+    assert_int_equal(kv_net_listen_tcp("127.0.0.1", 0, 4, &g_liar_fd, &port), KV_OK);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, liar_main, NULL), 0);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", (unsigned)port);
+    struct kv_rpc_client *c;
+    assert_int_equal(kv_rpc_client_create(addr, 1000, &c), KV_OK);
+    assert_int_equal(kv_rpc_client_set_token(c, NULL), KV_OK);
+    struct kv_buf r;
+    kv_buf_init(&r);
+    int st = 0;
+    kv_alloc_largest_reset();
+    int rc = kv_rpc_call(c, M_ECHO, "hi", 2, 3000, &st, &r);
+    print_message("client call: %s; largest allocation: %zu bytes\n", kv_strerror(rc),
+                  kv_alloc_largest());
+    assert_int_equal(rc, KV_ECONNRESET);
+    assert_true(kv_alloc_largest() < (1u << 20));
+    assert_int_equal(r.len, 0);
+    pthread_join(th, NULL);
+    close(g_liar_fd);
+    kv_buf_fini(&r);
+    kv_rpc_client_destroy(c);
+}
+
+/* ---- the shared token ---- */
+
+static pthread_mutex_t g_log_lock = PTHREAD_MUTEX_INITIALIZER; /* guards g_log */
+static char g_log[8192];
+
+static void log_sink(void *ud, enum kv_log_level level, const char *component, const char *msg)
+{
+    (void)ud;
+    (void)level;
+    pthread_mutex_lock(&g_log_lock);
+    size_t n = strlen(g_log);
+    snprintf(g_log + n, sizeof(g_log) - n, "[%s] %s\n", component, msg);
+    pthread_mutex_unlock(&g_log_lock);
+}
+
+static bool logged(const char *what)
+{
+    pthread_mutex_lock(&g_log_lock);
+    bool yes = strstr(g_log, what) != NULL;
+    pthread_mutex_unlock(&g_log_lock);
+    return yes;
+}
+
+/* The server logs asynchronously to the call's return: wait for the line. */
+static bool wait_logged(const char *what)
+{
+    for (int i = 0; i < 200; i++) {
+        if (logged(what))
+            return true;
+        kv_sleep_ms(10);
+    }
+    return false;
+}
+
+/* With a token, a server answers only connections that presented it: a client without a token
+ * gets KV_EPERM "authentication required", one with a wrong token KV_EPERM ("bad token"); both
+ * are logged with the peer's address; the right token works over many calls (pooled
+ * connections authenticate once). A server without a token accepts AUTH and plain calls. */
+static void test_token(void **state)
+{
+    (void)state;
+    kv_log_set_sink(log_sink, NULL);
+    struct kv_rpc_server *srv;
+    struct kv_rpc_server_opts o = {
+        .addr = "127.0.0.1:0", .handler = handler, .io_timeout_ms = 2000, .token = "s3cret-token"};
+    assert_int_equal(kv_rpc_server_start(&o, &srv), KV_OK);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", kv_rpc_server_port(srv));
+    struct kv_buf r;
+    kv_buf_init(&r);
+    int st;
+
+    /* no token: refused, with the reason */
+    struct kv_rpc_client *none;
+    assert_int_equal(kv_rpc_client_create(addr, 1000, &none), KV_OK);
+    assert_int_equal(kv_rpc_client_set_token(none, NULL), KV_OK);
+    st = 0;
+    assert_int_equal(kv_rpc_call(none, M_ECHO, "x", 1, 3000, &st, &r), KV_OK);
+    assert_int_equal(st, KV_EPERM);
+    assert_non_null(r.data);
+    assert_string_equal(r.data, "authentication required");
+    assert_true(wait_logged("refused RPC connection from 127.0.0.1:"));
+    assert_true(wait_logged("authentication required (first request UNKNOWN, no AUTH)"));
+    /* typed calls see KV_EPERM too */
+    assert_int_equal(kv_rpc_call_pb(none, KV_RPC_HELLO, NULL, NULL, NULL, 3000, NULL, 0), KV_EPERM);
+    kv_rpc_client_destroy(none);
+
+    /* wrong token (and a longer one, and a prefix): refused at AUTH */
+    const char *bad[] = {"s3cret-tokem", "s3cret-token-and-more", "s3cret"};
+    for (size_t i = 0; i < KV_ARRAY_SIZE(bad); i++) {
+        struct kv_rpc_client *wrong;
+        assert_int_equal(kv_rpc_client_create(addr, 1000, &wrong), KV_OK);
+        assert_int_equal(kv_rpc_client_set_token(wrong, bad[i]), KV_OK);
+        assert_int_equal(kv_rpc_call(wrong, M_ECHO, "x", 1, 3000, &st, &r), KV_EPERM);
+        kv_rpc_client_destroy(wrong);
+    }
+    assert_true(wait_logged("bad token"));
+
+    /* the right token: many calls, answers intact */
+    struct kv_rpc_client *good;
+    assert_int_equal(kv_rpc_client_create(addr, 1000, &good), KV_OK);
+    assert_int_equal(kv_rpc_client_set_token(good, "s3cret-token"), KV_OK);
+    for (int i = 0; i < 20; i++) {
+        char msg[32];
+        int n = snprintf(msg, sizeof(msg), "call %d", i);
+        assert_int_equal(kv_rpc_call(good, M_ECHO, msg, (size_t)n, 3000, &st, &r), KV_OK);
+        assert_int_equal(st, KV_OK);
+        assert_int_equal(r.len, (size_t)n);
+        assert_memory_equal(r.data, msg, (size_t)n);
+    }
+    kv_rpc_client_destroy(good);
+
+    /* a raw connection without AUTH: refused, then closed */
+    int fd;
+    assert_int_equal(kv_net_connect_tcp("127.0.0.1", kv_rpc_server_port(srv), 1000, &fd), KV_OK);
+    uint8_t hb[KV_RPC_HDR_LEN];
+    struct kv_rpc_hdr h = {KV_RPC_MAGIC, M_ECHO, 0, 0, 0, 9};
+    kv_rpc_hdr_encode(&h, hb);
+    assert_int_equal(kv_net_write_full(fd, hb, sizeof(hb), -1), KV_OK);
+    assert_int_equal(kv_net_read_full(fd, hb, sizeof(hb), kv_now_ms() + 3000), KV_OK);
+    struct kv_rpc_hdr rh;
+    assert_int_equal(kv_rpc_hdr_decode(hb, sizeof(hb), &rh), KV_OK);
+    assert_int_equal(rh.status, KV_EPERM);
+    assert_int_equal(rh.id, 9);
+    char why[64] = "";
+    assert_true(rh.len < sizeof(why));
+    assert_int_equal(kv_net_read_full(fd, why, rh.len, kv_now_ms() + 3000), KV_OK);
+    assert_string_equal(why, "authentication required");
+    assert_int_equal(kv_net_read_full(fd, hb, 1, kv_now_ms() + 3000), KV_ECONNRESET);
+    close(fd);
+    kv_rpc_server_stop(srv);
+
+    /* a server without a token accepts a client that presents one */
+    o.token = "";
+    assert_int_equal(kv_rpc_server_start(&o, &srv), KV_OK);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", kv_rpc_server_port(srv));
+    assert_int_equal(kv_rpc_client_create(addr, 1000, &good), KV_OK);
+    assert_int_equal(kv_rpc_client_set_token(good, "anything"), KV_OK);
+    assert_int_equal(kv_rpc_call(good, M_ECHO, "ok", 2, 3000, &st, &r), KV_OK);
+    assert_int_equal(st, KV_OK);
+    kv_rpc_client_destroy(good);
+    kv_rpc_server_stop(srv);
+    kv_buf_fini(&r);
+    kv_log_set_sink(NULL, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -659,6 +853,8 @@ int main(void)
         cmocka_unit_test(test_fast_handler),
         cmocka_unit_test(test_max_conns),
         cmocka_unit_test(test_stop_while_running),
+        cmocka_unit_test(test_client_big_response_header),
+        cmocka_unit_test(test_token),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
