@@ -151,7 +151,7 @@ int kv_cli_gateway(int argc, char **argv)
     KV_LOGI("listening for engine states on udp://%s:%u (%s)", o.bind_address,
             kv_gateway_udp_port(g), o.broadcast ? "broadcast" : "unicast");
     if (http)
-        KV_LOGI("query API on http://%s (port %u): /stats /engines /metrics /health", http,
+        KV_LOGI("query API on http://%s (port %u): /stats /engines /metrics /health /ready", http,
                 kv_gateway_http_port(g));
     if (o.log_file)
         KV_LOGI("logging valid states to %s (rotate at %llu bytes, keep %d)", o.log_file,

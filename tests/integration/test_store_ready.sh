@@ -102,8 +102,12 @@ end=$((SECONDS + 60))
 while [ $SECONDS -lt $end ]; do
     c=$(code "http://127.0.0.1:$SA/ready")
     if [ "$c" = 503 ]; then
-        [ "$(jqb 'd["reason"]')" = "no storage node mounted yet" ] || fail "serve reason: $(cat "$W/body")"
-        seen503=$((seen503 + 1))
+        # the first instants, before serve's master has elected itself, say so instead
+        case $(jqb 'd["reason"]') in
+        "no storage node mounted yet") seen503=$((seen503 + 1)) ;;
+        "standby; no leader elected yet") ;;
+        *) fail "serve reason: $(cat "$W/body")" ;;
+        esac
     fi
     [ "$c" = 200 ] && break
     alive serve || fail "serve died"
