@@ -124,6 +124,18 @@ grep -q "^kvstash_router_engine_pending_tokens{server=\"$EA\"} 7$" "$W/router.pr
     fail "router's gateway mirror: $(grep pending "$W/router.prom")"
 ok "the master's, gateway's and router's figures match what was done"
 
+# the router's status page and its JSON
+curl -sf -o "$W/router.html" "http://127.0.0.1:$RP/" || fail "router GET /"
+grep -q '<script src="/ui/router.js">' "$W/router.html" || fail "router / is not its page"
+curl -sf "http://127.0.0.1:$RP/api/v1/status" | "$PY" -c '
+import json, sys
+s = json.load(sys.stdin)
+e = s["engines"][0]
+assert s["policy"] == "elrar" and e["url"] == sys.argv[1] and e["requests"] == 1, s
+assert e["gateway"]["pending_tokens"] == 7 and len(e["latency"]["buckets"]) == len(s["le"]) + 1, e
+' "$EA" || fail "router /api/v1/status"
+ok "the router serves its status page and /api/v1/status (engine, gateway state, latency)"
+
 # 3. the dashboard's metric names
 DASH=$SRC/docs/grafana/kvstash.json
 missing=$("$PY" "$SRC/tests/integration/metrics_names.py" "$DASH" "$W"/master.prom \
