@@ -122,7 +122,7 @@ expect "docker build -f $SRC/docker/Dockerfile.lite -t kvstash:latest-lite --pla
 expect "docker build -f $SRC/docker/Dockerfile -t reg.io/kv:1.0 --platform linux/arm64 --no-cache --build-arg BASE_IMAGE=debian:12 --build-arg X=a\\ b $SRC" \
     "$BUILD" --dry-run --target full --tag reg.io/kv:1.0 --no-cache --platform linux/arm64 \
     --build-arg BASE_IMAGE=debian:12 --build-arg "X=a b"
-expect "podman build -f $SRC/docker/Dockerfile.lite -t kvstash:latest-lite --platform linux/amd64 --ignorefile $SRC/docker/Dockerfile.lite.dockerignore --build-arg BASE_IMAGE=debian:12 $SRC" \
+expect "podman build -f $SRC/docker/Dockerfile.lite -t kvstash:latest-lite --platform linux/amd64 --format docker --ignorefile $SRC/docker/Dockerfile.lite.dockerignore --build-arg BASE_IMAGE=debian:12 $SRC" \
     "$BUILD" --dry-run --engine podman --target lite --base-image debian:12
 BASE=$("$SRC/scripts/base-image.sh" --engine docker --print-tag)
 [[ $BASE =~ ^kvstash-base:bookworm-[0-9a-f]{12}$ ]] || fail "base-image.sh --print-tag: '$BASE'"
