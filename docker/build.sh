@@ -99,8 +99,9 @@ fi
 [ -z "$base_image" ] || build_args+=("BASE_IMAGE=$base_image")
 
 args=("$engine" build -f "$dockerfile" -t "$tag" --platform "$platform")
-# podman (buildah) reads no <Dockerfile>.dockerignore by itself: name it
-[ "$engine" = podman ] && args+=(--ignorefile "$dockerfile.dockerignore")
+# podman (buildah) reads no <Dockerfile>.dockerignore by itself: name it; and its default OCI
+# format drops HEALTHCHECK: build docker-format images
+[ "$engine" = podman ] && args+=(--format docker --ignorefile "$dockerfile.dockerignore")
 [ "$no_cache" = true ] && args+=(--no-cache)
 for a in "${build_args[@]}"; do args+=(--build-arg "$a"); done
 if [ -n "$DOCKER_EXTRA_ARGS" ]; then

@@ -187,6 +187,22 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt "$nofile" ]; then
     echo "run.sh: note: the host's hard limit on open files is $hard (< $nofile): using --ulimit nofile=$hard:$hard" >&2
     nofile=$hard
 fi
+# memlock: unlimited (-1), or the host's hard limit when it has one (bytes for --ulimit)
+memlock=-1
+hard_l=$(ulimit -Hl)
+if [ "$hard_l" != unlimited ]; then
+    memlock=$((hard_l * 1024))
+    echo "run.sh: note: the host's hard memlock limit is $hard_l KiB (not unlimited): using --ulimit memlock=$memlock:$memlock (scripts/host-prepare.sh raises it)" >&2
+    memlock=$memlock:$memlock
+fi
+# podman passes its own nproc limit, which runc cannot set here (OCI "rlimit type 6"): name
+# one it can (measured: 32768 works on a host whose hard limit is 96367, 65536 does not)
+nproc=
+if [ "$engine" = podman ]; then
+    nproc=32768
+    hard_u=$(ulimit -Hu)
+    [ "$hard_u" = unlimited ] || [ "$hard_u" -ge "$nproc" ] || nproc=$hard_u
+fi
 hugemounts=()
 if [ "$hugepages" = true ]; then
     mapfile -t hugemounts < <(awk '$3 == "hugetlbfs" {print $2}' /proc/mounts 2>/dev/null)
@@ -223,8 +239,11 @@ if [ "$network" = bridge ]; then
     for p in "${BRIDGE_PORTS[@]}"; do args+=(-p "$p"); done
 fi
 for p in "${ports[@]}"; do args+=(-p "$p"); done
-args+=(--ipc "$ipc" "--shm-size=$shm_size")
-args+=(--ulimit memlock=-1 --ulimit stack=67108864 --ulimit "nofile=$nofile:$nofile")
+args+=(--ipc "$ipc")
+# podman refuses --shm-size with --ipc host (the host's /dev/shm is used as it is)
+[ "$engine" = podman ] && [ "$ipc" = host ] || args+=("--shm-size=$shm_size")
+args+=(--ulimit "memlock=$memlock" --ulimit stack=67108864 --ulimit "nofile=$nofile:$nofile")
+[ -n "$nproc" ] && args+=(--ulimit "nproc=$nproc:$nproc")
 [ -n "$user" ] && args+=(--user "$user")
 [ "$privileged" = true ] && args+=(--privileged)
 [ "$rdma" = true ] && args+=(--device /dev/infiniband --cap-add IPC_LOCK)

@@ -92,6 +92,8 @@ static const struct kv_cfg_opt bench_opts[] = {
     {"buffer_size", NULL, NULL, KV_CFG_SIZE, NULL, 1, 1099511627776.0, NULL, "BYTES",
      "target/memcpy: segment size (default 1GiB); initiator: local buffer (default "
      "and minimum batch_size*block_size*threads)"},
+    {"hugepages", "KVSTASH_HUGEPAGES", NULL, KV_CFG_ENUM, "off", 0, 0, "auto|2M|1G|off", NULL,
+     "target segment and initiator buffer on huge pages (as kvstash node --hugepages)"},
     {"duration", NULL, NULL, KV_CFG_DOUBLE, "10", 0.1, 1e6, NULL, "SECONDS",
      "how long the initiator runs"},
     {"threads", NULL, NULL, KV_CFG_INT, "4", 1, 1024, NULL, "N",
@@ -734,6 +736,8 @@ int kv_cli_bench_xfer(int argc, char **argv)
     bool json = kv_cfg_bool(&cfg, "json");
     double secs = kv_cfg_double(&cfg, "duration");
     const char *proto = kv_cfg_str(&cfg, "protocol");
+    enum kv_xfer_huge huge = KV_XFER_HUGE_OFF;
+    (void)kv_xfer_huge_parse(kv_cfg_str(&cfg, "hugepages"), &huge); /* checked by the table */
     const char *murl = kv_cfg_str(&cfg, "metadata_server");
     bool buf_set = kv_cfg_isset(&cfg, "buffer_size") &&
                    kv_cfg_source(&cfg, "buffer_size") != KV_CFG_SRC_DEFAULT;
@@ -846,7 +850,7 @@ int kv_cli_bench_xfer(int argc, char **argv)
         const char *tname = mode == MODE_TARGET ? lname : b.segname;
         void *addr;
         kv_seg_id seg;
-        rc = kv_xfer_segment_alloc(b.x, tname, (size_t)target_len, &addr, &seg);
+        rc = kv_xfer_segment_alloc_huge(b.x, tname, (size_t)target_len, huge, &addr, &seg, NULL);
         if (rc < 0) {
             fprintf(stderr, "kvstash bench xfer: cannot register segment '%s' (%llu bytes): %s%s\n",
                     tname, (unsigned long long)target_len, kv_strerror(rc),
@@ -901,7 +905,7 @@ int kv_cli_bench_xfer(int argc, char **argv)
     }
     void *laddr;
     kv_seg_id lseg;
-    rc = kv_xfer_segment_alloc(b.x, lname, (size_t)local_len, &laddr, &lseg);
+    rc = kv_xfer_segment_alloc_huge(b.x, lname, (size_t)local_len, huge, &laddr, &lseg, NULL);
     if (rc < 0) {
         fprintf(stderr,
                 "kvstash bench xfer: cannot register the local buffer '%s' (%llu bytes): %s\n",

@@ -48,7 +48,13 @@ D='docker run --rm'
 NOFILE=65536
 HARD=$(ulimit -Hn)
 [ "$HARD" = unlimited ] || [ "$HARD" -ge 65536 ] || NOFILE=$HARD
-U="--ipc host --shm-size=10G --ulimit memlock=-1 --ulimit stack=67108864 --ulimit nofile=$NOFILE:$NOFILE"
+# memlock: -1, or the host's hard limit (bytes) when it has one
+MEMLOCK=-1
+HARD_L=$(ulimit -Hl)
+[ "$HARD_L" = unlimited ] || MEMLOCK=$((HARD_L * 1024)):$((HARD_L * 1024))
+U="--ipc host --shm-size=10G --ulimit memlock=$MEMLOCK --ulimit stack=67108864 --ulimit nofile=$NOFILE:$NOFILE"
+# podman: no --shm-size with --ipc host; an nproc limit runc can set
+UP="--ipc host --ulimit memlock=$MEMLOCK --ulimit stack=67108864 --ulimit nofile=$NOFILE:$NOFILE --ulimit nproc=32768:32768"
 BR='-p 8080:8080 -p 50051:50051 -p 9003:9003 -p 9998:9998 -p 9999:9999/udp -p 8000:8000'
 
 # ---- run.sh ----------------------------------------------------------------------------------
@@ -71,7 +77,7 @@ expect "$D --gpus all --network host $U --privileged$HUGE kvstash:latest" \
     "$RUN" --dry-run --privileged --hugepages
 ok "run.sh --rdma adds the IB devices and IPC_LOCK; --privileged; --hugepages"
 mkdir -p "$W/hf" "$W/ckpt"
-expect "docker run -it --name kv1 --network host --ipc private --shm-size=1G --ulimit memlock=-1 --ulimit stack=67108864 --ulimit nofile=$NOFILE:$NOFILE --user 1000:1000 -v $SRC:/workspace -w /workspace -v $W/hf:/home/kvstash/.cache/huggingface -e HF_HOME=/home/kvstash/.cache/huggingface -v /data:/data:ro -e A=1 -e HOME img:t kvstash serve --bind 0.0.0.0" \
+expect "docker run -it --name kv1 --network host --ipc private --shm-size=1G --ulimit memlock=$MEMLOCK --ulimit stack=67108864 --ulimit nofile=$NOFILE:$NOFILE --user 1000:1000 -v $SRC:/workspace -w /workspace -v $W/hf:/home/kvstash/.cache/huggingface -e HF_HOME=/home/kvstash/.cache/huggingface -v /data:/data:ro -e A=1 -e HOME img:t kvstash serve --bind 0.0.0.0" \
     "$RUN" --dry-run --rm false -it --name kv1 --gpus none --ipc private --shm-size 1G --user 1000:1000 \
     --mount-workspace --hf-cache "$W/hf" -v /data:/data:ro -e A=1 -e HOME --image img:t \
     -- kvstash serve --bind 0.0.0.0
@@ -100,17 +106,17 @@ bad "NVME_DEV '../sda'" env KVSTASH_NVME_DEV=../sda "$RUN" --dry-run
 ok "run.sh: bad options are one line on stderr, exit 2, no command"
 
 # --engine, --runtime (podman: a global option), --entrypoint, --workdir, NVME_DEV
-expect "podman --runtime runc run --rm --network host $U -v /data:/data -w /work --entrypoint /bin/sh img:1 -c true" \
+expect "podman --runtime runc run --rm --network host $UP -v /data:/data -w /work --entrypoint /bin/sh img:1 -c true" \
     "$RUN" --dry-run --engine podman --runtime runc --gpus none -v /data:/data --workdir /work \
     --entrypoint /bin/sh --image img:1 -- -c true
 expect "docker run --runtime runc --rm --network host $U --device /dev/nvme0n1 kvstash:latest" \
     env KVSTASH_NVME_DEV=nvme0n1 "$RUN" --dry-run --runtime runc --gpus none
-expect "podman run --rm --device nvidia.com/gpu=all --network host $U kvstash:latest" \
+expect "podman run --rm --device nvidia.com/gpu=all --network host $UP kvstash:latest" \
     env KVSTASH_ENGINE=podman "$RUN" --dry-run
 ok "run.sh --engine podman|docker, --runtime, --entrypoint, --workdir, NVME_DEV; podman GPUs as CDI devices"
 if [ "$NOFILE" != 65536 ]; then
     "$RUN" --dry-run >/dev/null 2>"$W/err"
-    { [ "$(wc -l <"$W/err")" -eq 1 ] && grep -q "hard limit on open files is $HARD" "$W/err"; } ||
+    { [ "$(grep -c "hard limit on open files" "$W/err")" -eq 1 ] && grep -q "hard limit on open files is $HARD" "$W/err"; } ||
         fail "run.sh does not say in one line that it lowered nofile to $HARD: $(cat "$W/err")"
     ok "run.sh: nofile lowered to the host's hard limit $HARD, said in one line"
 fi
@@ -122,7 +128,7 @@ expect "docker build -f $SRC/docker/Dockerfile.lite -t kvstash:latest-lite --pla
 expect "docker build -f $SRC/docker/Dockerfile -t reg.io/kv:1.0 --platform linux/arm64 --no-cache --build-arg BASE_IMAGE=debian:12 --build-arg X=a\\ b $SRC" \
     "$BUILD" --dry-run --target full --tag reg.io/kv:1.0 --no-cache --platform linux/arm64 \
     --build-arg BASE_IMAGE=debian:12 --build-arg "X=a b"
-expect "podman build -f $SRC/docker/Dockerfile.lite -t kvstash:latest-lite --platform linux/amd64 --ignorefile $SRC/docker/Dockerfile.lite.dockerignore --build-arg BASE_IMAGE=debian:12 $SRC" \
+expect "podman build -f $SRC/docker/Dockerfile.lite -t kvstash:latest-lite --platform linux/amd64 --format docker --ignorefile $SRC/docker/Dockerfile.lite.dockerignore --build-arg BASE_IMAGE=debian:12 $SRC" \
     "$BUILD" --dry-run --engine podman --target lite --base-image debian:12
 BASE=$("$SRC/scripts/base-image.sh" --engine docker --print-tag)
 [[ $BASE =~ ^kvstash-base:bookworm-[0-9a-f]{12}$ ]] || fail "base-image.sh --print-tag: '$BASE'"
