@@ -54,28 +54,10 @@ t=$(now)
 ok "cluster up 3 hosts, every component healthy in $(since "$t") s"
 "$CL" status >/dev/null || fail "status after up"
 
-# the load: host 1 puts ld/I (replicas=2) and reads back a random acknowledged key, comparing
-# bytes. Bounded: 400 puts or 150 s, whichever first, or until $W/stop exists.
-load() {
-    local i=0 end=$((SECONDS + 150)) k v
-    while [ ! -e "$W/stop" ] && [ $i -lt 400 ] && [ $SECONDS -lt $end ]; do
-        i=$((i + 1))
-        v=$((i % 12))
-        if kv 1 put --replicas 2 --timeout 3000 "ld/$i" "$W/v$v" >/dev/null 2>>"$W/load.err"; then
-            echo "ld/$i $v" >>"$W/acked"
-        else
-            echo "ld/$i" >>"$W/put_fail"
-        fi
-        read -r k v < <(shuf -n 1 "$W/acked" 2>/dev/null || true)
-        [ -n "${k:-}" ] || continue
-        if kv 1 get --timeout 3000 "$k" "$W/load.out" 2>>"$W/load.err"; then
-            cmp -s "$W/load.out" "$W/v$v" || echo "$k" >>"$W/wrong"
-        else
-            echo "$k" >>"$W/get_fail"
-        fi
-        sleep 0.05
-    done
-}
+# the load (lib_cluster_load.sh)
+# shellcheck source=tests/integration/lib_cluster_load.sh
+. "$(dirname "$0")/lib_cluster_load.sh"
+load() { cluster_load 400 12; }
 : >"$W/acked"
 : >"$W/put_fail"
 : >"$W/get_fail"

@@ -72,28 +72,10 @@ leaders() {
     echo "${out# }"
 }
 
-# the load (as in test_cluster_faults.sh): puts ld/I with replicas=2, gets of a random
-# acknowledged key compared with its bytes; bounded by 300 puts, 150 s or $W/stop
-load() {
-    local i=0 end=$((SECONDS + 150)) k v
-    while [ ! -e "$W/stop" ] && [ $i -lt 300 ] && [ $SECONDS -lt $end ]; do
-        i=$((i + 1))
-        v=$((i % 8))
-        if kv 1 put --replicas 2 --timeout 3000 "ld/$i" "$W/v$v" >/dev/null 2>>"$W/load.err"; then
-            echo "ld/$i $v" >>"$W/acked"
-        else
-            echo "ld/$i" >>"$W/put_fail"
-        fi
-        read -r k v < <(shuf -n 1 "$W/acked" 2>/dev/null || true)
-        [ -n "${k:-}" ] || continue
-        if kv 1 get --timeout 3000 "$k" "$W/load.out" 2>>"$W/load.err"; then
-            cmp -s "$W/load.out" "$W/v$v" || echo "$k" >>"$W/wrong"
-        else
-            echo "$k" >>"$W/get_fail"
-        fi
-        sleep 0.05
-    done
-}
+# the load (lib_cluster_load.sh)
+# shellcheck source=tests/integration/lib_cluster_load.sh
+. "$(dirname "$0")/lib_cluster_load.sh"
+load() { cluster_load 300 8; }
 : >"$W/acked"
 : >"$W/put_fail"
 : >"$W/get_fail"
