@@ -5,10 +5,11 @@
  *
  * Readiness: a master is ready when it is the leader and at least one node is mounted (not
  * mid-MOUNT, not removed): only then can a put be placed. A standby answers 503 with the
- * leader's address; a leader without nodes 503 "no storage node mounted yet". `kvstash serve`
- * runs a master and a node in one process, so its /ready is this one and turns 200 when its
- * own node has mounted. Leadership is read through admin_is_leader() only, so a stricter check
- * (a lease deadline) replaces one line.
+ * leader's address; a leader without nodes 503 "no storage node mounted yet", a new leader
+ * whose every node is fenced (served the old leader, master_place.c) 503 until the fence ends.
+ * `kvstash serve` runs a master and a node in one process, so its /ready is this one and turns 200
+ * when its own node has mounted. Leadership is read through admin_is_leader() only, so a stricter
+ * check (a lease deadline) replaces one line.
  *
  * Thread model: one admin thread (the admin server's own loop); handlers take m->lock only to
  * copy what they report (through master.c helpers).
@@ -80,6 +81,12 @@ static bool on_ready(void *ud, json_t *doc, char *reason, size_t reasonlen)
     }
     if (nodes < 1) {
         snprintf(reason, reasonlen, "no storage node mounted yet");
+        return false;
+    }
+    if (mst_place_fenced(m)) { /* gets are served, puts are refused until the fence ends */
+        snprintf(reason, reasonlen,
+                 "new leader: no placement until the old leader's lease and the put timeout "
+                 "are over");
         return false;
     }
     return true;
