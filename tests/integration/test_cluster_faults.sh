@@ -55,7 +55,7 @@ ok "cluster up 3 hosts, every component healthy in $(since "$t") s"
 "$CL" status >/dev/null || fail "status after up"
 
 # the load (lib_cluster_load.sh)
-# shellcheck source=tests/integration/lib_cluster_load.sh
+# shellcheck source=lib_cluster_load.sh
 . "$(dirname "$0")/lib_cluster_load.sh"
 load() { cluster_load 400 12; }
 : >"$W/acked"

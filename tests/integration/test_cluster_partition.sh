@@ -73,7 +73,7 @@ leaders() {
 }
 
 # the load (lib_cluster_load.sh)
-# shellcheck source=tests/integration/lib_cluster_load.sh
+# shellcheck source=lib_cluster_load.sh
 . "$(dirname "$0")/lib_cluster_load.sh"
 load() { cluster_load 300 8; }
 : >"$W/acked"

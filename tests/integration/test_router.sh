@@ -5,7 +5,7 @@
 # (SSE proven incremental), request ids, bad requests (400/404/405/413/503), slow engines (504),
 # dying engines (retry on another, out of rotation, back when healthy), and each policy's choice.
 set -euo pipefail
-# shellcheck source=tests/integration/lib_router.sh
+# shellcheck source=lib_router.sh
 . "$(dirname "$0")/lib_router.sh" router-test
 
 # chat ROUTER MODEL [extra curl args...] -> response body on stdout; HTTP code in $W/code

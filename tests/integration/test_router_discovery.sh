@@ -4,7 +4,7 @@
 # engines are added when their key appears (a URL, or a JSON object with "url"), taken out of
 # rotation when it is deleted, and come back when it is put again.
 set -euo pipefail
-# shellcheck source=tests/integration/lib_router.sh
+# shellcheck source=lib_router.sh
 . "$(dirname "$0")/lib_router.sh" router-disc
 
 "$BIN" metad --addr 127.0.0.1:0 --log-level info >"$W/metad.out" 2>"$W/metad.log" &

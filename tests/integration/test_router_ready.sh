@@ -8,7 +8,7 @@
 #    fails 503 "not reached yet" after about 300 ms, not at once and not never.
 #  - gateway: /health and /ready 200 (UDP socket bound, receive thread running), JSON.
 set -euo pipefail
-# shellcheck source=tests/integration/lib_router.sh
+# shellcheck source=lib_router.sh
 . "$(dirname "$0")/lib_router.sh" router-ready
 
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

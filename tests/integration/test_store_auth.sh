@@ -7,7 +7,7 @@
 # the refusal ("authentication required" / "bad token") with the peer's address; a node
 # without the token never mounts; a raw frame to the node's RPC port without AUTH gets
 # KV_EPERM "authentication required" and the connection is closed.
-# shellcheck source=tests/integration/lib_store.sh
+# shellcheck source=lib_store.sh
 . "$(dirname "$0")/lib_store.sh"
 
 # shellcheck disable=SC2154 # MASTER_m1 is set by start_master (printf -v)

@@ -8,7 +8,7 @@
 # sizes and --json, stat --json, KVSTASH_MASTER, usage errors (exit 2), `bench store` put/get
 # --json, and `replay` on a slice of the conversation trace (hit blocks equal to the exact
 # prefix-reuse count computed independently) plus a bad trace line (error names the line).
-# shellcheck source=tests/integration/lib_store.sh
+# shellcheck source=lib_store.sh
 . "$(dirname "$0")/lib_store.sh"
 
 start_metad

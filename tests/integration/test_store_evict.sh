@@ -7,7 +7,7 @@
 # and stat reports evictions. Read leases are 200 ms here (scaled under TSan, see lease_ms): each
 # get pins its object for the lease, and a reader looping over 64 keys with 5 s leases would
 # (rightly) pin all of DRAM, so puts would find nothing evictable and fail with "no space left".
-# shellcheck source=tests/integration/lib_store.sh
+# shellcheck source=lib_store.sh
 . "$(dirname "$0")/lib_store.sh"
 
 start_metad

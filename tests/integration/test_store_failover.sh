@@ -5,7 +5,7 @@
 # the nodes re-mount with their object lists, and every object put before is readable again
 # with the exact bytes (the client follows the new leader); one removed just before the kill
 # (under a read lease) stays removed; new puts work.
-# shellcheck source=tests/integration/lib_store.sh
+# shellcheck source=lib_store.sh
 . "$(dirname "$0")/lib_store.sh"
 
 start_etcd

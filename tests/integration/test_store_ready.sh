@@ -14,7 +14,7 @@
 #  - `kvstash serve --capacity 2GiB` (prefaulting): /ready 503 "no storage node mounted yet"
 #    while the node prefaults, 200 after.
 set -euo pipefail
-# shellcheck source=tests/integration/lib_store.sh
+# shellcheck source=lib_store.sh
 . "$(dirname "$0")/lib_store.sh"
 
 # code URL -> HTTP status; body in $W/body

@@ -4,7 +4,7 @@
 # (so every node holds some); kill -9 one node that holds replicas; every get still returns
 # the exact bytes, both at once (the client falls back to the other replica) and after the
 # master has dropped the dead node. New puts with --replicas=2 keep working on the 2 left.
-# shellcheck source=tests/integration/lib_store.sh
+# shellcheck source=lib_store.sh
 . "$(dirname "$0")/lib_store.sh"
 
 start_metad

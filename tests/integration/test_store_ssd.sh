@@ -7,7 +7,7 @@
 # corrupt (a get returns the exact bytes or "not found"). Read leases are 300 ms here: a get
 # pins its object in DRAM for the lease, so with 5 s leases reading 24 MiB through 8 MiB of DRAM
 # would (rightly) find no room to promote into for seconds.
-# shellcheck source=tests/integration/lib_store.sh
+# shellcheck source=lib_store.sh
 . "$(dirname "$0")/lib_store.sh"
 
 start_metad
