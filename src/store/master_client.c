@@ -109,6 +109,16 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
     }
     Kvstash__Replica **rs = slot ? kv_calloc((size_t)got, sizeof(*rs)) : NULL;
     Kvstash__Replica *ra = slot ? kv_calloc((size_t)got, sizeof(*ra)) : NULL;
+    /* the fields lookups read (kv_oidx_peek) are set before the object is in the index */
+    o->nrep = got;
+    o->size = it->size;
+    o->state = OBJ_PENDING;
+    o->pin = it->pin;
+    o->ttl_s = it->ttl_s ? it->ttl_s : m->expire_s;
+    o->created_wall = kv_wall_ms();
+    int64_t deadline = (kv_now_ms() + m->put_timeout_ms + 999) / 1000;
+    o->put_deadline_sec = (uint32_t)deadline;
+    o->lease_until = deadline * 1000; /* the writer may touch the ranges until then */
     if ((slot && (!rs || !ra)) || kv_oidx_put(&m->index, o) < 0) {
         kv_free(rs);
         kv_free(ra);
@@ -117,17 +127,8 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
         kv_free(o);
         return KV_ENOMEM;
     }
-    o->nrep = got;
-    o->size = it->size;
-    o->state = OBJ_PENDING;
     m->npending++;
     list_push(&m->pend, o);
-    o->pin = it->pin;
-    o->ttl_s = it->ttl_s ? it->ttl_s : m->expire_s;
-    o->created_wall = kv_wall_ms();
-    int64_t deadline = (kv_now_ms() + m->put_timeout_ms + 999) / 1000;
-    o->put_deadline_sec = (uint32_t)deadline;
-    o->lease_until = deadline * 1000; /* the writer may touch the ranges until then */
     if (out)
         *out = o;
     if (!slot)
@@ -412,10 +413,13 @@ static int commit_complete(struct kv_master *m, size_t n, struct mobj **objs,
             m->errors++;
             mst_obj_unlink(m, o);
         } else {
+            pthread_mutex_t *sl = kv_oidx_lock_of(&m->index, o); /* lookups read these two */
+            pthread_mutex_lock(sl);
             o->state = OBJ_COMPLETE;
+            obj_set_expire(o, wall);
+            pthread_mutex_unlock(sl);
             m->npending--;
             o->lease_until = 0;
-            obj_set_expire(o, wall);
             lru_push(m, o);
             m->puts++;
             m->mc.put_bytes += o->size;
@@ -611,7 +615,10 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
             }
             int64_t now = kv_now_ms();
             o->lease_until = KV_MAX(o->lease_until, now + (int64_t)m->lease_ms);
+            pthread_mutex_t *sl = kv_oidx_lock_of(&m->index, o); /* exists reads expire_q */
+            pthread_mutex_lock(sl);
             obj_set_expire(o, kv_wall_ms());
+            pthread_mutex_unlock(sl);
             lru_push(m, o);
             it->status = KV_OK;
             it->size = o->size;
@@ -724,6 +731,12 @@ out:
     return rc;
 }
 
+/* 1 when o is a COMPLETE object not expired at *(int64_t *)ud, else 0 (kv_oidx_peek) */
+static int exists_cb(void *ud, const struct mobj *o)
+{
+    return o && o->state == OBJ_COMPLETE && !expired(o, *(const int64_t *)ud) ? 1 : 0;
+}
+
 int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, size_t len,
                         struct kv_buf *resp)
 {
@@ -737,27 +750,31 @@ int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, si
         kv_rpc_pb_free(&in->base);
         return KV_ENOMEM;
     }
-    pthread_mutex_lock(&m->lock);
-    int64_t wall = kv_wall_ms();
-    for (size_t i = 0; i < n; i++) {
-        const char *k = in->keys[i];
-        struct mobj *o = key_ok(k) ? kv_oidx_get(&m->index, k) : NULL;
-        if (!key_ok(k)) {
-            st[i] = KV_EINVAL;
-        } else if (remove) {
-            if (o) {
+    if (remove) {
+        pthread_mutex_lock(&m->lock);
+        for (size_t i = 0; i < n; i++) {
+            const char *k = in->keys[i];
+            struct mobj *o = key_ok(k) ? kv_oidx_get(&m->index, k) : NULL;
+            if (!key_ok(k)) {
+                st[i] = KV_EINVAL;
+            } else if (o) {
                 mst_obj_unlink(m, o);
                 st[i] = KV_OK;
             } else {
                 st[i] = KV_ENOENT;
             }
-        } else {
-            st[i] = o && o->state == OBJ_COMPLETE && !expired(o, wall) ? 1 : 0;
         }
-    }
-    pthread_mutex_unlock(&m->lock);
-    if (remove)
+        pthread_mutex_unlock(&m->lock);
         mst_process_dfree(m); /* the nodes forget the keys before the client hears OK */
+    } else {
+        /* exists never takes the master's lock: each key holds its shard's lock for one lookup
+         * (master_index.c), so puts, evictions and sweeps holding the master's lock do not
+         * delay it */
+        int64_t wall = kv_wall_ms();
+        for (size_t i = 0; i < n; i++)
+            st[i] = key_ok(in->keys[i]) ? kv_oidx_peek(&m->index, in->keys[i], exists_cb, &wall)
+                                        : KV_EINVAL;
+    }
     Kvstash__StatusList r = KVSTASH__STATUS_LIST__INIT;
     r.n_status = n;
     r.status = st;

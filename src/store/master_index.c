@@ -13,8 +13,13 @@
  *  2. idx->n is the sum of the shards' n.
  *  3. An each callback that returns non-zero has the object unlinked after it returned, without
  *     being touched again (the callback may have freed it).
- * Thread-safety: none; the master's lock guards it (master_int.h).
+ * Thread-safety: writers hold the master's lock (master_int.h), so they never run at the same
+ * time; each shard has a lock of its own besides, taken by every change of its chains (put, del,
+ * replace, resize, each_range) and by kv_oidx_peek. So a lookup that holds only the shard's lock
+ * (exists, batch_exists) never waits on the master's lock: at most on one change of its shard.
+ * Writers look up under the master's lock alone (no writer changes a chain meanwhile).
  */
+#include <pthread.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -37,13 +42,29 @@ uint32_t kv_oidx_hash(const char *key)
 void kv_oidx_init(struct kv_oidx *idx)
 {
     memset(idx, 0, sizeof(*idx));
+    for (size_t i = 0; i < KV_OIDX_SHARDS; i++)
+        pthread_mutex_init(&idx->sh[i].lock, NULL);
 }
 
 void kv_oidx_fini(struct kv_oidx *idx)
 {
-    for (size_t i = 0; i < KV_OIDX_SHARDS; i++)
+    for (size_t i = 0; i < KV_OIDX_SHARDS; i++) {
         kv_free(idx->sh[i].b);
-    memset(idx, 0, sizeof(*idx));
+        idx->sh[i].b = NULL;
+        idx->sh[i].nb = idx->sh[i].n = 0;
+        pthread_mutex_destroy(&idx->sh[i].lock);
+    }
+    idx->n = 0;
+}
+
+pthread_mutex_t *kv_oidx_lock_h(struct kv_oidx *idx, uint32_t h)
+{
+    return &shard_of(idx, h)->lock;
+}
+
+pthread_mutex_t *kv_oidx_lock_of(struct kv_oidx *idx, const struct mobj *o)
+{
+    return kv_oidx_lock_h(idx, kv_oidx_hash(o->key));
 }
 
 static struct mobj *get_h(const struct kv_oidx *idx, const char *key, uint32_t h)
@@ -81,8 +102,19 @@ struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t 
     return get_h(idx, key, h);
 }
 
+int kv_oidx_peek(struct kv_oidx *idx, const char *key, int (*fn)(void *ud, const struct mobj *o),
+                 void *ud)
+{
+    uint32_t h = kv_oidx_hash(key);
+    struct kv_oidx_shard *s = shard_of(idx, h);
+    pthread_mutex_lock(&s->lock);
+    int r = fn(ud, get_h(idx, key, h));
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
 /* Gives s nb buckets (a power of two above s->nb). On allocation failure the table stays as it
- * is (only longer chains). */
+ * is (only longer chains). Caller holds s->lock. */
 static void resize(struct kv_oidx_shard *s, size_t nb)
 {
     struct mobj **b = kv_calloc(nb, sizeof(*b));
@@ -107,9 +139,16 @@ void kv_oidx_reserve(struct kv_oidx *idx, size_t n)
     size_t nb = MIN_BUCKETS;
     while (nb * 2 < per)
         nb *= 2;
-    for (size_t i = 0; i < KV_OIDX_SHARDS; i++)
-        if (idx->sh[i].nb < nb)
-            resize(&idx->sh[i], nb);
+    for (size_t i = 0; i < KV_OIDX_SHARDS; i++) {
+        struct kv_oidx_shard *s = &idx->sh[i];
+        if (s->nb >= nb)
+            continue;
+        /* the new buckets are allocated under the lock: readers of this shard wait for one
+         * shard's rehash (1/256 of the objects), never for the whole index */
+        pthread_mutex_lock(&s->lock);
+        resize(s, nb);
+        pthread_mutex_unlock(&s->lock);
+    }
 }
 
 int kv_oidx_put(struct kv_oidx *idx, struct mobj *o)
@@ -123,14 +162,18 @@ int kv_oidx_put(struct kv_oidx *idx, struct mobj *o)
 int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
 {
     struct kv_oidx_shard *s = shard_of(idx, h);
+    pthread_mutex_lock(&s->lock);
     if (s->n >= s->nb * 2 || !s->nb) /* at most two objects per bucket on average */
         resize(s, s->nb ? s->nb * 2 : MIN_BUCKETS);
-    if (!s->nb)
+    if (!s->nb) {
+        pthread_mutex_unlock(&s->lock);
         return KV_ENOMEM;
+    }
     struct mobj **head = &s->b[h & (s->nb - 1)];
     o->hnext = *head;
     *head = o;
     s->n++;
+    pthread_mutex_unlock(&s->lock);
     idx->n++;
     return KV_OK;
 }
@@ -141,15 +184,35 @@ void kv_oidx_del(struct kv_oidx *idx, struct mobj *o)
     struct kv_oidx_shard *s = shard_of(idx, h);
     if (!s->nb)
         return;
+    pthread_mutex_lock(&s->lock);
     for (struct mobj **pp = &s->b[h & (s->nb - 1)]; *pp; pp = &(*pp)->hnext) {
         if (*pp == o) {
             *pp = o->hnext;
             o->hnext = NULL;
             s->n--;
             idx->n--;
-            return;
+            break;
         }
     }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void kv_oidx_replace(struct kv_oidx *idx, struct mobj *o, struct mobj *g)
+{
+    uint32_t h = kv_oidx_hash(o->key);
+    struct kv_oidx_shard *s = shard_of(idx, h);
+    if (!s->nb)
+        return;
+    pthread_mutex_lock(&s->lock);
+    for (struct mobj **pp = &s->b[h & (s->nb - 1)]; *pp; pp = &(*pp)->hnext) {
+        if (*pp == o) {
+            g->hnext = o->hnext;
+            *pp = g;
+            o->hnext = NULL;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
 }
 
 uint64_t kv_oidx_each_range(struct kv_oidx *idx, uint64_t from, size_t nbuckets,
@@ -158,6 +221,7 @@ uint64_t kv_oidx_each_range(struct kv_oidx *idx, uint64_t from, size_t nbuckets,
     size_t si = (size_t)(from >> 32), bi = (size_t)(from & 0xffffffffu);
     while (si < KV_OIDX_SHARDS && nbuckets > 0) {
         struct kv_oidx_shard *s = &idx->sh[si];
+        pthread_mutex_lock(&s->lock); /* fn runs under it: it must not call into the index */
         for (; bi < s->nb && nbuckets > 0; bi++, nbuckets--) {
             struct mobj **pp = &s->b[bi];
             while (*pp) {
@@ -171,7 +235,9 @@ uint64_t kv_oidx_each_range(struct kv_oidx *idx, uint64_t from, size_t nbuckets,
                 }
             }
         }
-        if (bi < s->nb)
+        bool more = bi < s->nb;
+        pthread_mutex_unlock(&s->lock);
+        if (more)
             return ((uint64_t)si << 32) | bi;
         si++;
         bi = 0;

@@ -86,11 +86,14 @@ struct mobj {
     uint16_t state : 1; /* OBJ_PENDING, OBJ_COMPLETE */
     uint16_t pin : 1;
     uint16_t dead : 1; /* unlinked from the index; freed when refs drops to 0 */
+    uint8_t : 0;       /* the replica counts are another memory location than state & co., which
+                          lookups read under the shard lock only (kv_oidx_peek) */
     uint8_t nrep : 4;  /* replicas (<= KV_STORE_MAX_REPLICAS) */
     uint8_t cap : 4;   /* and room for them */
     char key[];        /* at byte 71, NUL-terminated; the replicas follow (obj_rep) */
 };
 
+_Static_assert(offsetof(struct mobj, key) == 71, "struct mobj: 71 bytes before the key");
 _Static_assert(KV_STORE_MAX_KEY < (1 << 13) && KV_STORE_MAX_REPLICAS < 16,
                "struct mobj's bit fields hold a key length and replica counts");
 /* The replicas of o: cap slots, nrep in use. */
@@ -104,7 +107,11 @@ static inline struct mrep *obj_rep(struct mobj *o)
 
 #define KV_OIDX_SHARDS 256
 
+/* Each shard has its own lock (master_index.c): the index's functions take it around every
+ * change of a chain, so lookups that hold only the shard's lock (kv_oidx_peek) never wait on the
+ * master's lock. Lock order: kv_master.lock -> shard lock. */
 struct kv_oidx_shard {
+    pthread_mutex_t lock;
     struct mobj **b;
     size_t nb; /* power of two, or 0 */
     size_t n;
@@ -137,6 +144,19 @@ int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h);
 void kv_oidx_reserve(struct kv_oidx *idx, size_t n);
 /* Removes o (in the index). */
 void kv_oidx_del(struct kv_oidx *idx, struct mobj *o);
+/* Puts g in o's place in its chain (same key), in one step under the shard's lock: a lookup
+ * finds one of them, never neither. */
+void kv_oidx_replace(struct kv_oidx *idx, struct mobj *o, struct mobj *g);
+/* The lock of the shard of hash h. Writers (who hold kv_master.lock) take it around changes to
+ * the fields kv_oidx_peek callers read of an object in the index: state, expire_q, pin, dead. */
+pthread_mutex_t *kv_oidx_lock_h(struct kv_oidx *idx, uint32_t h);
+/* The same for the shard o is in. */
+pthread_mutex_t *kv_oidx_lock_of(struct kv_oidx *idx, const struct mobj *o);
+/* Lookup without kv_master.lock: calls fn(ud, o) with the object for key (or NULL) while holding
+ * only its shard's lock, and returns what fn returns. fn may read the key, state, expire_q, pin
+ * and dead of o, nothing else, and must not call into the index. */
+int kv_oidx_peek(struct kv_oidx *idx, const char *key, int (*fn)(void *ud, const struct mobj *o),
+                 void *ud);
 /* Calls fn for the objects of up to nbuckets buckets from cursor `from` (0 = the start); fn
  * returns non-zero to have the object removed (it may have freed it). Returns the cursor to go
  * on from, 0 at the end. Objects added or moved by a resize between two calls may be visited
@@ -327,7 +347,7 @@ static inline int64_t expire_ms(const struct mobj *o)
     return o->expire_q ? MST_EXPIRE_EPOCH_MS + (int64_t)o->expire_q * MST_EXPIRE_TICK_MS : 0;
 }
 
-static inline bool expired(struct mobj *o, int64_t wall)
+static inline bool expired(const struct mobj *o, int64_t wall)
 {
     return o->state == OBJ_COMPLETE && o->expire_q && expire_ms(o) <= wall;
 }

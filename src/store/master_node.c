@@ -90,12 +90,12 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
         return true;
     }
     o = mst_obj_new(x->key, 1);
-    if (!o || kv_oidx_put_absent(&m->index, o, h) < 0) {
-        kv_free(o);
+    if (!o) {
         if (dram)
             kv_segalloc_free(n->alloc, blk);
         return false;
     }
+    /* every field is set before the object is in the index (lookups: kv_oidx_peek) */
     o->size = x->size;
     o->checksum = x->checksum;
     o->state = OBJ_COMPLETE;
@@ -114,6 +114,12 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
     obj_rep(o)[0].dram = dram;
     obj_rep(o)[0].ssd = !dram;
     obj_rep(o)[0].blk = blk;
+    if (kv_oidx_put_absent(&m->index, o, h) < 0) {
+        kv_free(o);
+        if (dram)
+            kv_segalloc_free(n->alloc, blk);
+        return false;
+    }
     lru_push(m, o);
     return true;
 }

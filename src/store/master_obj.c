@@ -245,13 +245,8 @@ struct mobj *mst_obj_grow(struct kv_master *m, struct mobj *o)
     memcpy(g, o, head);
     g->cap = (uint8_t)(o->cap + 1);
     memcpy(obj_rep(g), obj_rep(o), o->nrep * sizeof(struct mrep));
-    kv_oidx_del(&m->index, o);
-    if (kv_oidx_put(&m->index, g) < 0) { /* cannot fail: the key was just removed */
-        kv_oidx_put(&m->index, o);
-        kv_free(g);
-        return NULL;
-    }
-    if (o->lru_prev) { /* take o's mst_place in its list */
+    kv_oidx_replace(&m->index, o, g); /* a lookup meanwhile finds o or g, never neither */
+    if (o->lru_prev) {                /* take o's mst_place in its list */
         g->lru_prev->lru_next = g;
         g->lru_next->lru_prev = g;
     }

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@
 #include "kvstash/kvstash.h"
 #include "common/hash.h"
 #include "common/util.h"
+#include "store/master_int.h"
 #include "store/mount_pack.h"
 #include "store/rpc.h"
 #include "store/store_int.h"
@@ -158,7 +161,7 @@ static int keycall(struct kv_rpc_client *c, uint16_t method, const char *key)
 }
 
 /* DRAM bytes in use on node id (from the cluster JSON), or -1. */
-static long long node_used(struct kv_master *m, const char *id)
+static long long node_dram_used(struct kv_master *m, const char *id)
 {
     char *js;
     assert_int_equal(kv_master_stat_json(m, &js), KV_OK);
@@ -303,7 +306,7 @@ static void test_eviction_leases_pins(void **state)
     assert_int_equal(kv_master_object_count(m), 15); /* 15/16 = 93.75% < 95% */
     assert_int_equal(put(cl, "k15", 64 << 10, 1, 0, false, true, NULL), KV_OK); /* 100% */
     kv_master_maintain_now(m, false);
-    long long used = node_used(m, "a");
+    long long used = node_dram_used(m, "a");
     print_message("after eviction: %lld bytes used of 1 MiB, %llu objects\n", used,
                   (unsigned long long)kv_master_object_count(m));
     for (int i = 0; i < 16; i++) {
@@ -356,16 +359,16 @@ static void test_ttl_pending_remove(void **state)
         kv_sleep_ms(20);
     assert_int_equal(kv_master_object_count(m), 1);
     assert_int_equal(keycall(cl, KV_RPC_EXISTS, "long"), 1);
-    for (int i = 0; i < 100 && node_used(m, "a") != 64 << 10; i++)
+    for (int i = 0; i < 100 && node_dram_used(m, "a") != 64 << 10; i++)
         kv_sleep_ms(20);
-    assert_int_equal(node_used(m, "a"), 64 << 10);
+    assert_int_equal(node_dram_used(m, "a"), 64 << 10);
     assert_true(stat_num(m, "expired") >= 1);
     /* abandoned PENDING put is reclaimed after put_timeout */
     assert_int_equal(put(cl, "abandoned", 256 << 10, 1, 0, false, false, NULL), KV_OK);
-    assert_int_equal(node_used(m, "a"), (64 + 256) << 10);
-    for (int i = 0; i < 100 && node_used(m, "a") != 64 << 10; i++)
+    assert_int_equal(node_dram_used(m, "a"), (64 + 256) << 10);
+    for (int i = 0; i < 100 && node_dram_used(m, "a") != 64 << 10; i++)
         kv_sleep_ms(20);
-    assert_int_equal(node_used(m, "a"), 64 << 10);
+    assert_int_equal(node_dram_used(m, "a"), 64 << 10);
     assert_int_equal(kv_master_object_count(m), 1);
     /* remove with a live lease: invisible at once, bytes freed when the lease ends */
     assert_int_equal(keycall(cl, KV_RPC_GET, "long"), KV_OK);
@@ -374,12 +377,86 @@ static void test_ttl_pending_remove(void **state)
     assert_int_equal(keycall(cl, KV_RPC_REMOVE, "long"), KV_ENOENT);
     assert_int_equal(keycall(cl, KV_RPC_GET, "long"), KV_ENOENT);
     kv_sleep_ms(150);
-    assert_int_equal(node_used(m, "a"), 64 << 10); /* still leased */
-    for (int i = 0; i < 100 && node_used(m, "a") != 0; i++)
+    assert_int_equal(node_dram_used(m, "a"), 64 << 10); /* still leased */
+    for (int i = 0; i < 100 && node_dram_used(m, "a") != 0; i++)
         kv_sleep_ms(20);
-    assert_int_equal(node_used(m, "a"), 0);
+    assert_int_equal(node_dram_used(m, "a"), 0);
     /* the key can be put again */
     assert_int_equal(put(cl, "long", 64 << 10, 1, 0, false, true, NULL), KV_OK);
+    kv_rpc_client_destroy(cl);
+    kv_node_stop(a);
+    kv_master_stop(m);
+}
+
+/* Lookups hold only a shard of the index: EXISTS answers while the master's lock is held (by
+ * this test, standing for a long batch put, MOUNT or eviction pass), and never misses a
+ * committed key while other threads put, remove, get and sweep around it. */
+struct churn {
+    struct kv_master *m;
+    atomic_bool stop;
+    atomic_int puts;
+};
+
+static void *churn_main(void *arg)
+{
+    struct churn *c = arg;
+    struct kv_rpc_client *cl = client(c->m);
+    char key[32];
+    for (int i = 0; !atomic_load(&c->stop); i++) {
+        snprintf(key, sizeof(key), "churn-%d", i % 64);
+        if (put(cl, key, 4096, 1, 0, false, true, NULL) == KV_OK)
+            c->puts++;
+        keycall(cl, KV_RPC_GET, key);
+        if (i % 3 == 0)
+            keycall(cl, KV_RPC_REMOVE, key);
+    }
+    kv_rpc_client_destroy(cl);
+    return NULL;
+}
+
+static void test_exists_beside_writers(void **state)
+{
+    (void)state;
+    new_url();
+    struct kv_master_opts mo = {.evict_interval_ms = 20, .lease_ms = 200};
+    struct kv_master *m = start_master(&mo);
+    assert_int_equal(kv_master_wait_leader(m, 5000), KV_OK);
+    struct kv_node *a = start_node("a", 8u << 20, NULL);
+    struct kv_rpc_client *cl = client(m);
+    char key[32];
+    for (int i = 0; i < 64; i++) {
+        snprintf(key, sizeof(key), "stable-%d", i); /* pinned: the churn may fill the node */
+        assert_int_equal(put(cl, key, 1024, 1, 0, true, true, NULL), KV_OK);
+    }
+    /* the master's lock held: EXISTS still answers (the client's call times out otherwise) */
+    pthread_mutex_lock(&m->lock);
+    for (int i = 0; i < 64; i++) {
+        snprintf(key, sizeof(key), "stable-%d", i);
+        assert_int_equal(keycall(cl, KV_RPC_EXISTS, key), 1);
+    }
+    assert_int_equal(keycall(cl, KV_RPC_EXISTS, "absent"), 0);
+    pthread_mutex_unlock(&m->lock);
+    /* writers, readers and the TTL sweep at once: a committed key is always there */
+    struct churn c = {.m = m};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, churn_main, &c), 0);
+    int64_t end = kv_now_ms() + 1000;
+    for (int round = 0; kv_now_ms() < end; round++) {
+        for (int i = 0; i < 64; i++) {
+            snprintf(key, sizeof(key), "stable-%d", i);
+            assert_int_equal(keycall(cl, KV_RPC_EXISTS, key), 1);
+            snprintf(key, sizeof(key), "churn-%d", i);
+            int e = keycall(cl, KV_RPC_EXISTS, key);
+            assert_true(e == 0 || e == 1);
+        }
+        if (round % 4 == 0)
+            kv_master_maintain_now(m, true);
+    }
+    atomic_store(&c.stop, true);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    assert_true(c.puts > 0);
     kv_rpc_client_destroy(cl);
     kv_node_stop(a);
     kv_master_stop(m);
@@ -739,6 +816,7 @@ int main(void)
         cmocka_unit_test(test_fresh_node_not_flooded),
         cmocka_unit_test(test_eviction_leases_pins),
         cmocka_unit_test(test_ttl_pending_remove),
+        cmocka_unit_test(test_exists_beside_writers),
         cmocka_unit_test(test_demote_promote_restart),
         cmocka_unit_test(test_failover),
         cmocka_unit_test(test_mount_in_parts),
