@@ -13,8 +13,10 @@
  *     reports the transport it picked) straight into the caller's buffer -> checksum check.
  *     An item whose read failed or whose checksum differs tries its other replicas; when all
  *     fail (or the lease ran out while reading) the whole GET is asked again, up to 4 rounds
- *     within the timeout, 100/200/400 ms apart; so is an item the master answered with a
- *     transient KV_ENOSPC/KV_EAGAIN/KV_EBUSY (an SSD object it had no DRAM to promote into).
+ *     within the timeout, 100/200/400 ms apart. An item the master answered with a transient
+ *     KV_ENOSPC/KV_EAGAIN/KV_EBUSY (an SSD object it had no DRAM to promote into: the DRAM is
+ *     held by other readers' leases, which end within the lease time) is asked again, 500 ms
+ *     apart after those rounds, until the timeout.
  *     A failed item returns an error, never "success with wrong bytes": the caller's buffer
  *     may hold garbage then, but the result says it is not a value.
  *   - Leader: the master address is opts->master for the first contact, then the leader
@@ -714,7 +716,8 @@ int kv_store_put(struct kv_store *s, const char *key, const void *buf, size_t le
 struct get_item {
     size_t key; /* index into the caller's arrays */
     bool done;
-    int err; /* last error of this item */
+    int err;        /* last error of this item */
+    bool transient; /* the master's last answer was transient (no DRAM to promote into yet) */
     uint64_t size, checksum;
     size_t nrep;
     kv_target_id targets[MAX_REPLICAS]; /* nearest first */
@@ -762,7 +765,9 @@ static int get_round(struct kv_store *s, struct get_item *it, size_t m, const ch
         Kvstash__GetItem *gi = gr->items[p];
         size_t i = g->key;
         g->nrep = 0;
+        g->transient = false;
         if (gi->status == KV_ENOSPC || gi->status == KV_EAGAIN || gi->status == KV_EBUSY) {
+            g->transient = true;
             g->err = gi->status; /* transient (no DRAM to promote into yet): next round */
             continue;
         }
@@ -911,14 +916,20 @@ static int get_many(struct kv_store *s, size_t n, const char *const *keys, void 
     int rc = KV_OK;
     bool asked = false;
     int64_t deadline = kv_now_ms() + s->timeout_ms;
-    for (int round = 0; round < GET_ROUNDS; round++) {
-        size_t left = 0;
-        for (size_t j = 0; j < m; j++)
+    for (int round = 0;; round++) {
+        size_t left = 0, waiting = 0;
+        for (size_t j = 0; j < m; j++) {
             left += !it[j].done;
-        if (left == 0)
+            waiting += !it[j].done && it[j].transient;
+        }
+        /* failed reads get GET_ROUNDS rounds; an item the master could not promote yet (its
+         * DRAM held by other readers' leases, which end within the lease time) is asked again
+         * until the timeout */
+        if (left == 0 || (round >= GET_ROUNDS && waiting == 0))
             break;
         if (round > 0) {
-            int64_t pause = 50ll << round; /* let the master evict or promote meanwhile */
+            /* let the master evict or promote meanwhile */
+            int64_t pause = round < 4 ? 50ll << round : 500;
             if (kv_now_ms() + pause >= deadline)
                 break;
             kv_sleep_ms((int)pause);
