@@ -59,6 +59,8 @@ int kv_cli_bench_store(int argc, char **argv);
      "transport to the storage nodes (auto: shm on the same host)"},                               \
     {"timeout", "KVSTASH_TIMEOUT", NULL, KV_CFG_INT, "10000", 100, 3600000, NULL, "MS",            \
      "per operation, including finding a new master after a fail-over"},                           \
+    {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",                       \
+     "shared token the store's master and nodes require (when they were started with one)"},     \
     {"json", NULL, NULL, KV_CFG_BOOL, "false", 0, 0, NULL, NULL, "machine-readable output"}
 /* clang-format on */
 

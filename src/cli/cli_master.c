@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "store/store_int.h"
@@ -41,6 +42,8 @@ static const struct kv_cfg_opt master_opts[] = {
      "seconds without a heartbeat before a node is removed"},
     {"leader-ttl", "KVSTASH_LEADER_TTL", NULL, KV_CFG_INT, "3", 1, 60, NULL, "S",
      "leader lease ttl: a standby takes over this long after the leader dies"},
+    {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",
+     "shared token store RPC peers (clients, nodes) must present; the master presents it to nodes"},
 };
 
 int kv_cli_master(int argc, char **argv)
@@ -80,6 +83,10 @@ int kv_cli_master(int argc, char **argv)
     }
     if (strcmp(admin, "off") != 0 && kv_parse_hostport(admin, host, sizeof(host), &port) < 0) {
         fprintf(stderr, "kvstash master: bad --admin-addr '%s' (want HOST:PORT or off)\n", admin);
+        goto out;
+    }
+    if (kv_auth_set_token(kv_cfg_str(&cfg, "token")) < 0) {
+        fprintf(stderr, "kvstash master: --token is longer than %d bytes\n", KV_AUTH_MAX_TOKEN);
         goto out;
     }
     double hw = kv_cfg_double(&cfg, "high-watermark"), lw = kv_cfg_double(&cfg, "low-watermark");

@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "cli/cli.h"
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "meta/metad.h"
@@ -17,6 +18,9 @@ static const struct kv_cfg_opt metad_opts[] = {
      "SIZE",
      "largest value a PUT /metadata stores (Mooncake's server has no limit; larger bodies get "
      "413)"},
+    {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",
+     "shared token every PUT, POST and DELETE must present (Authorization: Bearer); reads stay "
+     "open"},
 };
 
 int kv_cli_metad(int argc, char **argv)
@@ -48,6 +52,11 @@ int kv_cli_metad(int argc, char **argv)
         ex = 2;
         goto out;
     }
+    if (kv_auth_set_token(kv_cfg_str(&cfg, "token")) < 0) {
+        fprintf(stderr, "kvstash metad: --token is longer than %d bytes\n", KV_AUTH_MAX_TOKEN);
+        ex = 2;
+        goto out;
+    }
     kv_cli_block_signals();
     struct kv_metad_opts mo = {.addr = kv_cfg_str(&cfg, "addr"),
                                .data_file = kv_cfg_str(&cfg, "data-file"),
@@ -59,8 +68,9 @@ int kv_cli_metad(int argc, char **argv)
         ex = 1;
         goto out;
     }
-    KV_LOGI("metadata server listening on http://%s:%u/metadata%s%s", host, kv_metad_port(d),
-            mo.data_file ? ", data file " : "", mo.data_file ? mo.data_file : "");
+    KV_LOGI("metadata server listening on http://%s:%u/metadata%s%s%s", host, kv_metad_port(d),
+            mo.data_file ? ", data file " : "", mo.data_file ? mo.data_file : "",
+            kv_auth_token() ? "; changes require the shared token" : "");
     int sig = kv_cli_wait_signal();
     KV_LOGI("signal %d: stopping", sig);
     kv_metad_stop(d);

@@ -18,6 +18,7 @@
 
 #include "cli/cli.h"
 #include "common/alloc.h"
+#include "common/auth.h"
 #include "common/buf.h"
 #include "common/json.h"
 #include "common/util.h"
@@ -35,6 +36,10 @@ int kv_cli_store_open(const struct kv_cfg *c, struct kv_store **out)
     if (!master && !meta)
         master = KV_CLI_DEFAULT_MASTER;
     const char *proto = kv_cfg_str(c, "protocol");
+    if (kv_auth_set_token(kv_cfg_str(c, "token")) < 0) {
+        fprintf(stderr, "%s: --token is longer than %d bytes\n", c->prog, KV_AUTH_MAX_TOKEN);
+        return KV_EINVAL;
+    }
     struct kv_store_opts o = {
         .master = master,
         .metadata = meta,

@@ -43,6 +43,7 @@
 #include <strings.h>
 
 #include "common/alloc.h"
+#include "common/auth.h"
 #include "common/idtab.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -325,6 +326,23 @@ static int http_do(struct kv_meta *m, const char *method, const char *url, const
         char ct[96];
         snprintf(ct, sizeof(ct), "Content-Type: %s", ctype);
         struct curl_slist *nh = curl_slist_append(hdrs, ct);
+        if (!nh) {
+            curl_slist_free_all(hdrs);
+            hdrs = NULL;
+        } else {
+            hdrs = nh;
+        }
+    }
+    const char *tok = kv_auth_token();
+    if (hdrs && tok && strcmp(method, "GET") != 0) { /* metad requires it on changes */
+        size_t al = strlen(tok) + 32;
+        char *a = kv_malloc(al);
+        struct curl_slist *nh = NULL;
+        if (a) {
+            snprintf(a, al, "Authorization: Bearer %s", tok);
+            nh = curl_slist_append(hdrs, a); /* copies it */
+            kv_free(a);
+        }
         if (!nh) {
             curl_slist_free_all(hdrs);
             hdrs = NULL;

@@ -83,6 +83,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/auth.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/net.h"
@@ -1254,6 +1255,37 @@ static void on_request(struct evhttp_request *req, void *arg)
         else
             reply_err(req, 400, rc, "bad query: %s", err);
         return;
+    }
+    /* with a shared token (KVSTASH_TOKEN, --token), every request that changes state (PUT,
+     * POST, DELETE) must present it: whoever reaches this port could otherwise rewrite segment
+     * descriptors or take the leader key. Reads stay open (Mooncake's clients send no token). */
+    if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD && kv_auth_token()) {
+        char *peer_addr = NULL;
+        ev_uint16_t peer_port = 0;
+        struct evhttp_connection *conn = evhttp_request_get_connection(req);
+        if (conn)
+            evhttp_connection_get_peer(conn, &peer_addr, &peer_port);
+        char peer[300], what[256];
+        snprintf(peer, sizeof(peer), "%s:%u", peer_addr ? peer_addr : "?", (unsigned)peer_port);
+        snprintf(what, sizeof(what), "metadata %s %.200s",
+                 cmd == EVHTTP_REQ_DELETE ? "DELETE"
+                 : cmd == EVHTTP_REQ_PUT  ? "PUT"
+                                          : "POST",
+                 path);
+        const char *why = NULL;
+        const char *authz =
+            evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+        if (kv_auth_http(authz, peer, what, &why) < 0) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+                              "Bearer realm=\"kvstash\"");
+            reply_err(req, 401, KV_EPERM,
+                      "%s: this metad requires the shared token for changes (send "
+                      "'Authorization: Bearer TOKEN'; kvstash daemons do when KVSTASH_TOKEN or "
+                      "--token is set)",
+                      why);
+            kv_metad_query_fini(&q);
+            return;
+        }
     }
     if (strcmp(path, "/metadata") == 0) {
         handle_metadata(d, req, &q);

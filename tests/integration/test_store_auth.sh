@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# The shared token on the store's RPC (issue 11): metad + a master and a node started with
-# KVSTASH_TOKEN. With the token the CLI puts, gets, lists and removes (client -> master, master
+# The shared token on the store's RPC and metad (issue 11): metad, a master (--token) and a node
+# (KVSTASH_TOKEN). metad refuses changes without the token (401) and serves reads. With the token the CLI puts, gets, lists and removes (client -> master, master
 # -> node, node -> master all authenticated, and the client's transfers to the node). Without
 # it, or with a wrong one, every command fails with "permission denied" and the master logs
 # the refusal ("authentication required" / "bad token") with the peer's address; a node
@@ -12,8 +12,19 @@
 
 # shellcheck disable=SC2154 # MASTER_m1 is set by start_master (printf -v)
 TOK="tok-$$-$RANDOM"
-start_metad
-KVSTASH_TOKEN=$TOK start_master m1
+KVSTASH_TOKEN=$TOK start_metad # changes to metadata need the token too; reads stay open
+code() { curl -s -o "$W/body" -w '%{http_code}' "$@"; }
+[ "$(code -X PUT --data-binary x "$META?key=auth-probe")" = 401 ] || fail "metad: PUT without the token: $(cat "$W/body")"
+grep -q "authentication required" "$W/body" || fail "metad 401 body: $(cat "$W/body")"
+[ "$(code -X DELETE -H "Authorization: Bearer wrong" "$META?key=auth-probe")" = 401 ] ||
+    fail "metad: DELETE with a wrong token"
+[ "$(code -X PUT --data-binary x -H "Authorization: Bearer $TOK" "$META?key=auth-probe")" = 200 ] ||
+    fail "metad: PUT with the token: $(cat "$W/body")"
+[ "$(code "$META?key=auth-probe")" = 200 ] || fail "metad: GET without the token"
+wait_for 5 grep -q "refused metadata PUT /metadata from 127.0.0.1:[0-9]*: authentication required" "$W/metad.log" ||
+    fail "metad did not log the refusal: $(tail -3 "$W/metad.log")"
+ok "metad with the token: PUT/DELETE without it or with a wrong one get 401 (logged), with it 200; GET stays open"
+start_master m1 --token "$TOK" # the flag; the node and the CLI below take KVSTASH_TOKEN
 KVSTASH_TOKEN=$TOK start_node n1 32MiB --log-level info # logs its RPC address
 KVSTASH_TOKEN=$TOK wait_nodes 1
 ok "master and node with KVSTASH_TOKEN: the node mounted"
@@ -25,7 +36,10 @@ cmp "$W/v" "$W/o" || fail "auth/a differs"
 KVSTASH_TOKEN=$TOK kv put auth/small "$W/v" >/dev/null || fail "second put with the token"
 KVSTASH_TOKEN=$TOK kv ls auth/ | grep -q auth/small || fail "ls with the token"
 KVSTASH_TOKEN=$TOK kv rm auth/small || fail "rm with the token"
-ok "with the token: put, get (same bytes), ls, rm"
+env -u KVSTASH_TOKEN "$BIN" get auth/a "$W/o1" --master "$MASTER_m1" --token "$TOK" ||
+    fail "get with --token (no KVSTASH_TOKEN)"
+cmp "$W/v" "$W/o1" || fail "auth/a differs (--token)"
+ok "with the token: put, get (same bytes), ls, rm; --token works as KVSTASH_TOKEN does"
 
 # refused: no token
 for cmd in "put auth/b $W/v" "get auth/a $W/o2" "ls auth/" "rm auth/a" "stat"; do
