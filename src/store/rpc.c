@@ -104,6 +104,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -229,16 +230,50 @@ const char *kv_rpc_method_name(uint16_t method)
 
 /* ---- protobuf helpers -------------------------------------------------------------------- */
 
+/* Unpacked messages hold copies of their bytes fields: a MOUNT part's megabytes of records, a
+ * batch's values. Blocks of PB_MAP_MIN bytes or more get a mapping of their own, returned to the
+ * system when the message is freed; the rest come from malloc. In the master, large blocks
+ * taken from the heap would sit between the index's millions of small objects, which pin the
+ * space once they are freed (master.c raises glibc's mmap threshold for the buffers it reuses).
+ * Each block starts with a header saying which kind it is. */
+#define PB_MAP_MIN (256u << 10)
+
+struct pb_hdr {
+    size_t size;   /* of the whole block, header included */
+    size_t mapped; /* 1: mmap, 0: kv_malloc (a size_t: keeps the payload 16-byte aligned) */
+};
+
 static void *pb_alloc(void *ud, size_t n)
 {
     (void)ud;
-    return kv_malloc(n ? n : 1);
+    size_t total = sizeof(struct pb_hdr) + (n ? n : 1);
+    struct pb_hdr *h;
+    if (total >= PB_MAP_MIN) {
+        void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        h = p;
+        h->mapped = 1;
+    } else {
+        h = kv_malloc(total);
+        if (!h)
+            return NULL;
+        h->mapped = 0;
+    }
+    h->size = total;
+    return h + 1;
 }
 
 static void pb_free(void *ud, void *p)
 {
     (void)ud;
-    kv_free(p);
+    if (!p)
+        return;
+    struct pb_hdr *h = (struct pb_hdr *)p - 1;
+    if (h->mapped)
+        munmap(h, h->size);
+    else
+        kv_free(h);
 }
 
 static ProtobufCAllocator pb_allocator = {pb_alloc, pb_free, NULL};
@@ -562,7 +597,7 @@ out:
 
 #define SRV_RX_INITIAL 4096u    /* first capacity of a connection's receive buffer */
 #define SRV_RX_STEP (64u << 10) /* a buffer grows at most max(this, bytes received) ahead */
-#define SRV_KEEP_BUF (1u << 20) /* larger buffers are released once their frame is answered */
+#define SRV_KEEP_BUF (4u << 20) /* larger buffers are released once their frame is answered */
 #define SRV_ACCEPT_BATCH 64     /* accepts per wake-up, so one loop is not starved */
 #define SRV_MAX_EVENTS 128      /* epoll_wait batch */
 #define SRV_ACCEPT_PAUSE_MS 100 /* accept back-off after EMFILE and friends */
