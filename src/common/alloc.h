@@ -26,10 +26,11 @@ KV_API void *kv_memdup0(const void *p, size_t n);
 /* Test hook: the nth allocation call from now (1 = the next one) fails; 0 disarms.
  * Thread-safe (atomic counter); meant for single-threaded tests. */
 KV_API void kv_alloc_fail_at(long n);
-/* Allocation calls made since the process started (for sizing fail-at loops). */
+/* Allocation calls counted so far (for sizing fail-at loops). Counting, and the largest request
+ * below, start with the first call of any of these hooks: take differences. */
 KV_API long kv_alloc_calls(void);
 /* Test hook: the largest single request (bytes) made to kv_malloc/kv_calloc/kv_realloc since the
- * last kv_alloc_largest_reset() (or the process start). Lets a test prove that a component did
+ * last kv_alloc_largest_reset() (which starts the tracking). Lets a test prove that a component did
  * not reserve a large buffer. Thread-safe (atomic); reset is meant for single-threaded tests. */
 KV_API size_t kv_alloc_largest(void);
 KV_API void kv_alloc_largest_reset(void);

@@ -771,9 +771,12 @@ int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, si
          * (master_index.c), so puts, evictions and sweeps holding the master's lock do not
          * delay it */
         int64_t wall = kv_wall_ms();
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
+            if (i + 8 < n && in->keys[i + 8]) /* overlap the buckets' cache misses */
+                kv_oidx_prefetch_bucket(&m->index, kv_oidx_hash(in->keys[i + 8]));
             st[i] = key_ok(in->keys[i]) ? kv_oidx_peek(&m->index, in->keys[i], exists_cb, &wall)
                                         : KV_EINVAL;
+        }
     }
     Kvstash__StatusList r = KVSTASH__STATUS_LIST__INIT;
     r.n_status = n;

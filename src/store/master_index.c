@@ -102,6 +102,17 @@ struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t 
     return get_h(idx, key, h);
 }
 
+void kv_oidx_prefetch_bucket(const struct kv_oidx *idx, uint32_t h)
+{
+    const struct kv_oidx_shard *s = &idx->sh[h >> (32 - SHARD_BITS)];
+    struct mobj **b = __atomic_load_n(&s->b, __ATOMIC_RELAXED);
+    size_t nb = __atomic_load_n(&s->nb, __ATOMIC_RELAXED);
+    /* b and nb may come from two different resizes: the address is only a hint, prefetching
+     * never faults, and nothing is read through it */
+    if (b && nb)
+        __builtin_prefetch(&b[h & (nb - 1)]);
+}
+
 int kv_oidx_peek(struct kv_oidx *idx, const char *key, int (*fn)(void *ud, const struct mobj *o),
                  void *ud)
 {
@@ -129,8 +140,9 @@ static void resize(struct kv_oidx_shard *s, size_t nb)
         }
     }
     kv_free(s->b);
-    s->b = b;
-    s->nb = nb;
+    /* atomic stores: kv_oidx_prefetch_bucket reads both without any lock */
+    __atomic_store_n(&s->b, b, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->nb, nb, __ATOMIC_RELAXED);
 }
 
 void kv_oidx_reserve(struct kv_oidx *idx, size_t n)

@@ -132,6 +132,9 @@ struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key);
  * (chain true: the bucket should be in cache by then), ahead of a lookup: a loop over many keys
  * overlaps its cache misses (MOUNT of millions of objects). */
 void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool chain);
+/* Asks the CPU for the bucket of hash h only; safe without any lock (lookups under a shard's
+ * lock: kv_oidx_peek). */
+void kv_oidx_prefetch_bucket(const struct kv_oidx *idx, uint32_t h);
 /* The same, with h = kv_oidx_hash(key) computed by the caller. */
 struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h);
 /* Adds o under o->key. KV_EEXIST when the key is present, KV_ENOMEM. */
@@ -412,6 +415,8 @@ void mst_process_dfree(struct kv_master *m);
 /* Drops every node and object (on losing leadership). Takes the lock. */
 void kv_master_reset(struct kv_master *m);
 
+/* At item i of a batch being placed: prefetches the index for items ahead (lock held). */
+void mst_prefetch_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, size_t i);
 /* master_place.c */
 /* Chooses up to want distinct nodes weighted by free DRAM and allocates size on each. Returns
  * the number placed (reps filled). */

@@ -289,6 +289,20 @@ bool mst_nodes_all_local(struct kv_master *m)
     return true;
 }
 
+/* At item i of a batch: asks the CPU for the index bucket of item i + 8 and the chain of item
+ * i + 4, so the lookups of a large index overlap their cache misses instead of taking them one
+ * after another (batch puts into millions of objects). Lock held. */
+void mst_prefetch_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, size_t i)
+{
+    enum { FAR = 8, NEAR = 4 };
+    if (n < NEAR + 1)
+        return;
+    if (i + FAR < n && items[i + FAR]->key)
+        kv_oidx_prefetch(&m->index, kv_oidx_hash(items[i + FAR]->key), false);
+    if (i + NEAR < n && items[i + NEAR]->key)
+        kv_oidx_prefetch(&m->index, kv_oidx_hash(items[i + NEAR]->key), true);
+}
+
 int mst_place_items_now(struct kv_master *m, Kvstash__PutItem **items, size_t n, int32_t *status,
                         Kvstash__PutSlot *slots, struct mobj **objs, bool local_only)
 {
@@ -306,6 +320,7 @@ int mst_place_items_now(struct kv_master *m, Kvstash__PutItem **items, size_t n,
         return KV_OK;
     }
     for (size_t i = 0; i < n && rc == KV_OK; i++) {
+        mst_prefetch_items(m, items, n, i);
         status[i] = mst_put_start_one(m, items[i], slots ? &slots[i] : NULL, &o);
         if (status[i] == KV_OK && objs)
             objs[i] = o;
@@ -333,6 +348,7 @@ void mst_place_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, in
             status[i] = KV_EAGAIN;
             continue;
         }
+        mst_prefetch_items(m, items, n, i);
         status[i] =
             mst_put_start_one(m, items[i], slots ? &slots[i] : NULL, objs ? &objs[i] : NULL);
         if (status[i] == KV_ENOSPC && (int)KV_MAX(items[i]->replicas, 1) <= m->nnodes)

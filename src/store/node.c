@@ -143,6 +143,8 @@ static int h_commit(struct kv_node *n, const Kvstash__ObjectsReq *in, int32_t *s
     pthread_mutex_lock(&n->lock);
     for (size_t i = 0; i < in->n_objects; i++) {
         const Kvstash__NodeObject *x = in->objects[i];
+        if (i + 8 < in->n_objects && in->objects[i + 8]->key) /* overlap the cache misses */
+            kv_smap_prefetch(&n->dram, in->objects[i + 8]->key);
         if (st[i] != KV_OK || !x->key || !*x->key || strlen(x->key) > KV_STORE_MAX_KEY ||
             !range_ok(n, x->offset, x->size)) {
             st[i] = KV_EINVAL;

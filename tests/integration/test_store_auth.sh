@@ -36,6 +36,7 @@ cmp "$W/v" "$W/o" || fail "auth/a differs"
 KVSTASH_TOKEN=$TOK kv put auth/small "$W/v" >/dev/null || fail "second put with the token"
 KVSTASH_TOKEN=$TOK kv ls auth/ | grep -q auth/small || fail "ls with the token"
 KVSTASH_TOKEN=$TOK kv rm auth/small || fail "rm with the token"
+# shellcheck disable=SC2154 # MASTER_m1 is set by start_master (printf -v)
 env -u KVSTASH_TOKEN "$BIN" get auth/a "$W/o1" --master "$MASTER_m1" --token "$TOK" ||
     fail "get with --token (no KVSTASH_TOKEN)"
 cmp "$W/v" "$W/o1" || fail "auth/a differs (--token)"
