@@ -4,8 +4,10 @@
 # opens / in headless Chromium (Debian's /usr/bin/chromium driven by playwright-core from npm,
 # installed under the build tree, never a downloaded browser), checks there are no console
 # errors, that the node table shows the node, and that the plotted ops/s and object count change
-# while a put load runs (status_page.js). The screenshot is kept as a test artefact in
-# $KVSTASH_BUILD_DIR/test-artifacts/status_page.png.
+# while a put load runs (status_page.js). Then the router's page: two fake engines behind
+# `kvstash router`, both listed in rotation, and the plotted requests/s and the table's counts
+# change while chat requests go through (router_page.js). The screenshots are kept as test
+# artefacts in $KVSTASH_BUILD_DIR/test-artifacts/ (status_page.png, router_page.png).
 set -euo pipefail
 BIN=${KVSTASH_BIN:?KVSTASH_BIN not set}
 BUILD=${KVSTASH_BUILD_DIR:?KVSTASH_BUILD_DIR not set}
@@ -31,8 +33,10 @@ fi
 
 W=$(mktemp -d /tmp/kvstash-status-page-XXXXXX)
 SP=
+OTHERS=()
 cleanup() {
     if [ -n "$SP" ]; then kill -9 "$SP" 2>/dev/null || true; fi
+    for p in "${OTHERS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$W"
 }
@@ -78,3 +82,45 @@ NODE_PATH=$NM/node_modules node "$HERE/status_page.js" "http://$ADMIN/" serve-no
     --duration 6 --log-level error || fail "browser checks"
 [ -s "$SHOT" ] || fail "no screenshot"
 echo "ok - status page in headless Chromium (screenshot: $SHOT)"
+
+# ---- the router's page ---------------------------------------------------------------------
+kill -9 "$SP" 2>/dev/null || true
+SP=
+FAKE=$HERE/router_fake_engine.py
+eurls=()
+for e in A B; do
+    /usr/bin/python3 "$FAKE" --name "$e" --models m1 --ctl "$W" --port 0 --port-file "$W/$e.port" \
+        >"$W/engine-$e.log" 2>&1 &
+    OTHERS+=($!)
+    for _ in $(seq 200); do [ -s "$W/$e.port" ] && break; sleep 0.02; done
+    [ -s "$W/$e.port" ] || fail "fake engine $e did not start"
+    eurls+=("http://127.0.0.1:$(cat "$W/$e.port")")
+done
+"$BIN" router --addr 127.0.0.1:0 --backends "${eurls[0]},${eurls[1]}" >"$W/router.out" \
+    2>"$W/router.err" &
+OTHERS+=($!)
+for _ in $(seq 250); do grep -q 'listening on http' "$W/router.out" 2>/dev/null && break; sleep 0.02; done
+RP=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$W/router.out" | sed 's/.*://') ||
+    fail "router did not start: $(tail -3 "$W/router.err")"
+for _ in $(seq 250); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$RP/ready")" = 200 ] && break
+    sleep 0.02
+done
+curl -sf -o "$W/router.html" "http://127.0.0.1:$RP/" || fail "GET / on the router"
+grep -q 'router.js' "$W/router.html" || fail "GET / on the router is not its page"
+# the load: 60 chat requests through the router, 50 ms apart; each answer's code is kept
+printf '%s\n' '#!/bin/bash' \
+    "for i in \$(seq 60); do" \
+    "    curl -s -o /dev/null -w '%{http_code}\\n' http://127.0.0.1:$RP/v1/chat/completions \\" \
+    "        -H 'Content-Type: application/json' \\" \
+    "        -d '{\"model\":\"m1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}' >>'$W/load.codes'" \
+    "    sleep 0.05" \
+    "done" >"$W/load.sh"
+RSHOT=$BUILD/test-artifacts/router_page.png
+rm -f "$RSHOT"
+NODE_PATH=$NM/node_modules node "$HERE/router_page.js" "http://127.0.0.1:$RP/" \
+    "${eurls[0]},${eurls[1]}" "$RSHOT" bash "$W/load.sh" || fail "router page checks"
+[ -s "$RSHOT" ] || fail "no router screenshot"
+bad=$(grep -vc '^200$' "$W/load.codes" || true)
+[ "$bad" = 0 ] || fail "$bad of the load's 60 chat requests did not answer 200"
+echo "ok - router page in headless Chromium (screenshot: $RSHOT)"

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: Apache-2.0
+// router_page.js - drives the router's status page in headless Chromium (Debian's
+// /usr/bin/chromium through playwright-core; never a downloaded browser) for
+// test_status_page.sh. Usage:
+//   node router_page.js URL ENGINE_URL,ENGINE_URL SCREENSHOT.png LOAD_CMD [ARG...]
+// Opens URL, checks that the engine table lists each engine "in rotation", starts LOAD_CMD
+// (chat requests through the router), and checks that the plotted requests/s of some engine
+// rise above 0 and that the table's request counts grow; saves a screenshot; fails on any
+// console error, page error or failed request. Exit 0 = all held; a message names what did not.
+"use strict";
+const { chromium } = require("playwright-core");
+const { spawn } = require("child_process");
+
+const [url, engineList, shot, ...load] = process.argv.slice(2);
+if (!url || !engineList || !shot || load.length === 0) {
+  console.error("usage: router_page.js URL ENGINE_URL[,ENGINE_URL] SCREENSHOT LOAD_CMD [ARG...]");
+  process.exit(2);
+}
+const engines = engineList.split(",");
+
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
+  });
+  const problems = [];
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.on("console", (m) => { if (m.type() === "error") problems.push("console: " + m.text()); });
+    page.on("pageerror", (e) => problems.push("page error: " + e.message));
+    page.on("requestfailed", (r) => problems.push("request failed: " + r.url()));
+    const resp = await page.goto(url, { waitUntil: "load" });
+    if (!resp || resp.status() !== 200) throw new Error("GET " + url + ": " + (resp && resp.status()));
+
+    // every engine is listed, in rotation
+    await page.waitForFunction((want) => {
+      const rows = Array.from(document.querySelectorAll("#engines tbody tr"))
+        .map((tr) => Array.from(tr.children).map((td) => td.textContent));
+      return want.every((u) => rows.some((r) => r[0] === u && r[1] === "in rotation"));
+    }, engines, { timeout: 10000 });
+    console.log("ok - the engine table lists " + engines.join(", ") + " in rotation");
+    await page.waitForFunction(() => window.kvRouterStatus && window.kvRouterStatus.samples >= 2,
+      null, { timeout: 10000 });
+    const before = await page.evaluate(() => {
+      const s = window.kvRouterStatus.prev;
+      return { t: s.time_ms / 1000, requests: s.engines.reduce((a, e) => a + e.requests, 0) };
+    });
+
+    const child = spawn(load[0], load.slice(1), { stdio: ["ignore", "ignore", "inherit"] });
+    let loadExit = null;
+    child.on("exit", (code) => { loadExit = code; });
+
+    // while the load runs: a plotted requests/s above 0 after it started, and more requests in
+    // the engine table than before
+    let seen = null;
+    for (let i = 0; i < 40 && !seen; i++) {
+      await sleep(500);
+      seen = await page.evaluate((b) => {
+        const st = window.kvRouterStatus;
+        if (!st.rps) return null;
+        const d = st.rps.plot.data; // [t, rps of engine 0, rps of engine 1, ...]
+        let max = 0;
+        for (let k = 0; k < d[0].length; k++)
+          if (d[0][k] > b.t)
+            for (let e = 1; e < d.length; e++) if (d[e][k] > max) max = d[e][k];
+        const cells = Array.from(document.querySelectorAll("#engines tbody tr"))
+          .map((tr) => Number(tr.children[3].textContent.replace(/[^0-9.]/g, "")) || 0);
+        const shown = cells.reduce((a, v) => a + v, 0);
+        return max > 0 && shown > b.requests ? { max, shown } : null;
+      }, before);
+    }
+    if (!seen)
+      throw new Error("the plotted requests/s or the table's request counts did not change " +
+        "during the load (requests before: " + before.requests + ")");
+    console.log("ok - plotted requests/s rose to " + seen.max.toFixed(1) + " and the table " +
+      "counts " + seen.shown + " requests (" + before.requests + " before)");
+    await sleep(1500);
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log("ok - screenshot " + shot);
+    for (let i = 0; i < 60 && loadExit === null; i++) await sleep(500);
+    if (loadExit === null) child.kill("SIGKILL");
+    else if (loadExit !== 0) throw new Error("the load exited " + loadExit);
+    if (problems.length) throw new Error("browser reported:\n  " + problems.join("\n  "));
+    console.log("ok - no console errors, page errors or failed requests");
+  } finally {
+    await browser.close();
+  }
+}
+
+main().then(() => process.exit(0), (e) => {
+  console.error("FAIL: " + e.message);
+  process.exit(1);
+});
