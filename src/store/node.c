@@ -322,6 +322,35 @@ out:
     return rc;
 }
 
+/* NODE_COMMIT, NODE_FREE, NODE_DEMOTE of an unpacked request. */
+static int handle_objects(struct kv_node *n, uint16_t method, const Kvstash__ObjectsReq *in,
+                          struct kv_buf *resp)
+{
+    pthread_mutex_lock(&n->lock);
+    bool stale = in->epoch && in->epoch < n->epoch;
+    pthread_mutex_unlock(&n->lock);
+    if (stale) { /* fencing: a deposed leader must not change what this node holds */
+        KV_LOGW_RL(5000, "%s from a master of epoch %llu (current %llu): refused",
+                   kv_rpc_method_name(method), (unsigned long long)in->epoch,
+                   (unsigned long long)n->epoch);
+        return KV_EAGAIN;
+    }
+    if (method == KV_RPC_NODE_DEMOTE)
+        return h_demote(n, in, resp);
+    int32_t *st = kv_calloc(in->n_objects ? in->n_objects : 1, sizeof(*st));
+    if (!st)
+        return KV_ENOMEM;
+    int rc = method == KV_RPC_NODE_COMMIT ? h_commit(n, in, st) : h_free(n, in, st);
+    if (rc == KV_OK) {
+        Kvstash__StatusList r = KVSTASH__STATUS_LIST__INIT;
+        r.n_status = in->n_objects;
+        r.status = st;
+        rc = reply(resp, &r.base);
+    }
+    kv_free(st);
+    return rc;
+}
+
 static int node_handle(void *ud, uint16_t method, const uint8_t *req, size_t len,
                        struct kv_buf *resp)
 {
@@ -335,36 +364,22 @@ static int node_handle(void *ud, uint16_t method, const uint8_t *req, size_t len
         kv_rpc_pb_unpack(&kvstash__objects_req__descriptor, req, len, (ProtobufCMessage **)&in);
     if (rc < 0)
         return rc;
-    pthread_mutex_lock(&n->lock);
-    bool stale = in->epoch && in->epoch < n->epoch;
-    pthread_mutex_unlock(&n->lock);
-    if (stale) { /* fencing: a deposed leader must not change what this node holds */
-        KV_LOGW_RL(5000, "%s from a master of epoch %llu (current %llu): refused",
-                   kv_rpc_method_name(method), (unsigned long long)in->epoch,
-                   (unsigned long long)n->epoch);
-        kv_rpc_pb_free(&in->base);
-        return KV_EAGAIN;
-    }
-    if (method == KV_RPC_NODE_DEMOTE) {
-        rc = h_demote(n, in, resp);
-        kv_rpc_pb_free(&in->base);
-        return rc;
-    }
-    int32_t *st = kv_calloc(in->n_objects ? in->n_objects : 1, sizeof(*st));
-    if (!st) {
-        kv_rpc_pb_free(&in->base);
-        return KV_ENOMEM;
-    }
-    rc = method == KV_RPC_NODE_COMMIT ? h_commit(n, in, st) : h_free(n, in, st);
-    if (rc == KV_OK) {
-        Kvstash__StatusList r = KVSTASH__STATUS_LIST__INIT;
-        r.n_status = in->n_objects;
-        r.status = st;
-        rc = reply(resp, &r.base);
-    }
-    kv_free(st);
+    rc = handle_objects(n, method, in, resp);
     kv_rpc_pb_free(&in->base);
     return rc;
+}
+
+/* The master of this process (kvstash serve) hands NODE_COMMIT, NODE_FREE and NODE_DEMOTE over
+ * as messages (rpc_local.h): an inline put's bytes go from the master's request straight into
+ * the segment, without being packed into a NODE_COMMIT and unpacked again here. */
+static int node_handle_pb(void *ud, uint16_t method, const ProtobufCMessage *req,
+                          struct kv_buf *resp)
+{
+    if ((method != KV_RPC_NODE_COMMIT && method != KV_RPC_NODE_FREE &&
+         method != KV_RPC_NODE_DEMOTE) ||
+        req->descriptor != &kvstash__objects_req__descriptor)
+        return KV_RPC_SLOW;
+    return handle_objects(ud, method, (const Kvstash__ObjectsReq *)req, resp);
 }
 
 /* On the RPC server's I/O thread: NODE_COMMIT (index updates and, for inline puts, a memcpy into
@@ -929,6 +944,7 @@ int kv_node_start(const struct kv_node_opts *o, struct kv_node **out)
         rc = kv_rpc_local_add(bind, kv_rpc_server_port(n->rpc), node_handle, n, &n->local);
         if (rc < 0)
             goto out_rpc;
+        kv_rpc_local_set_pb(n->local, node_handle_pb);
     }
     if (pthread_create(&n->ctl, NULL, ctl_main, n) != 0) {
         rc = KV_ENOMEM;

@@ -555,13 +555,17 @@ int kv_rpc_call_pb(struct kv_rpc_client *c, uint16_t method, const ProtobufCMess
 {
     struct kv_buf b;
     kv_buf_init(&b);
-    int rc = kv_rpc_pb_pack(req, &b);
-    if (rc < 0)
-        goto out;
-    int status = 0;
-    rc = kv_rpc_call(c, method, b.data, b.len, timeout_ms, &status, &b);
-    if (rc < 0)
-        goto out;
+    int status = 0, rc;
+    if (c && kv_rpc_local_call_pb(c->addr, method, req, &status, &b)) {
+        rc = KV_OK; /* a server of this process took the message itself (rpc_local.h) */
+    } else {
+        rc = kv_rpc_pb_pack(req, &b);
+        if (rc < 0)
+            goto out;
+        rc = kv_rpc_call(c, method, b.data, b.len, timeout_ms, &status, &b);
+        if (rc < 0)
+            goto out;
+    }
     if (status == KV_EAGAIN && leader_hint && hint_len) {
         leader_hint[0] = '\0';
         ProtobufCMessage *nl = NULL;

@@ -24,6 +24,7 @@ struct kv_rpc_local {
     char host[256];
     uint16_t port;
     kv_rpc_handler_fn handler;
+    kv_rpc_pb_handler_fn pb_handler; /* may be NULL */
     void *ud;
     int inflight;
     struct kv_rpc_local *next;
@@ -61,6 +62,13 @@ int kv_rpc_local_add(const char *host, uint16_t port, kv_rpc_handler_fn handler,
     return KV_OK;
 }
 
+void kv_rpc_local_set_pb(struct kv_rpc_local *e, kv_rpc_pb_handler_fn pb_handler)
+{
+    pthread_mutex_lock(&g_lock);
+    e->pb_handler = pb_handler;
+    pthread_mutex_unlock(&g_lock);
+}
+
 void kv_rpc_local_remove(struct kv_rpc_local *e)
 {
     if (!e)
@@ -79,8 +87,9 @@ void kv_rpc_local_remove(struct kv_rpc_local *e)
     kv_free(e);
 }
 
-/* The entry answering addr, with a call reference taken (take) or not; NULL if none. */
-static struct kv_rpc_local *lookup(const char *addr, bool take)
+/* The entry answering addr, with a call reference taken (take) or not, and its message handler
+ * (pb, may be NULL) read under the lock; NULL if none. */
+static struct kv_rpc_local *lookup(const char *addr, bool take, kv_rpc_pb_handler_fn *pb)
 {
     if (atomic_load_explicit(&g_count, memory_order_acquire) == 0)
         return NULL;
@@ -96,26 +105,39 @@ static struct kv_rpc_local *lookup(const char *addr, bool take)
             break;
     if (e && take)
         e->inflight++;
+    if (pb)
+        *pb = e ? e->pb_handler : NULL;
     pthread_mutex_unlock(&g_lock);
     return e;
 }
 
 bool kv_rpc_local_has(const char *addr)
 {
-    return lookup(addr, false) != NULL;
+    return lookup(addr, false, NULL) != NULL;
 }
 
-bool kv_rpc_local_call(const char *addr, uint16_t method, const void *req, size_t len, int *status,
-                       struct kv_buf *resp)
+static void release(struct kv_rpc_local *e)
 {
-    struct kv_rpc_local *e = lookup(addr, true);
-    if (!e)
-        return false;
+    pthread_mutex_lock(&g_lock);
+    if (--e->inflight == 0)
+        pthread_cond_broadcast(&g_cond);
+    pthread_mutex_unlock(&g_lock);
+}
 
+/* Answers the call of entry e (referenced) with handler(req) or pb_handler(msg): false when the
+ * message handler declined (KV_RPC_SLOW). Drops the reference when it returns true. */
+static bool call(struct kv_rpc_local *e, uint16_t method, const void *req, size_t len,
+                 kv_rpc_pb_handler_fn pb, const ProtobufCMessage *msg, int *status,
+                 struct kv_buf *resp)
+{
     /* the response goes to its own buffer: req may live in resp (kv_rpc_call_pb) */
     struct kv_buf out;
     kv_buf_init(&out);
-    int st = e->handler(e->ud, method, req, len, &out);
+    int st = msg ? pb(e->ud, method, msg, &out) : e->handler(e->ud, method, req, len, &out);
+    if (msg && st == KV_RPC_SLOW) {
+        kv_buf_fini(&out);
+        return false;
+    }
     if (st > 0)
         st = KV_OK;
     if (st != KV_OK && st != KV_EAGAIN)
@@ -127,10 +149,29 @@ bool kv_rpc_local_call(const char *addr, uint16_t method, const void *req, size_
     }
     kv_buf_fini(&out);
     *status = st;
-
-    pthread_mutex_lock(&g_lock);
-    if (--e->inflight == 0)
-        pthread_cond_broadcast(&g_cond);
-    pthread_mutex_unlock(&g_lock);
+    release(e);
     return true;
+}
+
+bool kv_rpc_local_call(const char *addr, uint16_t method, const void *req, size_t len, int *status,
+                       struct kv_buf *resp)
+{
+    struct kv_rpc_local *e = lookup(addr, true, NULL);
+    if (!e)
+        return false;
+    call(e, method, req, len, NULL, NULL, status, resp);
+    return true;
+}
+
+bool kv_rpc_local_call_pb(const char *addr, uint16_t method, const ProtobufCMessage *req,
+                          int *status, struct kv_buf *resp)
+{
+    kv_rpc_pb_handler_fn pb = NULL;
+    struct kv_rpc_local *e = lookup(addr, true, &pb);
+    if (!e)
+        return false;
+    if (pb && req && call(e, method, NULL, 0, pb, req, status, resp))
+        return true;
+    release(e);
+    return false;
 }
