@@ -190,41 +190,43 @@ int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
     return KV_OK;
 }
 
-void kv_oidx_del(struct kv_oidx *idx, struct mobj *o)
+/* Unlinks o from its chain and links g (NULL: nothing) in its place, under the shard's lock.
+ * False when o is not in the index. */
+static bool unlink_obj(struct kv_oidx *idx, struct mobj *o, struct mobj *g)
 {
     uint32_t h = kv_oidx_hash(o->key);
     struct kv_oidx_shard *s = shard_of(idx, h);
     if (!s->nb)
-        return;
+        return false;
+    bool found = false;
     pthread_mutex_lock(&s->lock);
     for (struct mobj **pp = &s->b[h & (s->nb - 1)]; *pp; pp = &(*pp)->hnext) {
         if (*pp == o) {
-            *pp = o->hnext;
+            if (g) {
+                g->hnext = o->hnext;
+                *pp = g;
+            } else {
+                *pp = o->hnext;
+                s->n--;
+            }
             o->hnext = NULL;
-            s->n--;
-            idx->n--;
+            found = true;
             break;
         }
     }
     pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+void kv_oidx_del(struct kv_oidx *idx, struct mobj *o)
+{
+    if (unlink_obj(idx, o, NULL))
+        idx->n--;
 }
 
 void kv_oidx_replace(struct kv_oidx *idx, struct mobj *o, struct mobj *g)
 {
-    uint32_t h = kv_oidx_hash(o->key);
-    struct kv_oidx_shard *s = shard_of(idx, h);
-    if (!s->nb)
-        return;
-    pthread_mutex_lock(&s->lock);
-    for (struct mobj **pp = &s->b[h & (s->nb - 1)]; *pp; pp = &(*pp)->hnext) {
-        if (*pp == o) {
-            g->hnext = o->hnext;
-            *pp = g;
-            o->hnext = NULL;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&s->lock);
+    unlink_obj(idx, o, g);
 }
 
 uint64_t kv_oidx_each_range(struct kv_oidx *idx, uint64_t from, size_t nbuckets,

@@ -8,8 +8,7 @@
 // rise above 0 and that the table's request counts grow; saves a screenshot; fails on any
 // console error, page error or failed request. Exit 0 = all held; a message names what did not.
 "use strict";
-const { chromium } = require("playwright-core");
-const { spawn } = require("child_process");
+const { sleep, openPage, startLoad, checkProblems, run } = require("./browser_common.js");
 
 const [url, engineList, shot, ...load] = process.argv.slice(2);
 if (!url || !engineList || !shot || load.length === 0) {
@@ -18,22 +17,9 @@ if (!url || !engineList || !shot || load.length === 0) {
 }
 const engines = engineList.split(",");
 
-function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
-
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-  });
-  const problems = [];
+  const { browser, page, problems } = await openPage(url, { width: 1280, height: 900 });
   try {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    page.on("console", (m) => { if (m.type() === "error") problems.push("console: " + m.text()); });
-    page.on("pageerror", (e) => problems.push("page error: " + e.message));
-    page.on("requestfailed", (r) => problems.push("request failed: " + r.url()));
-    const resp = await page.goto(url, { waitUntil: "load" });
-    if (!resp || resp.status() !== 200) throw new Error("GET " + url + ": " + (resp && resp.status()));
 
     // every engine is listed, in rotation
     await page.waitForFunction((want) => {
@@ -49,9 +35,7 @@ async function main() {
       return { t: s.time_ms / 1000, requests: s.engines.reduce((a, e) => a + e.requests, 0) };
     });
 
-    const child = spawn(load[0], load.slice(1), { stdio: ["ignore", "ignore", "inherit"] });
-    let loadExit = null;
-    child.on("exit", (code) => { loadExit = code; });
+    const running = startLoad(load);
 
     // while the load runs: a plotted requests/s above 0 after it started, and more requests in
     // the engine table than before
@@ -80,17 +64,11 @@ async function main() {
     await sleep(1500);
     await page.screenshot({ path: shot, fullPage: true });
     console.log("ok - screenshot " + shot);
-    for (let i = 0; i < 60 && loadExit === null; i++) await sleep(500);
-    if (loadExit === null) child.kill("SIGKILL");
-    else if (loadExit !== 0) throw new Error("the load exited " + loadExit);
-    if (problems.length) throw new Error("browser reported:\n  " + problems.join("\n  "));
-    console.log("ok - no console errors, page errors or failed requests");
+    await running.done();
+    checkProblems(problems);
   } finally {
     await browser.close();
   }
 }
 
-main().then(() => process.exit(0), (e) => {
-  console.error("FAIL: " + e.message);
-  process.exit(1);
-});
+run(main);

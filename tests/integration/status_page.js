@@ -7,8 +7,7 @@
 // the plotted ops/s and object count change while it runs; saves a screenshot; fails on any
 // console error, page error or failed request. Exit 0 = all held; a message names what did not.
 "use strict";
-const { chromium } = require("playwright-core");
-const { spawn } = require("child_process");
+const { sleep, openPage, startLoad, checkProblems, run } = require("./browser_common.js");
 
 const [url, nodeId, shot, ...load] = process.argv.slice(2);
 if (!url || !nodeId || !shot || load.length === 0) {
@@ -16,22 +15,9 @@ if (!url || !nodeId || !shot || load.length === 0) {
   process.exit(2);
 }
 
-function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
-
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-  });
-  const problems = [];
+  const { browser, page, problems } = await openPage(url, { width: 1280, height: 1000 });
   try {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-    page.on("console", (m) => { if (m.type() === "error") problems.push("console: " + m.text()); });
-    page.on("pageerror", (e) => problems.push("page error: " + e.message));
-    page.on("requestfailed", (r) => problems.push("request failed: " + r.url()));
-    const resp = await page.goto(url, { waitUntil: "load" });
-    if (!resp || resp.status() !== 200) throw new Error("GET " + url + ": " + (resp && resp.status()));
 
     // the node table shows the node
     await page.waitForFunction((id) => Array.from(document.querySelectorAll("#nodes tbody td"))
@@ -46,9 +32,7 @@ async function main() {
       return { objects: o[o.length - 1], t: window.kvStatus.prev.time_ms / 1000 };
     });
 
-    const child = spawn(load[0], load.slice(1), { stdio: ["ignore", "ignore", "inherit"] });
-    let loadExit = null;
-    child.on("exit", (code) => { loadExit = code; });
+    const running = startLoad(load);
 
     // while the load runs: some plotted puts/s > 0 after it started, and the plotted object
     // count above what it was before
@@ -73,17 +57,11 @@ async function main() {
     await sleep(1500); // one more second of plots in the screenshot
     await page.screenshot({ path: shot, fullPage: true });
     console.log("ok - screenshot " + shot);
-    for (let i = 0; i < 60 && loadExit === null; i++) await sleep(500);
-    if (loadExit === null) child.kill("SIGKILL");
-    else if (loadExit !== 0) throw new Error("the put load exited " + loadExit);
-    if (problems.length) throw new Error("browser reported:\n  " + problems.join("\n  "));
-    console.log("ok - no console errors, page errors or failed requests");
+    await running.done();
+    checkProblems(problems);
   } finally {
     await browser.close();
   }
 }
 
-main().then(() => process.exit(0), (e) => {
-  console.error("FAIL: " + e.message);
-  process.exit(1);
-});
+run(main);
