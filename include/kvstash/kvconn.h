@@ -37,6 +37,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -144,6 +145,38 @@ KV_API int kv_conn_release(struct kv_conn *c, uint64_t job);
 
 /* Object size of one (chunk, layer): 2 * chunk tokens * heads * row_bytes. */
 KV_API size_t kv_conn_object_size(const struct kv_conn *c);
+
+/* ---- Handles: the same engine addressed by a generation-checked id (for bindings) ----
+ *
+ * As kv_store_h_* (store.h): a binding never holds a struct kv_conn pointer, so a destroy in
+ * one thread while another waits on a job can never make the wait read freed memory.
+ * kv_conn_h_create() takes the store as a kv_store_id (0 = use opts->backend; opts->store is
+ * ignored) and holds its own reference on that client. kv_conn_h_destroy() removes the id at
+ * once (later calls with it, or with any stale or made-up id, return KV_ESHUTDOWN); the engine
+ * is destroyed (kv_conn_destroy) and the store reference released when the last call in flight
+ * returns. The other functions behave as their kv_conn_* counterparts.
+ * Thread-safety: every function may be called from any thread at any time, destroy included. */
+typedef uint64_t kv_conn_id;
+
+KV_API int kv_conn_h_create(const struct kv_conn_opts *opts, kv_store_id store, kv_conn_id *id);
+/* KV_OK, or KV_ESHUTDOWN when id is not open (destroyed twice, stale, never created). */
+KV_API int kv_conn_h_destroy(kv_conn_id id);
+KV_API int kv_conn_h_register_layer(kv_conn_id id, uint32_t layer,
+                                    const struct kv_conn_layout *layout);
+KV_API int kv_conn_h_submit(kv_conn_id id, enum kv_conn_op op, uint32_t layer_begin,
+                            uint32_t layer_end, size_t n, const char *const *keys,
+                            const int32_t *block_ids, const uint32_t *tok_begin,
+                            const uint32_t *tok_end, uint64_t *job);
+KV_API int kv_conn_h_submit_at(kv_conn_id id, enum kv_conn_op op, uint32_t layer_begin,
+                               uint32_t layer_end, const struct kv_conn_layout *layouts, size_t n,
+                               const char *const *keys, const int32_t *block_ids,
+                               const uint32_t *tok_begin, const uint32_t *tok_end, uint64_t *job);
+KV_API int kv_conn_h_wait_layer(kv_conn_id id, uint64_t job, uint32_t layer, int timeout_ms);
+KV_API int kv_conn_h_wait(kv_conn_id id, uint64_t job, int timeout_ms, int *status);
+KV_API int kv_conn_h_peek(kv_conn_id id, uint64_t job, int *status);
+KV_API int kv_conn_h_release(kv_conn_id id, uint64_t job);
+/* *size = kv_conn_object_size(); KV_OK or KV_ESHUTDOWN. */
+KV_API int kv_conn_h_object_size(kv_conn_id id, size_t *size);
 
 #ifdef __cplusplus
 }

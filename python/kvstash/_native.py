@@ -120,8 +120,6 @@ kv_store_keys_free = _fn("kv_store_keys_free", None, ctypes.POINTER(c_char_p), c
 kv_store_h_open = _fn("kv_store_h_open", c_int, ctypes.POINTER(StoreOpts),
                       ctypes.POINTER(c_uint64))
 kv_store_h_close = _fn("kv_store_h_close", c_int, c_uint64)
-kv_store_h_acquire = _fn("kv_store_h_acquire", c_int, c_uint64, ctypes.POINTER(c_void_p))
-kv_store_h_release = _fn("kv_store_h_release", None, c_void_p)
 kv_store_h_put = _fn("kv_store_h_put", c_int, c_uint64, c_char_p, c_void_p, c_size_t,
                      ctypes.POINTER(PutOpts))
 kv_store_h_get = _fn("kv_store_h_get", c_int, c_uint64, c_char_p, c_void_p, c_size_t,
@@ -195,19 +193,22 @@ class ConnLayout(ctypes.Structure):
 CONN_SAVE = 1
 CONN_LOAD = 2
 
-kv_conn_create = _fn("kv_conn_create", c_int, ctypes.POINTER(ConnOpts), ctypes.POINTER(c_void_p))
-kv_conn_destroy = _fn("kv_conn_destroy", None, c_void_p)
-kv_conn_register_layer = _fn("kv_conn_register_layer", c_int, c_void_p, c_uint32,
-                             ctypes.POINTER(ConnLayout))
-kv_conn_submit = _fn("kv_conn_submit", c_int, c_void_p, c_int, c_uint32, c_uint32, c_size_t,
-                     ctypes.POINTER(c_char_p), ctypes.POINTER(ctypes.c_int32),
-                     ctypes.POINTER(c_uint32), ctypes.POINTER(c_uint32), ctypes.POINTER(c_uint64))
-kv_conn_submit_at = _fn("kv_conn_submit_at", c_int, c_void_p, c_int, c_uint32, c_uint32,
-                        ctypes.POINTER(ConnLayout), c_size_t, ctypes.POINTER(c_char_p),
-                        ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(c_uint32),
-                        ctypes.POINTER(c_uint32), ctypes.POINTER(c_uint64))
-kv_conn_wait_layer = _fn("kv_conn_wait_layer", c_int, c_void_p, c_uint64, c_uint32, c_int)
-kv_conn_wait = _fn("kv_conn_wait", c_int, c_void_p, c_uint64, c_int, ctypes.POINTER(c_int))
-kv_conn_peek = _fn("kv_conn_peek", c_int, c_void_p, c_uint64, ctypes.POINTER(c_int))
-kv_conn_release = _fn("kv_conn_release", c_int, c_void_p, c_uint64)
-kv_conn_object_size = _fn("kv_conn_object_size", c_size_t, c_void_p)
+# the copy engine through generation-checked ids (kv_conn_h_*): never a raw C pointer
+kv_conn_h_create = _fn("kv_conn_h_create", c_int, ctypes.POINTER(ConnOpts), c_uint64,
+                       ctypes.POINTER(c_uint64))
+kv_conn_h_destroy = _fn("kv_conn_h_destroy", c_int, c_uint64)
+kv_conn_h_register_layer = _fn("kv_conn_h_register_layer", c_int, c_uint64, c_uint32,
+                               ctypes.POINTER(ConnLayout))
+kv_conn_h_submit = _fn("kv_conn_h_submit", c_int, c_uint64, c_int, c_uint32, c_uint32, c_size_t,
+                       ctypes.POINTER(c_char_p), ctypes.POINTER(ctypes.c_int32),
+                       ctypes.POINTER(c_uint32), ctypes.POINTER(c_uint32),
+                       ctypes.POINTER(c_uint64))
+kv_conn_h_submit_at = _fn("kv_conn_h_submit_at", c_int, c_uint64, c_int, c_uint32, c_uint32,
+                          ctypes.POINTER(ConnLayout), c_size_t, ctypes.POINTER(c_char_p),
+                          ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(c_uint32),
+                          ctypes.POINTER(c_uint32), ctypes.POINTER(c_uint64))
+kv_conn_h_wait_layer = _fn("kv_conn_h_wait_layer", c_int, c_uint64, c_uint64, c_uint32, c_int)
+kv_conn_h_wait = _fn("kv_conn_h_wait", c_int, c_uint64, c_uint64, c_int, ctypes.POINTER(c_int))
+kv_conn_h_peek = _fn("kv_conn_h_peek", c_int, c_uint64, c_uint64, ctypes.POINTER(c_int))
+kv_conn_h_release = _fn("kv_conn_h_release", c_int, c_uint64, c_uint64)
+kv_conn_h_object_size = _fn("kv_conn_h_object_size", c_int, c_uint64, ctypes.POINTER(c_size_t))

@@ -10,7 +10,7 @@ and K/V as separate tensors.
 import ctypes
 
 from . import _native
-from .errors import check
+from .errors import ClosedError, check
 
 SAVE = _native.CONN_SAVE
 LOAD = _native.CONN_LOAD
@@ -112,47 +112,48 @@ class CopyEngine:
         if store is None and backend is None:
             raise ValueError("kvstash: CopyEngine needs a store or a backend")
         be = ctypes.pointer(self._backend.struct) if self._backend else None
-        # a reference on the store's C client for the engine's lifetime (released in close)
-        self._store_ptr = store.acquire_pointer() if store is not None else None
-        opts = _native.ConnOpts(self._store_ptr, be, int(threads),
+        opts = _native.ConnOpts(None, be, int(threads),
                                 int(block_size), int(chunk_blocks), int(num_heads),
                                 int(row_bytes), int(ttl_s), int(replicas), int(batch_max))
-        h = ctypes.c_void_p()
-        rc = _native.kv_conn_create(ctypes.byref(opts), ctypes.byref(h))
-        if rc < 0 and self._store_ptr:
-            _native.kv_store_h_release(self._store_ptr)
-            self._store_ptr = None
-        check(rc, "cannot start the copy engine")
-        self._h = h
+        # the engine is addressed by a generation-checked id and holds its own reference on
+        # the store's client (kv_conn_h_create): a close() racing with a wait() in another
+        # thread makes that call raise ClosedError, never read freed memory
+        h = ctypes.c_uint64()
+        check(_native.kv_conn_h_create(ctypes.byref(opts),
+                                       store._handle() if store is not None else 0,
+                                       ctypes.byref(h)), "cannot start the copy engine")
+        self._h = h.value
         self.block_size = int(block_size)
         self.chunk_blocks = int(chunk_blocks)
         self.chunk_tokens = self.block_size * self.chunk_blocks
-        self.object_size = _native.kv_conn_object_size(h)
+        size = ctypes.c_size_t()
+        check(_native.kv_conn_h_object_size(self._h, ctypes.byref(size)), "object size")
+        self.object_size = size.value
         self._tensors = {}  # layer -> tensor kept alive while registered
 
     def close(self):
-        """Cancels queued work, waits for running work, frees every job."""
-        if getattr(self, "_h", None):
-            _native.kv_conn_destroy(self._h)
-            self._h = None
-        if getattr(self, "_store_ptr", None):
-            _native.kv_store_h_release(self._store_ptr)
-            self._store_ptr = None
+        """Cancels queued work, waits for running work, frees every job. Calls racing with it
+        in other threads finish or raise ClosedError; later calls raise ClosedError."""
+        h = getattr(self, "_h", 0)
+        if h:
+            self._h = 0
+            _native.kv_conn_h_destroy(h)
 
     def __del__(self):
         self.close()
 
     def _handle(self):
-        if not self._h:
-            raise ValueError("kvstash: CopyEngine is closed")
-        return self._h
+        h = self._h
+        if not h:
+            raise ClosedError(what="kvstash: CopyEngine is closed")
+        return h
 
     def register_layer(self, layer, kv, kv_dim=None):
         """Describes layer `layer`'s cache (see layout_of). Returns the layout tuple."""
         lay = layout_of(kv, kv_dim)
         k_base, v_base, bst, tst, hst, nb = lay[:6]
         cl = _native.ConnLayout(k_base, v_base, bst, tst, hst, nb)
-        check(_native.kv_conn_register_layer(self._handle(), int(layer), ctypes.byref(cl)),
+        check(_native.kv_conn_h_register_layer(self._handle(), int(layer), ctypes.byref(cl)),
               "register layer %d" % layer)
         self._tensors[layer] = kv
         return lay
@@ -181,7 +182,7 @@ class CopyEngine:
             te = (ctypes.c_uint32 * n)(*tok_end)
         job = ctypes.c_uint64()
         if tensors is None:
-            check(_native.kv_conn_submit(self._handle(), int(op), int(layer_begin),
+            check(_native.kv_conn_h_submit(self._handle(), int(op), int(layer_begin),
                                          int(layer_end), n, karr, barr, tb, te,
                                          ctypes.byref(job)), "submit")
             return job.value
@@ -191,14 +192,14 @@ class CopyEngine:
         for i, t in enumerate(tensors):
             k_base, v_base, bst, tst, hst, nb = layout_of(t)[:6]
             lays[i] = _native.ConnLayout(k_base, v_base, bst, tst, hst, nb)
-        check(_native.kv_conn_submit_at(self._handle(), int(op), int(layer_begin),
+        check(_native.kv_conn_h_submit_at(self._handle(), int(op), int(layer_begin),
                                         int(layer_end), lays, n, karr, barr, tb, te,
                                         ctypes.byref(job)), "submit")
         return job.value
 
     def wait_layer(self, job, layer, timeout_ms=-1):
         """Blocks until the job's layer is done. False on timeout."""
-        rc = _native.kv_conn_wait_layer(self._handle(), job, int(layer), int(timeout_ms))
+        rc = _native.kv_conn_h_wait_layer(self._handle(), job, int(layer), int(timeout_ms))
         if rc == -6:  # KV_ETIMEDOUT
             return False
         check(rc, "wait layer %d" % layer)
@@ -207,15 +208,15 @@ class CopyEngine:
     def wait(self, job, n, timeout_ms=-1):
         """(done, statuses): statuses is the per-chunk list of results (0 = ok) when done."""
         st = (ctypes.c_int * n)()
-        rc = check(_native.kv_conn_wait(self._handle(), job, int(timeout_ms), st), "wait")
+        rc = check(_native.kv_conn_h_wait(self._handle(), job, int(timeout_ms), st), "wait")
         return (rc == 1, list(st) if rc == 1 else None)
 
     def peek(self, job, n):
         """(done, statuses so far): after wait_layer(job, L), a chunk whose layer L failed
         already shows its error."""
         st = (ctypes.c_int * n)()
-        rc = check(_native.kv_conn_peek(self._handle(), job, st), "peek")
+        rc = check(_native.kv_conn_h_peek(self._handle(), job, st), "peek")
         return rc == 1, list(st)
 
     def release(self, job):
-        check(_native.kv_conn_release(self._handle(), job), "release")
+        check(_native.kv_conn_h_release(self._handle(), job), "release")

@@ -264,17 +264,6 @@ class Store:
             _native.kv_store_keys_free(keys, n.value)
             _native.kv_store_free(ctypes.cast(sizes, ctypes.c_void_p))
 
-    def acquire_pointer(self):
-        """The C struct kv_store address with a reference that keeps the client alive (even
-        past close()) until release_pointer(address): for kvstash.kvconn.CopyEngine only."""
-        p = ctypes.c_void_p()
-        check(_native.kv_store_h_acquire(self._handle(), ctypes.byref(p)), "acquire")
-        return p.value
-
-    @staticmethod
-    def release_pointer(address):
-        _native.kv_store_h_release(address)
-
     def stat(self):
         """The cluster statistics (the master's /api/v1/cluster document) as a dict."""
         p = ctypes.c_void_p()
