@@ -74,11 +74,15 @@ wait_acked() { # wait_acked N: until at least N puts were acknowledged
 }
 
 # service_back LABEL T0: polls until a replicas=2 put and a get (exact bytes) of an object put
-# before the fault both succeed; fails past RECOVER_MAX; records the time.
+# before the fault both succeed; fails past RECOVER_MAX; records the time. The object is the
+# last one acknowledged before the fault: one of its two replicas is outside the fault. (The
+# first one acknowledged is not: after node3's kill -9 lost its DRAM replicas, an early object
+# may have its only remaining replica on node2, whose link the next step cuts - then no get can
+# succeed until the link is back, and the step failed at random, depending on placement.)
 probe=0
 service_back() {
     local label=$1 t0=$2 k v dt
-    read -r k v < <(head -n 1 "$W/acked")
+    read -r k v < <(tail -n 1 "$W/acked")
     while :; do
         probe=$((probe + 1))
         if kv 1 put --replicas 2 --timeout 2000 "probe/$probe" "$W/v1" >/dev/null 2>&1 &&
