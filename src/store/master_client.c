@@ -93,7 +93,8 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
     int want = it->replicas ? (int)it->replicas : 1;
     if (want > KV_STORE_MAX_REPLICAS)
         return KV_EINVAL;
-    if (kv_oidx_get(&m->index, it->key))
+    uint32_t h = kv_oidx_hash(it->key); /* one hash for the lookup and the insert */
+    if (kv_oidx_get_h(&m->index, it->key, h))
         return KV_EEXIST;
     if (want > m->nnodes)
         return no_usable_node(m) ? KV_ESTORE_NONODE : KV_ENOSPC;
@@ -119,7 +120,7 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
     int64_t deadline = (kv_now_ms() + m->put_timeout_ms + 999) / 1000;
     o->put_deadline_sec = (uint32_t)deadline;
     o->lease_until = deadline * 1000; /* the writer may touch the ranges until then */
-    if ((slot && (!rs || !ra)) || kv_oidx_put(&m->index, o) < 0) {
+    if ((slot && (!rs || !ra)) || kv_oidx_put_absent(&m->index, o, h) < 0) {
         kv_free(rs);
         kv_free(ra);
         for (int i = 0; i < got; i++)
@@ -562,7 +563,8 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
     int nfailed = 0, last_rc = KV_ENOENT;
     bool via_ssd = false; /* no DRAM replica at first: an SSD lookup (metrics) */
     for (int tries = 0; tries < 16; tries++) {
-        struct mobj *o = key_ok(key) ? kv_oidx_get(&m->index, key) : NULL;
+        uint32_t h = key_ok(key) ? kv_oidx_hash(key) : 0;
+        struct mobj *o = key_ok(key) ? kv_oidx_get_h(&m->index, key, h) : NULL;
         if (!o || o->state != OBJ_COMPLETE) {
             it->status = KV_ENOENT;
             m->misses++;
@@ -615,7 +617,7 @@ static void get_one(struct kv_master *m, const char *key, Kvstash__GetItem *it)
             }
             int64_t now = kv_now_ms();
             o->lease_until = KV_MAX(o->lease_until, now + (int64_t)m->lease_ms);
-            pthread_mutex_t *sl = kv_oidx_lock_of(&m->index, o); /* exists reads expire_q */
+            pthread_mutex_t *sl = kv_oidx_lock_h(&m->index, h); /* exists reads expire_q */
             pthread_mutex_lock(sl);
             obj_set_expire(o, kv_wall_ms());
             pthread_mutex_unlock(sl);

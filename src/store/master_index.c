@@ -163,14 +163,6 @@ void kv_oidx_reserve(struct kv_oidx *idx, size_t n)
     }
 }
 
-int kv_oidx_put(struct kv_oidx *idx, struct mobj *o)
-{
-    uint32_t h = kv_oidx_hash(o->key);
-    if (get_h(idx, o->key, h))
-        return KV_EEXIST;
-    return kv_oidx_put_absent(idx, o, h);
-}
-
 int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
 {
     struct kv_oidx_shard *s = shard_of(idx, h);

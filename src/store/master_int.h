@@ -137,8 +137,6 @@ void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool chain);
 void kv_oidx_prefetch_bucket(const struct kv_oidx *idx, uint32_t h);
 /* The same, with h = kv_oidx_hash(key) computed by the caller. */
 struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h);
-/* Adds o under o->key. KV_EEXIST when the key is present, KV_ENOMEM. */
-int kv_oidx_put(struct kv_oidx *idx, struct mobj *o);
 /* Adds o, whose key the caller just looked up (kv_oidx_get_h, same h) and did not find, without
  * looking again. KV_ENOMEM. */
 int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h);
