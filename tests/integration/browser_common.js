@@ -44,6 +44,27 @@ function startLoad(argv) {
   };
 }
 
+// Evaluates fn(arg) in the page every 500 ms, at most tries times, until it returns something
+// truthy; resolves to that, or to null.
+async function poll(page, fn, arg, tries) {
+  for (let i = 0; i < tries; i++) {
+    await sleep(500);
+    const v = await page.evaluate(fn, arg);
+    if (v) return v;
+  }
+  return null;
+}
+
+// After the checks: a second and a half more of live plots, the screenshot, the load's end,
+// and the browser's error log.
+async function finish(page, problems, shot, running) {
+  await sleep(1500);
+  await page.screenshot({ path: shot, fullPage: true });
+  console.log("ok - screenshot " + shot);
+  await running.done();
+  checkProblems(problems);
+}
+
 // Throws when the browser reported anything.
 function checkProblems(problems) {
   if (problems.length) throw new Error("browser reported:\n  " + problems.join("\n  "));
@@ -58,4 +79,4 @@ function run(main) {
   });
 }
 
-module.exports = { sleep, openPage, startLoad, checkProblems, run };
+module.exports = { sleep, openPage, startLoad, poll, finish, run };

@@ -1,10 +1,37 @@
 # shellcheck shell=bash
-# The put/get load of the cluster fault tests (sourced by test_cluster_faults.sh and
-# test_cluster_partition.sh; they define kv and W, and write the values $W/v0..).
+# lib_cluster.sh - what the cluster fault tests share (sourced by test_cluster_faults.sh and
+# test_cluster_partition.sh right after they set CL (scripts/cluster), W (their work dir) and
+# LOAD_PID=): fail (with the tail of every log of the cluster), ok, the clean-up on exit (stop
+# the load, `cluster down`, remove W), the checks for root and network namespaces (these tests
+# fail, they never skip), now/since/kv, and the put/get load.
+fail() {
+    echo "FAIL: $*" >&2
+    local f
+    for f in /tmp/kvstash-cluster-"$KVSTASH_CLUSTER_NAME"/logs/*.log "$W"/load.err; do
+        [ -f "$f" ] && { echo "--- $f" >&2; tail -n 15 "$f" >&2; }
+    done
+    exit 1
+}
+ok() { echo "ok - $*"; }
+cleanup() {
+    touch "$W/stop"
+    [ -n "$LOAD_PID" ] && wait "$LOAD_PID" 2>/dev/null
+    "$CL" down >/dev/null 2>&1 || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" -eq 0 ] || fail "needs root for network namespaces (this test does not skip)"
+ip netns list >/dev/null 2>&1 || fail "'ip netns' unavailable (this test does not skip)"
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+kv() { "$CL" kv "$@"; }
+
 # cluster_load MAXPUTS NVALUES: host 1 puts ld/I (replicas=2, value $W/v(I % NVALUES)) and reads
 # back a random acknowledged key, comparing bytes. Acknowledged puts go to $W/acked ("key v"),
 # failures to $W/put_fail and $W/get_fail, mismatches to $W/wrong. Bounded: MAXPUTS puts or
-# 150 s, whichever first, or until $W/stop exists.
+# 150 s, whichever first, or until $W/stop exists. The caller writes the values $W/v0...
 cluster_load() {
     local max=$1 nv=$2 i=0 end=$((SECONDS + 150)) k v
     while [ ! -e "$W/stop" ] && [ $i -lt "$max" ] && [ $SECONDS -lt $end ]; do

@@ -8,7 +8,7 @@
 // rise above 0 and that the table's request counts grow; saves a screenshot; fails on any
 // console error, page error or failed request. Exit 0 = all held; a message names what did not.
 "use strict";
-const { sleep, openPage, startLoad, checkProblems, run } = require("./browser_common.js");
+const { openPage, startLoad, poll, finish, run } = require("./browser_common.js");
 
 const [url, engineList, shot, ...load] = process.argv.slice(2);
 if (!url || !engineList || !shot || load.length === 0) {
@@ -39,33 +39,25 @@ async function main() {
 
     // while the load runs: a plotted requests/s above 0 after it started, and more requests in
     // the engine table than before
-    let seen = null;
-    for (let i = 0; i < 40 && !seen; i++) {
-      await sleep(500);
-      seen = await page.evaluate((b) => {
-        const st = window.kvRouterStatus;
-        if (!st.rps) return null;
-        const d = st.rps.plot.data; // [t, rps of engine 0, rps of engine 1, ...]
-        let max = 0;
-        for (let k = 0; k < d[0].length; k++)
-          if (d[0][k] > b.t)
-            for (let e = 1; e < d.length; e++) if (d[e][k] > max) max = d[e][k];
-        const cells = Array.from(document.querySelectorAll("#engines tbody tr"))
-          .map((tr) => Number(tr.children[3].textContent.replace(/[^0-9.]/g, "")) || 0);
-        const shown = cells.reduce((a, v) => a + v, 0);
-        return max > 0 && shown > b.requests ? { max, shown } : null;
-      }, before);
-    }
+    const seen = await poll(page, (b) => {
+      const st = window.kvRouterStatus;
+      if (!st.rps) return null;
+      const d = st.rps.plot.data; // [t, rps of engine 0, rps of engine 1, ...]
+      let max = 0;
+      for (let k = 0; k < d[0].length; k++)
+        if (d[0][k] > b.t)
+          for (let e = 1; e < d.length; e++) if (d[e][k] > max) max = d[e][k];
+      const cells = Array.from(document.querySelectorAll("#engines tbody tr"))
+        .map((tr) => Number(tr.children[3].textContent.replace(/[^0-9.]/g, "")) || 0);
+      const shown = cells.reduce((a, v) => a + v, 0);
+      return max > 0 && shown > b.requests ? { max, shown } : null;
+    }, before, 40);
     if (!seen)
       throw new Error("the plotted requests/s or the table's request counts did not change " +
         "during the load (requests before: " + before.requests + ")");
     console.log("ok - plotted requests/s rose to " + seen.max.toFixed(1) + " and the table " +
       "counts " + seen.shown + " requests (" + before.requests + " before)");
-    await sleep(1500);
-    await page.screenshot({ path: shot, fullPage: true });
-    console.log("ok - screenshot " + shot);
-    await running.done();
-    checkProblems(problems);
+    await finish(page, problems, shot, running);
   } finally {
     await browser.close();
   }

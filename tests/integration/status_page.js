@@ -7,7 +7,7 @@
 // the plotted ops/s and object count change while it runs; saves a screenshot; fails on any
 // console error, page error or failed request. Exit 0 = all held; a message names what did not.
 "use strict";
-const { sleep, openPage, startLoad, checkProblems, run } = require("./browser_common.js");
+const { openPage, startLoad, poll, finish, run } = require("./browser_common.js");
 
 const [url, nodeId, shot, ...load] = process.argv.slice(2);
 if (!url || !nodeId || !shot || load.length === 0) {
@@ -36,29 +36,21 @@ async function main() {
 
     // while the load runs: some plotted puts/s > 0 after it started, and the plotted object
     // count above what it was before
-    let seen = null;
-    for (let i = 0; i < 40 && !seen; i++) {
-      await sleep(500);
-      seen = await page.evaluate((b) => {
-        const ops = window.kvStatus.plots.ops.plot.data; // [t, gets/s, puts/s]
-        const obj = window.kvStatus.plots.objects.plot.data; // [t, objects]
-        let maxPuts = 0;
-        for (let k = 0; k < ops[0].length; k++)
-          if (ops[0][k] > b.t && ops[2][k] > maxPuts) maxPuts = ops[2][k];
-        const last = obj[1][obj[1].length - 1];
-        return maxPuts > 0 && last > b.objects ? { maxPuts, objects: last } : null;
-      }, before);
-    }
+    const seen = await poll(page, (b) => {
+      const ops = window.kvStatus.plots.ops.plot.data; // [t, gets/s, puts/s]
+      const obj = window.kvStatus.plots.objects.plot.data; // [t, objects]
+      let maxPuts = 0;
+      for (let k = 0; k < ops[0].length; k++)
+        if (ops[0][k] > b.t && ops[2][k] > maxPuts) maxPuts = ops[2][k];
+      const last = obj[1][obj[1].length - 1];
+      return maxPuts > 0 && last > b.objects ? { maxPuts, objects: last } : null;
+    }, before, 40);
     if (!seen)
       throw new Error("the plotted ops/s or object count did not change during the put load " +
         "(objects before: " + before.objects + ")");
     console.log("ok - plotted puts/s rose to " + seen.maxPuts.toFixed(0) + " and objects from " +
       before.objects + " to " + seen.objects + " during the load");
-    await sleep(1500); // one more second of plots in the screenshot
-    await page.screenshot({ path: shot, fullPage: true });
-    console.log("ok - screenshot " + shot);
-    await running.done();
-    checkProblems(problems);
+    await finish(page, problems, shot, running);
   } finally {
     await browser.close();
   }

@@ -20,29 +20,8 @@ RECOVER_MAX=20 # seconds: the stated bound for service to come back after each f
 W=$(mktemp -d /tmp/kvstash-cluster-faults.XXXXXX)
 LOAD_PID=
 
-fail() {
-    echo "FAIL: $*" >&2
-    local f
-    for f in /tmp/kvstash-cluster-"$KVSTASH_CLUSTER_NAME"/logs/*.log "$W"/load.err; do
-        [ -f "$f" ] && { echo "--- $f" >&2; tail -n 15 "$f" >&2; }
-    done
-    exit 1
-}
-ok() { echo "ok - $*"; }
-cleanup() {
-    touch "$W/stop"
-    [ -n "$LOAD_PID" ] && wait "$LOAD_PID" 2>/dev/null
-    "$CL" down >/dev/null 2>&1 || true
-    rm -rf "$W"
-}
-trap cleanup EXIT
-
-[ "$(id -u)" -eq 0 ] || fail "needs root for network namespaces (this test does not skip)"
-ip netns list >/dev/null 2>&1 || fail "'ip netns' unavailable (this test does not skip)"
-
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-kv() { "$CL" kv "$@"; }
+# shellcheck source=lib_cluster.sh
+. "$(dirname "$0")/lib_cluster.sh"
 
 # values: 12 deterministic files of different sizes (4 KiB .. 200 KiB)
 for v in $(seq 0 11); do
@@ -54,9 +33,7 @@ t=$(now)
 ok "cluster up 3 hosts, every component healthy in $(since "$t") s"
 "$CL" status >/dev/null || fail "status after up"
 
-# the load (lib_cluster_load.sh)
-# shellcheck source=lib_cluster_load.sh
-. "$(dirname "$0")/lib_cluster_load.sh"
+# the load (lib_cluster.sh)
 load() { cluster_load 400 12; }
 : >"$W/acked"
 : >"$W/put_fail"

@@ -26,30 +26,9 @@ W=$(mktemp -d /tmp/kvstash-cluster-partition.XXXXXX)
 RUN=/tmp/kvstash-cluster-$KVSTASH_CLUSTER_NAME
 LOAD_PID=
 
-fail() {
-    echo "FAIL: $*" >&2
-    local f
-    for f in "$RUN"/logs/master*.log "$W"/load.err; do
-        [ -f "$f" ] && { echo "--- $f" >&2; tail -n 15 "$f" >&2; }
-    done
-    exit 1
-}
-ok() { echo "ok - $*"; }
-cleanup() {
-    touch "$W/stop"
-    [ -n "$LOAD_PID" ] && wait "$LOAD_PID" 2>/dev/null
-    "$CL" down >/dev/null 2>&1 || true
-    rm -rf "$W"
-}
-trap cleanup EXIT
-
-[ "$(id -u)" -eq 0 ] || fail "needs root for network namespaces (this test does not skip)"
-ip netns list >/dev/null 2>&1 || fail "'ip netns' unavailable (this test does not skip)"
+# shellcheck source=lib_cluster.sh
+. "$(dirname "$0")/lib_cluster.sh"
 command -v iptables >/dev/null || fail "iptables not installed (scripts/packages.txt; this test does not skip)"
-
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-kv() { "$CL" kv "$@"; }
 
 for v in $(seq 0 7); do
     head -c $((4096 + v * 23000)) /dev/urandom >"$W/v$v"
@@ -72,9 +51,7 @@ leaders() {
     echo "${out# }"
 }
 
-# the load (lib_cluster_load.sh)
-# shellcheck source=lib_cluster_load.sh
-. "$(dirname "$0")/lib_cluster_load.sh"
+# the load (lib_cluster.sh)
 load() { cluster_load 300 8; }
 : >"$W/acked"
 : >"$W/put_fail"
