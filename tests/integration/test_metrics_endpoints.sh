@@ -84,9 +84,19 @@ for _ in $(seq 50); do
 done
 [ "$code" = 200 ] || fail "no request through the router ($code)"
 
+# The agents' datagrams are taken in asynchronously, and the router copies its gateway's states
+# into its engines every 50 ms: scrape until the states are in (the request above says nothing
+# about them), then check what was scraped.
+scrape_until() { # NAME URL PATTERN
+    for _ in $(seq 100); do
+        curl -sf -o "$W/$1.prom" "$2" || fail "$1 /metrics"
+        grep -q "$3" "$W/$1.prom" && return 0
+        sleep 0.05
+    done
+}
 curl -sf -o "$W/master.prom" "http://$ADMIN/metrics" || fail "master /metrics"
-curl -sf -o "$W/gateway.prom" "http://127.0.0.1:$GH/metrics" || fail "gateway /metrics"
-curl -sf -o "$W/router.prom" "http://127.0.0.1:$RP/metrics" || fail "router /metrics"
+scrape_until gateway "http://127.0.0.1:$GH/metrics" '^kvstash_gateway_engine_pending_tokens{'
+scrape_until router "http://127.0.0.1:$RP/metrics" '^kvstash_router_engine_pending_tokens{'
 
 # 1. promtool
 for p in master gateway router; do
