@@ -2,9 +2,19 @@
 # Installs the Debian packages listed in scripts/packages.txt that are not installed yet.
 # Idempotent: does nothing (and no network access) when everything is present; runs
 # 'apt-get update' once, only when something is missing. Needs root or sudo.
+# --build-only: only what building kvstash needs (packages.txt up to its "---- end of build
+# dependencies" line), as the images' build stage runs it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-mapfile -t pkgs < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' "$here/packages.txt" | grep -v '^$')
+list=$here/packages.txt
+# shellcheck disable=SC2016 # sed ranges, not shell expansions
+case ${1:-} in
+'') range='1,$p' ;;
+--build-only) range='1,/^# ---- end of build dependencies/p' ;;
+-h | --help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+*) echo "install-deps: unknown option '$1' (want --build-only or nothing)" >&2; exit 2 ;;
+esac
+mapfile -t pkgs < <(sed -n "$range" "$list" | sed -e 's/#.*//' -e 's/[[:space:]]//g' | grep -v '^$')
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -216,7 +216,9 @@ ok "scripts/cluster refuses bad N, bad names, missing clusters and non-root user
 # ---- shellcheck ------------------------------------------------------------------------------
 command -v shellcheck >/dev/null || fail "shellcheck not installed (scripts/packages.txt lists it)"
 mine=("$SRC"/docker/*.sh "$SRC/scripts/cluster" "$SRC/tests/integration/test_docker_scripts.sh")
-for f in "$SRC"/tests/integration/test_cluster*.sh; do [ -f "$f" ] && mine+=("$f"); done
+for f in "$SRC"/tests/integration/test_cluster*.sh "$SRC"/tests/containers/*.sh; do
+    [ -f "$f" ] && mine+=("$f")
+done
 shellcheck -x -P SCRIPTDIR "${mine[@]}" || fail "shellcheck findings in the deployment scripts (above)"
 ok "shellcheck clean: ${#mine[@]} deployment scripts"
 others=()
