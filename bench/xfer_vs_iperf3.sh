@@ -187,8 +187,10 @@ for f in "$work"/tcp-*.json "$work"/shm-*.json; do
 import json, os, sys
 d = json.load(open(sys.argv[1]))
 name = os.path.basename(sys.argv[1])[:-5]
-print("  %-16s transport %-4s  %9.0f ops/s  batch latency p50 %8.1f us  p99 %8.1f us" %
-      (name, d["protocol"], d["ops_per_s"], d["p50_us"], d["p99_us"]))
+print("  %-16s transport %-4s  %9.0f ops/s  batch latency p50 %8.1f us  p99 %8.1f us"
+      "  (untimed warm-up pass: %.0f MB in %.3f s)" %
+      (name, d["protocol"], d["ops_per_s"], d["p50_us"], d["p99_us"],
+       d.get("warmup_bytes", 0) / 1e6, d.get("warmup_s", 0)))
 EOF
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg) (before: $load_before)"

@@ -82,16 +82,17 @@ pass "target ready: $(grep "target ready" "$work/target.log")"
 
 ini=(--mode=initiator --metadata_server="$murl" --segment_id="$seg")
 
-# check_json FILE PROTOCOL OPERATION BLOCK BATCH THREADS
+# check_json FILE PROTOCOL OPERATION BLOCK BATCH THREADS [TARGET_BYTES (default 8 MiB)]
 check_json() {
   "$py" - "$@" <<'EOF' || fail "bad --json output: $(cat "$1")"
 import json, sys
-f, proto, op, block, batch, threads = sys.argv[1:]
+f, proto, op, block, batch, threads = sys.argv[1:7]
+target = int(sys.argv[7]) if len(sys.argv) > 7 else 8 * 1048576
 lines = open(f).read().strip().splitlines()
 assert len(lines) == 1, "want exactly one line of JSON on stdout, got %d" % len(lines)
 d = json.loads(lines[0])
 for k in ("gb_per_s", "bytes", "ops", "p50_us", "p99_us", "ops_per_s", "duration_s",
-          "block_size", "batch_size", "threads"):
+          "block_size", "batch_size", "threads", "warmup_s", "warmup_bytes"):
     assert isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool), "%s not numeric: %r" % (k, d.get(k))
     assert d[k] >= 0, "%s negative" % k
 assert d["protocol"] == proto, "protocol %r, want %r" % (d["protocol"], proto)
@@ -103,6 +104,10 @@ assert d["ops"] % d["batch_size"] == 0, "ops not whole batches"
 assert d["gb_per_s"] > 0 and d["duration_s"] > 0
 assert abs(d["gb_per_s"] - d["bytes"] / d["duration_s"] / 1e9) <= 0.01 * d["gb_per_s"] + 1e-9
 assert 0 < d["p50_us"] <= d["p99_us"], (d["p50_us"], d["p99_us"])
+# the untimed warm-up is one pass over each thread's share of the target (whole batches)
+share = target // d["block_size"] // d["threads"]
+want = -(-share // d["batch_size"]) * d["batch_size"] * d["block_size"] * d["threads"]
+assert d["warmup_bytes"] == want, ("warm-up bytes", d["warmup_bytes"], want)
 EOF
 }
 
@@ -124,7 +129,7 @@ run_ok shm-read shm read 65536 8 2
 # ---- text output (not a terminal: no live lines, one result block) ----
 "$bin" bench xfer "${ini[@]}" --protocol=tcp --operation=write --block_size=64KiB --batch_size=4 \
   --threads=1 --duration=0.3 >"$work/text" 2>"$work/text.err" || fail "text run: $(cat "$work/text.err")"
-for w in "GB/s" "ops/s" "p50" "p99"; do
+for w in "GB/s" "ops/s" "p50" "p99" "warm-up"; do
   grep -q "$w" "$work/text" || fail "text output lacks $w: $(cat "$work/text")"
 done
 ! grep -q '^\s*\[' "$work/text" || fail "live lines printed although stdout is not a terminal"
@@ -161,7 +166,7 @@ pass "SIGTERM stops the initiator early: $(grep "result:" "$work/early")"
 "$bin" bench xfer --mode=memcpy --operation=write --buffer_size=4MiB --block_size=4097 \
   --batch_size=8 --duration=0.3 --verify --json >"$work/memcpy.json" 2>"$work/memcpy.err" ||
   fail "--mode=memcpy: $(cat "$work/memcpy.err")"
-check_json "$work/memcpy.json" memcpy write 4097 8 1
+check_json "$work/memcpy.json" memcpy write 4097 8 1 $((4 * 1048576))
 pass "--mode=memcpy: $(cat "$work/memcpy.json")"
 
 # ---- missing segment: exit 1 naming it ----
