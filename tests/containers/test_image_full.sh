@@ -5,7 +5,8 @@
 # etcd, two masters, three nodes (n3 on 2 MiB huge pages that scripts/host-prepare.sh reserves
 # and mounts, mapped by run.sh --hugepages, undone at the end), a gateway and a router, each
 # its own container. Checks:
-#   1. every daemon reports /ready; the nodes mount on the elected leader;
+#   1. the leader master, the nodes (mounted on it), the gateway and the router answer /ready
+#      with 200, etcd and the standby master /health;
 #   2. objects put from the host (this build's kvstash, through etcd: follows the leader) read
 #      back exactly, and the Python layer in the image round-trips bytes against the cluster
 #      and reads what the host put;
@@ -133,7 +134,11 @@ with kvstash.Store(metadata=meta, cluster=cluster) as s:
     assert s.exists(["py/obj", "full/1", "nope"]) == [True, True, False]
 print("python ok")
 ' "$META" "$CLUSTER" "$(sha256sum "$W/v3" | cut -c1-64)"
-wait_for 60 grep -q "python ok" "$W/py.log" || fail "the Python layer in the full image"
+# done when the container has exited; its log (podman logs) says whether every assertion held
+wait_for 60 sh -c "$ENGINE inspect -f '{{.State.Status}}' $TAG-py | grep -qx exited" ||
+    fail "the Python container has not exited after 60 s"
+"$ENGINE" logs "$TAG-py" >"$W/py-container.log" 2>&1 || true
+grep -q "python ok" "$W/py-container.log" || fail "the Python layer in the full image: $(tail -n 5 "$W/py-container.log")"
 "$PY" - "$W/pyobj" <<'PY'
 import sys
 open(sys.argv[1], "wb").write(bytes(range(256)) * 4096 + b"tail")
