@@ -21,6 +21,11 @@ for p in "${pkgs[@]}"; do
     missing+=("$p")
   fi
 done
+# npm: Debian's nodejs comes without it (package npm), a NodeSource nodejs brings its own and
+# conflicts with Debian's npm package; so npm is asked for only when no npm command exists.
+if [ "${1:-}" != --build-only ] && ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#pkgs[@]} packages present"
   exit 0

@@ -12,14 +12,16 @@ set -euo pipefail
 BIN=${KVSTASH_BIN:?KVSTASH_BIN not set}
 BUILD=${KVSTASH_BUILD_DIR:?KVSTASH_BUILD_DIR not set}
 HERE=$(cd "$(dirname "$0")" && pwd)
-PLAYWRIGHT_VERSION=1.65.2
+# 1.61.x is the last playwright-core that runs on Node.js 18 (Debian 12's nodejs); later ones
+# need Node.js 20. One pin for both, so the test runs the same driver wherever it runs.
+PLAYWRIGHT_VERSION=1.61.1
 skip() {
     echo "SKIP: $*"
     exit 77
 }
 [ -x /usr/bin/chromium ] || skip "no /usr/bin/chromium (Debian package chromium, scripts/packages.txt)"
 command -v node >/dev/null || skip "no node (Debian package nodejs)"
-command -v npm >/dev/null || skip "no npm"
+command -v npm >/dev/null || skip "no npm (scripts/install-deps.sh installs Debian's npm when missing)"
 
 # playwright-core (the driver only; the browser is the system one) under the build tree
 NM=$BUILD/web-test
