@@ -79,6 +79,22 @@ KV_API int kv_store_remove(struct kv_store *s, const char *key);
 KV_API int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
                               const void *const *bufs, const size_t *lens,
                               const struct kv_put_opts *opts, int *results);
+/* Writes object i (len bytes) at dst and sets *checksum to the XXH3 64-bit hash (seed 0,
+ * libxxhash's XXH3_64bits) of those bytes, best computed as they are written (XXH3's streaming
+ * update per piece gives the same value); returns KV_OK or a negative error
+ * (object i is then not stored and gets that error). Called on the putting thread, once per
+ * object with bytes (never for an empty one), in no particular order. */
+typedef int (*kv_put_fill_fn)(void *ud, size_t i, void *dst, size_t len, uint64_t *checksum);
+
+/* kv_store_batch_put for a producer (a gather, a decoder): no source buffers; fill writes each
+ * object where it is stored. An object above the inline size with one replica on a node this
+ * process can map (same host) is written straight into the node's segment: one pass over the
+ * bytes instead of produce + copy + checksum. Other objects are filled into a buffer of the
+ * call and put as by kv_store_batch_put (those are filled before the master is asked, so
+ * also when the key turns out to exist). Results as kv_store_batch_put. */
+KV_API int kv_store_batch_put_fill(struct kv_store *s, size_t n, const char *const *keys,
+                                   const size_t *lens, kv_put_fill_fn fill, void *ud,
+                                   const struct kv_put_opts *opts, int *results);
 KV_API int kv_store_batch_get(struct kv_store *s, size_t n, const char *const *keys,
                               void *const *bufs, const size_t *caps, size_t *lens, int *results);
 KV_API int kv_store_batch_exists(struct kv_store *s, size_t n, const char *const *keys,

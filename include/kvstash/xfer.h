@@ -146,6 +146,20 @@ KV_API int kv_xfer_batch_wait(struct kv_xfer *x, kv_batch_id b, int timeout_ms);
 /* Frees b. KV_EBUSY while requests are pending (wait first). */
 KV_API int kv_xfer_batch_destroy(struct kv_xfer *x, kv_batch_id b);
 
+/* Direct access, same host only: a view of [offset, offset+len) of an opened target whose memory
+ * this process can map (a same-host segment reached over shm, or a segment of this engine).
+ * *addr points at those bytes, their page tables already populated; the view keeps the memory
+ * mapped (even after kv_xfer_close() or the owner's exit) until kv_xfer_unmap(m). Writing
+ * through it is a WRITE that completes when the caller's stores do. KV_ENOTSUP for targets
+ * reached over tcp or rdma (use requests), KV_EXFER_BOUNDS past the segment, KV_EXFER_NOSEG
+ * for an unknown target. Lets a producer (a gather, a decoder) write straight into the peer's
+ * segment instead of into a buffer that a request then copies. */
+struct kv_xfer_map;
+KV_API int kv_xfer_map(struct kv_xfer *x, kv_target_id t, uint64_t offset, uint64_t len,
+                       void **addr, struct kv_xfer_map **m);
+/* Ends a view from kv_xfer_map(); NULL is a no-op. */
+KV_API void kv_xfer_unmap(struct kv_xfer *x, struct kv_xfer_map *m);
+
 /* One request, synchronously. */
 KV_API int kv_xfer_read(struct kv_xfer *x, kv_target_id t, uint64_t offset, void *local,
                         uint64_t len);

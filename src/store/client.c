@@ -8,6 +8,12 @@
  *     (the xxh3 checksums are computed while it runs) -> PUT_END(n items: checksum, ok). An item
  *     whose write failed is ended with ok=false (the master frees its space) and reports the
  *     write error. So a put is one master round trip per phase whatever n is.
+ *   - Put by a producer (kv_store_batch_put_fill): the same phases, but the caller's fill
+ *     callback writes each object where it goes and checksums it in the same pass: straight
+ *     into the node's segment through a kv_xfer_map view when the object has one replica on a
+ *     segment this process maps (shm or its own), else into a buffer of the call that is then
+ *     written to every replica as above. Objects of inline size are filled into one buffer and
+ *     put by value (PUT).
  *   - Get (n keys): GET(n keys) -> replicas + sizes + checksums + a read lease -> one xfer batch
  *     READ of each item's nearest replica (shm before rdma before tcp, as the transfer engine
  *     reports the transport it picked) straight into the caller's buffer -> checksum check.
@@ -485,8 +491,16 @@ out:
     return rc;
 }
 
+/* Where put_staged takes the bytes from: bufs[i], or fill(ud, pos[i], ...) (put_fill). */
+struct put_src {
+    const void *const *bufs;
+    kv_put_fill_fn fill;
+    void *ud;
+    const size_t *pos;
+};
+
 static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
-                      const void *const *bufs, const size_t *lens, const struct kv_put_opts *opts,
+                      const struct put_src *src, const size_t *lens, const struct kv_put_opts *opts,
                       int replicas, int *results);
 
 int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
@@ -520,8 +534,9 @@ int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
                          (bufs[i] || !lens[i]);
             bool flush = i == n || (pass == 0 && small && m && bytes + lens[i] > INLINE_REQ_MAX);
             if (flush && m) {
+                struct put_src src = {.bufs = b2};
                 rc = pass == 0 ? put_inline(s, m, k2, b2, l2, opts, replicas, r2)
-                               : put_staged(s, m, k2, b2, l2, opts, replicas, r2);
+                               : put_staged(s, m, k2, &src, l2, opts, replicas, r2);
                 for (size_t j = 0; j < m; j++)
                     results[pos[j]] = r2[j];
                 m = bytes = 0;
@@ -547,9 +562,40 @@ out:
     return rc;
 }
 
+/* Object idx[j]'s bytes for put_staged's writes: src->bufs, or src->fill run into the node's
+ * segment (direct: one replica on a segment this process maps) or into own[j]. Sets *from to
+ * the bytes to write to every replica (NULL when written already) and sums[j]. */
+static int put_produce(struct kv_store *s, const struct put_src *src, size_t i, size_t len,
+                       const Kvstash__PutSlot *sl, const void **from, void **own, uint64_t *sum)
+{
+    *from = NULL;
+    if (!src->fill) {
+        *from = src->bufs[i];
+        return KV_OK;
+    }
+    size_t ui = src->pos ? src->pos[i] : i; /* the caller's index */
+    if (sl->n_replicas == 1) {
+        kv_target_id t;
+        void *dst;
+        struct kv_xfer_map *mp = NULL;
+        if (open_target(s, sl->replicas[0]->segment, &t) == KV_OK &&
+            kv_xfer_map(s->xfer, t, sl->replicas[0]->offset, len, &dst, &mp) == KV_OK) {
+            int rc = src->fill(src->ud, ui, dst, len, sum);
+            kv_xfer_unmap(s->xfer, mp);
+            return rc;
+        }
+    }
+    *own = kv_malloc(len);
+    if (!*own)
+        return KV_ENOMEM;
+    int rc = src->fill(src->ud, ui, *own, len, sum);
+    *from = *own;
+    return rc;
+}
+
 /* PUT_START, the client's writes into the nodes' segments, PUT_END. */
 static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
-                      const void *const *bufs, const size_t *lens, const struct kv_put_opts *opts,
+                      const struct put_src *src, const size_t *lens, const struct kv_put_opts *opts,
                       int replicas, int *results)
 {
     size_t *idx = kv_calloc(n, sizeof(*idx)); /* request item j -> key idx[j] */
@@ -557,18 +603,21 @@ static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
     Kvstash__PutItem **pitems = kv_calloc(n, sizeof(*pitems));
     Kvstash__PutEndItem *ends = kv_calloc(n, sizeof(*ends));
     Kvstash__PutEndItem **pends = kv_calloc(n, sizeof(*pends));
-    size_t *slot_of = kv_calloc(n, sizeof(*slot_of)); /* PUT_END item e -> key */
-    int *wres = kv_calloc(n, sizeof(*wres));          /* write status per request item */
+    size_t *slot_of = kv_calloc(n, sizeof(*slot_of));           /* PUT_END item e -> key */
+    int *wres = kv_calloc(n, sizeof(*wres));                    /* write status per request item */
+    uint64_t *sums = kv_calloc(n, sizeof(*sums));               /* checksum per request item */
+    void **own = src->fill ? kv_calloc(n, sizeof(*own)) : NULL; /* fill's buffers */
     struct kv_xfer_req *reqs = NULL;
     int *rst = NULL;
     size_t *req_item = NULL;
     ProtobufCMessage *sresp = NULL, *eresp = NULL;
     int rc = KV_ENOMEM;
-    if (!idx || !items || !pitems || !ends || !pends || !slot_of || !wres)
+    if (!idx || !items || !pitems || !ends || !pends || !slot_of || !wres || !sums ||
+        (src->fill && !own))
         goto out;
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!key_ok(keys[i]) || (!bufs[i] && lens[i])) {
+        if (!key_ok(keys[i]) || (src->bufs && !src->bufs[i] && lens[i])) {
             results[i] = KV_EINVAL;
             continue;
         }
@@ -618,12 +667,21 @@ static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
     size_t r = 0;
     for (size_t j = 0; j < m; j++) {
         Kvstash__PutSlot *sl = sr->slots[j];
-        if (sl->status != KV_OK || wres[j] != KV_OK || lens[idx[j]] == 0)
+        size_t i = idx[j];
+        if (sl->status != KV_OK || wres[j] != KV_OK)
             continue;
+        if (lens[i] == 0) {
+            sums[j] = kv_hash64("", 0);
+            continue;
+        }
         if (!alloc_ok) {
             wres[j] = KV_ENOMEM;
             continue;
         }
+        const void *from;
+        wres[j] = put_produce(s, src, i, lens[i], sl, &from, own ? &own[j] : NULL, &sums[j]);
+        if (wres[j] != KV_OK || !from)
+            continue;
         for (size_t k = 0; k < sl->n_replicas; k++) {
             kv_target_id t;
             int orc = open_target(s, sl->replicas[k]->segment, &t);
@@ -633,8 +691,8 @@ static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
                 continue;
             }
             reqs[r] = (struct kv_xfer_req){.op = KV_XFER_WRITE,
-                                           .local = (void *)bufs[idx[j]],
-                                           .len = lens[idx[j]],
+                                           .local = (void *)from,
+                                           .len = lens[i],
                                            .target = t,
                                            .offset = sl->replicas[k]->offset};
             req_item[r++] = j;
@@ -658,7 +716,9 @@ static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
         kvstash__put_end_item__init(&ends[ne]);
         ends[ne].key = (char *)keys[i];
         ends[ne].ok = wres[j] == KV_OK;
-        ends[ne].checksum = ends[ne].ok ? kv_hash64(bufs[i], lens[i]) : 0;
+        ends[ne].checksum = !ends[ne].ok ? 0
+                            : src->fill  ? sums[j]
+                                         : kv_hash64(src->bufs[i], lens[i]);
         pends[ne] = &ends[ne];
         slot_of[ne++] = i;
     }
@@ -688,6 +748,10 @@ static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
 out:
     kv_rpc_pb_free(sresp);
     kv_rpc_pb_free(eresp);
+    for (size_t j = 0; own && j < n; j++)
+        kv_free(own[j]);
+    kv_free(own);
+    kv_free(sums);
     kv_free(idx);
     kv_free(items);
     kv_free(pitems);
@@ -698,6 +762,88 @@ out:
     kv_free(reqs);
     kv_free(rst);
     kv_free(req_item);
+    return rc;
+}
+
+/* Small objects (<= inline_max) go by put_inline: filled into one buffer first. */
+int kv_store_batch_put_fill(struct kv_store *s, size_t n, const char *const *keys,
+                            const size_t *lens, kv_put_fill_fn fill, void *ud,
+                            const struct kv_put_opts *opts, int *results)
+{
+    if (!s || !fill || (n && (!keys || !lens || !results)))
+        return KV_EINVAL;
+    if (n == 0)
+        return KV_OK;
+    int replicas = opts && opts->replicas ? opts->replicas : 1;
+    if (replicas < 1 || replicas > MAX_REPLICAS)
+        return KV_EINVAL;
+    size_t *pos = kv_calloc(n, sizeof(*pos));
+    const char **k2 = kv_calloc(n, sizeof(*k2));
+    size_t *l2 = kv_calloc(n, sizeof(*l2));
+    int *r2 = kv_calloc(n, sizeof(*r2));
+    const void **b2 = kv_calloc(n, sizeof(*b2));
+    uint8_t *small = NULL;
+    int rc = KV_ENOMEM;
+    if (!pos || !k2 || !l2 || !r2 || !b2)
+        goto out;
+    size_t ms = 0, sbytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        results[i] = KV_ECANCELED;
+        if (s->inline_max && lens[i] <= s->inline_max)
+            sbytes += lens[i], ms++;
+    }
+    /* 1. the large ones, written where they are stored */
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(s->inline_max && lens[i] <= s->inline_max)) {
+            k2[m] = keys[i];
+            l2[m] = lens[i];
+            pos[m++] = i;
+        }
+    rc = KV_OK;
+    if (m) {
+        struct put_src src = {.fill = fill, .ud = ud, .pos = pos};
+        rc = put_staged(s, m, k2, &src, l2, opts, replicas, r2);
+        for (size_t j = 0; j < m; j++)
+            results[pos[j]] = rc < 0 ? rc : r2[j];
+    }
+    /* 2. the small ones, filled into one buffer and put by value */
+    if (ms && rc == KV_OK) {
+        small = kv_malloc(sbytes ? sbytes : 1);
+        if (!small) {
+            rc = KV_ENOMEM;
+            goto out;
+        }
+        size_t off = 0;
+        m = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!(s->inline_max && lens[i] <= s->inline_max))
+                continue;
+            uint64_t sum;
+            int frc = lens[i] ? fill(ud, i, small + off, lens[i], &sum) : KV_OK;
+            if (frc < 0) {
+                results[i] = frc;
+                continue;
+            }
+            k2[m] = keys[i];
+            b2[m] = small + off;
+            l2[m] = lens[i];
+            pos[m++] = i;
+            off += lens[i];
+        }
+        if (m) {
+            rc = kv_store_batch_put(s, m, k2, b2, l2, opts, r2);
+            for (size_t j = 0; j < m; j++)
+                results[pos[j]] = r2[j];
+        }
+    }
+out:
+    kv_free(pos);
+    kv_free(k2);
+    kv_free(l2);
+    kv_free(r2);
+    kv_free(b2);
+    kv_free(small);
     return rc;
 }
 

@@ -9,8 +9,12 @@
  *     pops a task, runs it without any lock (gather -> kv_store_batch_put, or
  *     kv_store_batch_get -> scatter, at most batch_max chunks per store call) and then records
  *     the per-chunk results and the layer's completion under the lock.
- *   - Staging: each worker owns one buffer that grows to batch_max objects; an object is
- *     [K rows][V rows], each [token][head][row], the same for every tensor layout.
+ *   - Saves into the store gather each chunk where the store puts it (kv_store_batch_put_fill):
+ *     on a same-host node straight into the node's segment, checksummed row by row while the
+ *     rows are in cache, so the bytes are walked once (was gather + copy + checksum).
+ *   - Staging (loads, and saves to another backend): each worker owns one buffer that grows to
+ *     batch_max objects; an object is [K rows][V rows], each [token][head][row], the same for
+ *     every tensor layout.
  *   - A job reads the registered layouts, or its own copy of per-layer layouts
  *     (kv_conn_submit_at: host staging buffers of a device cache, valid only for that job).
  *   - A load scatters a chunk's rows for a layer only when the store returned the whole
@@ -42,6 +46,7 @@
 #include <time.h>
 
 #include "common/alloc.h"
+#include "common/hash.h"
 #include "common/idtab.h"
 #include "common/log.h"
 #include "kvstash/kvconn.h"
@@ -75,6 +80,7 @@ struct worker {
     pthread_t tid;
     uint8_t *stage;
     size_t stage_cap;
+    struct kv_hash64_state *hash; /* saves through kv_store_batch_put_fill */
 };
 
 struct kv_conn {
@@ -152,7 +158,8 @@ static void job_free(struct job *j)
 /* Copies the rows of tokens [tb, te) of one chunk between the tensor half at `base` and the
  * staging region `st` ([token][head][row]). to_stage: tensor -> staging (save). */
 static void copy_rows(const struct kv_conn *c, const struct kv_conn_layout *l, uint64_t base,
-                      const int32_t *blocks, uint32_t tb, uint32_t te, uint8_t *st, bool to_stage)
+                      const int32_t *blocks, uint32_t tb, uint32_t te, uint8_t *st, bool to_stage,
+                      struct kv_hash64_state *h)
 {
     const uint32_t bs = c->o.block_size;
     const size_t rb = c->o.row_bytes;
@@ -172,6 +179,9 @@ static void copy_rows(const struct kv_conn *c, const struct kv_conn_layout *l, u
             uint8_t *p = (uint8_t *)(uintptr_t)(blk + (uint64_t)slot * (uint64_t)l->token_stride);
             if (to_stage) {
                 memcpy(s, p, run * tok_bytes);
+                if (h != NULL) {
+                    kv_hash64_update(h, s, run * tok_bytes);
+                }
             } else {
                 memcpy(p, s, run * tok_bytes);
             }
@@ -183,18 +193,24 @@ static void copy_rows(const struct kv_conn *c, const struct kv_conn_layout *l, u
                     uint8_t *p = (uint8_t *)(uintptr_t)tp;
                     if (to_stage) {
                         memcpy(sk, p, tok_bytes);
+                        if (h != NULL) {
+                            kv_hash64_update(h, sk, tok_bytes);
+                        }
                     } else {
                         memcpy(p, sk, tok_bytes);
                     }
                     continue;
                 }
-                for (uint32_t h = 0; h < c->o.num_heads; h++) {
+                for (uint32_t hd = 0; hd < c->o.num_heads; hd++) {
                     uint8_t *p =
-                        (uint8_t *)(uintptr_t)(tp + (uint64_t)h * (uint64_t)l->head_stride);
+                        (uint8_t *)(uintptr_t)(tp + (uint64_t)hd * (uint64_t)l->head_stride);
                     if (to_stage) {
-                        memcpy(sk + h * rb, p, rb);
+                        memcpy(sk + hd * rb, p, rb);
+                        if (h != NULL) {
+                            kv_hash64_update(h, sk + hd * rb, rb);
+                        }
                     } else {
-                        memcpy(p, sk + h * rb, rb);
+                        memcpy(p, sk + hd * rb, rb);
                     }
                 }
             }
@@ -217,7 +233,35 @@ static int ensure_stage(struct worker *w, size_t need)
     return KV_OK;
 }
 
-/* Runs one (job, layer) task; res[i] (n entries, preset to KV_OK) gets chunk i's result. */
+/* A save's chunks of one store batch, gathered by save_fill where the store puts them. */
+struct save_ctx {
+    const struct kv_conn *c;
+    const struct kv_conn_layout *l;
+    const struct job *j;
+    size_t first; /* chunk of the batch's object 0 */
+    struct kv_hash64_state *h;
+};
+
+/* kv_put_fill_fn: gathers chunk first + i into dst (in the node's segment when the store can
+ * map it) and checksums the rows while they are in cache: one pass over the bytes. */
+static int save_fill(void *ud, size_t i, void *dst, size_t len, uint64_t *sum)
+{
+    const struct save_ctx *x = ud;
+    const struct kv_conn *c = x->c;
+    if (len != c->obj_size) {
+        return KV_EINVAL;
+    }
+    const int32_t *blk = x->j->blocks + (x->first + i) * c->o.chunk_blocks;
+    kv_hash64_reset(x->h);
+    copy_rows(c, x->l, x->l->k_base, blk, 0, c->chunk_toks, dst, true, x->h);
+    copy_rows(c, x->l, x->l->v_base, blk, 0, c->chunk_toks, (uint8_t *)dst + len / 2, true, x->h);
+    *sum = kv_hash64_digest(x->h);
+    return KV_OK;
+}
+
+/* Runs one (job, layer) task; res[i] (n entries, preset to KV_OK) gets chunk i's result. A save
+ * into the store gathers each chunk where the store puts it (kv_store_batch_put_fill); a save
+ * to another backend and every load go through the worker's staging buffer. */
 static void run_task(struct worker *w, struct job *j, uint32_t layer, int *res)
 {
     struct kv_conn *c = w->c;
@@ -227,7 +271,11 @@ static void run_task(struct worker *w, struct job *j, uint32_t layer, int *res)
     const size_t half = obj / 2;
     const size_t bmax = c->o.batch_max;
     const size_t step = j->n < bmax ? j->n : bmax;
-    int rc = ensure_stage(w, step * obj);
+    const bool fill = j->op == KV_CONN_SAVE && c->o.store != NULL;
+    if (fill && w->hash == NULL) {
+        w->hash = kv_hash64_state_new();
+    }
+    int rc = fill ? (w->hash != NULL ? KV_OK : KV_ENOMEM) : ensure_stage(w, step * obj);
     size_t nk = step;
     char **keys = NULL;
     void **bufs = kv_calloc(step, sizeof(*bufs));
@@ -242,7 +290,7 @@ static void run_task(struct worker *w, struct job *j, uint32_t layer, int *res)
         goto out_free;
     }
     for (size_t i = 0; i < step; i++) {
-        bufs[i] = w->stage + i * obj;
+        bufs[i] = fill ? NULL : w->stage + i * obj;
         caps[i] = obj;
         lens[i] = obj;
     }
@@ -265,12 +313,23 @@ static void run_task(struct worker *w, struct job *j, uint32_t layer, int *res)
             }
             continue;
         }
-        if (j->op == KV_CONN_SAVE) {
+        if (fill) {
+            struct save_ctx x = {.c = c, .l = l, .j = j, .first = first, .h = w->hash};
+            for (size_t i = 0; i < m; i++) {
+                r[i] = KV_OK;
+            }
+            rc = kv_store_batch_put_fill(c->o.store, m, (const char *const *)keys, lens, save_fill,
+                                         &x, &c->put_opts, r);
+            for (size_t i = 0; i < m; i++) {
+                int e = rc < 0 ? rc : r[i];
+                res[first + i] = e == KV_EEXIST ? KV_OK : e;
+            }
+        } else if (j->op == KV_CONN_SAVE) {
             for (size_t i = 0; i < m; i++) {
                 const int32_t *blk = j->blocks + (first + i) * c->o.chunk_blocks;
                 uint8_t *st = w->stage + i * obj;
-                copy_rows(c, l, l->k_base, blk, 0, c->chunk_toks, st, true);
-                copy_rows(c, l, l->v_base, blk, 0, c->chunk_toks, st + half, true);
+                copy_rows(c, l, l->k_base, blk, 0, c->chunk_toks, st, true, NULL);
+                copy_rows(c, l, l->v_base, blk, 0, c->chunk_toks, st + half, true, NULL);
                 r[i] = KV_OK;
             }
             rc = c->be.batch_put(c->be.ud, m, (const char *const *)keys, (const void *const *)bufs,
@@ -300,8 +359,8 @@ static void run_task(struct worker *w, struct job *j, uint32_t layer, int *res)
                 }
                 const int32_t *blk = j->blocks + ci * c->o.chunk_blocks;
                 uint8_t *st = w->stage + i * obj;
-                copy_rows(c, l, l->k_base, blk, j->tb[ci], j->te[ci], st, false);
-                copy_rows(c, l, l->v_base, blk, j->tb[ci], j->te[ci], st + half, false);
+                copy_rows(c, l, l->k_base, blk, j->tb[ci], j->te[ci], st, false, NULL);
+                copy_rows(c, l, l->v_base, blk, j->tb[ci], j->te[ci], st + half, false, NULL);
             }
             for (size_t i = 0; i < m; i++) {
                 got[i] = obj; /* restore lens for a later save-shaped use */
@@ -471,6 +530,7 @@ void kv_conn_destroy(struct kv_conn *c)
     if (c->workers != NULL) {
         for (int i = 0; i < c->o.threads; i++) {
             kv_free(c->workers[i].stage);
+            kv_hash64_state_free(c->workers[i].hash);
         }
     }
     for (uint32_t i = 0; i < c->jobs.n; i++) {

@@ -751,6 +751,73 @@ int kv_xfer_close(struct kv_xfer *x, kv_target_id id)
     return KV_OK;
 }
 
+/* ------------------------------------------------------------------ direct views */
+
+struct kv_xfer_map {
+    struct xfer_target *t; /* XFER_T_SHM: holds a ref (the mapping goes with the last one) */
+    struct xfer_seg *s;    /* XFER_T_LOCAL: holds a use (unregister waits for it) */
+};
+
+int kv_xfer_map(struct kv_xfer *x, kv_target_id id, uint64_t offset, uint64_t len, void **addr,
+                struct kv_xfer_map **out)
+{
+    if (!x || !addr || !out)
+        return KV_EINVAL;
+    struct kv_xfer_map *m = kv_calloc(1, sizeof(*m));
+    if (!m)
+        return KV_ENOMEM;
+    int rc = KV_OK;
+    enum xfer_kind kind = XFER_T_TCP;
+    uint64_t seg_id = 0;
+    pthread_mutex_lock(&x->lock);
+    struct xfer_target *t = kv_idtab_get(&x->targets, id);
+    if (!t) {
+        rc = KV_EXFER_NOSEG;
+    } else if (t->kind != XFER_T_SHM && t->kind != XFER_T_LOCAL) {
+        rc = KV_ENOTSUP;
+    } else if (!kv_xfer_in_bounds(offset, len, t->desc.size)) {
+        rc = KV_EXFER_BOUNDS;
+    } else {
+        kind = t->kind;
+        seg_id = t->desc.seg_id;
+        if (kind == XFER_T_SHM)
+            target_ref(t, 1);
+    }
+    pthread_mutex_unlock(&x->lock);
+    if (rc == KV_OK && kind == XFER_T_SHM) {
+        m->t = t;
+        kv_xfer_shm_prepare(t, offset, len);
+        *addr = (uint8_t *)t->map + offset;
+    } else if (rc == KV_OK) {
+        /* a segment of this engine: its use keeps the memory until kv_xfer_unmap */
+        void *base = NULL;
+        size_t slen = 0;
+        m->s = kv_xfer_seg_get(x, seg_id, &base, &slen);
+        if (!m->s)
+            rc = KV_EXFER_NOSEG;
+        else if (!kv_xfer_in_bounds(offset, len, slen))
+            rc = KV_EXFER_BOUNDS;
+        else
+            *addr = (uint8_t *)base + offset;
+    }
+    if (rc < 0) {
+        kv_xfer_unmap(x, m);
+        return rc;
+    }
+    *out = m;
+    return KV_OK;
+}
+
+void kv_xfer_unmap(struct kv_xfer *x, struct kv_xfer_map *m)
+{
+    if (!x || !m)
+        return;
+    if (m->t)
+        target_unref(m->t);
+    kv_xfer_seg_put(x, m->s);
+    kv_free(m);
+}
+
 /* ------------------------------------------------------------------ requests */
 
 static void batch_done(struct xfer_batch *b)

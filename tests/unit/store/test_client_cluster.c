@@ -2,7 +2,8 @@
 /*
  * test_client_cluster.c - the store client against the real master and real
  * nodes, all in this process (store_int.h) on embedded metadata, the client
- * finding the leader through metadata: round trips of many sizes, batches,
+ * finding the leader through metadata: round trips of many sizes, batches, puts
+ * by a producer writing in place (kv_store_batch_put_fill),
  * first-writer-wins under a race between threads, a node stopped while holding
  * one of two replicas, filling past capacity (every get exact or a miss), and a
  * trace replay whose hit count matches the exact prefix reuse.
@@ -21,6 +22,7 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
+#include "common/hash.h"
 #include "common/util.h"
 #include "kvstash/meta.h"
 #include "kvstash/store.h"
@@ -194,6 +196,122 @@ static void test_inline_and_staged(void **state)
     kv_rpc_client_destroy(c);
     s = open_store();
     assert_int_equal(kv_store_exists(s, "mix/short"), 0);
+    kv_store_close(s);
+}
+
+/* kv_store_batch_put_fill: the producer writes each object where it is stored (straight into
+ * the node's segment for one replica over shm, a buffer of the call otherwise, by value for
+ * inline sizes), checksumming as it writes (XXH3 streamed in two pieces). */
+struct fill_ctx {
+    const uint8_t *src[8];
+    int calls;
+    unsigned filled; /* bit i: object i was filled */
+    int fail;        /* object that fails to fill (-1: none) */
+    int bad_sum;     /* object given a wrong checksum (-1: none) */
+};
+
+static int fill_obj(void *ud, size_t i, void *dst, size_t len, uint64_t *sum)
+{
+    struct fill_ctx *x = ud;
+    x->calls++;
+    x->filled |= 1u << i;
+    if ((int)i == x->fail)
+        return KV_EIO;
+    struct kv_hash64_state *h = kv_hash64_state_new();
+    assert_non_null(h);
+    size_t cut = len / 3;
+    memcpy(dst, x->src[i], cut);
+    kv_hash64_update(h, dst, cut);
+    memcpy((uint8_t *)dst + cut, x->src[i] + cut, len - cut);
+    kv_hash64_update(h, (uint8_t *)dst + cut, len - cut);
+    *sum = kv_hash64_digest(h);
+    assert_int_equal(*sum, kv_hash64(x->src[i], len)); /* streamed == one-shot */
+    kv_hash64_state_free(h);
+    if ((int)i == x->bad_sum)
+        *sum ^= 1;
+    return KV_OK;
+}
+
+static void test_put_fill(void **state)
+{
+    (void)state;
+    struct kv_store *s = open_store();
+    enum { N = 7 };
+    static uint8_t v[N][300000];
+    size_t sizes[N] = {300000, 1000, 65537, 0, 200000, 4096, 131072};
+    const char *keys[N];
+    char names[N][32];
+    int res[N];
+    struct fill_ctx x = {.fail = -1, .bad_sum = -1};
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof(names[i]), "pf/%d", i);
+        keys[i] = names[i];
+        fill(v[i], sizes[i], 300 + (unsigned)i);
+        x.src[i] = v[i];
+    }
+    static uint8_t r[300000];
+    for (int reps = 1; reps <= 2; reps++) {
+        struct kv_put_opts po = {.replicas = reps};
+        x.calls = 0;
+        for (int i = 0; i < N; i++)
+            snprintf(names[i], sizeof(names[i]), "pf/r%d/%d", reps, i);
+        assert_int_equal(kv_store_batch_put_fill(s, N, keys, sizes, fill_obj, &x, &po, res), KV_OK);
+        assert_int_equal(x.calls, N - 1); /* the empty object needs no bytes */
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(res[i], KV_OK);
+            size_t len = 1;
+            assert_int_equal(kv_store_get(s, keys[i], r, sizeof(r), &len), KV_OK);
+            assert_int_equal(len, sizes[i]);
+            assert_memory_equal(r, v[i], len);
+        }
+        /* first writer wins; no object above the inline size is filled again (inline-sized
+         * ones are filled before the master is asked) */
+        x.filled = 0;
+        assert_int_equal(kv_store_batch_put_fill(s, N, keys, sizes, fill_obj, &x, &po, res), KV_OK);
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(res[i], KV_EEXIST);
+            if (sizes[i] > 65536)
+                assert_false(x.filled & (1u << i));
+        }
+    }
+    /* a fill that fails: that object gets the error and is not stored, the others are; large
+     * (written in place) and inline-sized alike */
+    for (int f = 0; f < 2; f++) {
+        x.fail = f == 0 ? 0 : 1;
+        for (int i = 0; i < N; i++)
+            snprintf(names[i], sizeof(names[i]), "pf/f%d/%d", f, i);
+        assert_int_equal(kv_store_batch_put_fill(s, N, keys, sizes, fill_obj, &x, NULL, res),
+                         KV_OK);
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(res[i], i == x.fail ? KV_EIO : KV_OK);
+            assert_int_equal(kv_store_exists(s, keys[i]), i == x.fail ? 0 : 1);
+        }
+    }
+    x.fail = -1;
+    /* a wrong checksum from the producer: the get says so, never returns the bytes as a value */
+    x.bad_sum = 4;
+    for (int i = 0; i < N; i++)
+        snprintf(names[i], sizeof(names[i]), "pf/c/%d", i);
+    assert_int_equal(kv_store_batch_put_fill(s, N, keys, sizes, fill_obj, &x, NULL, res), KV_OK);
+    size_t len;
+    assert_int_equal(kv_store_get(s, keys[4], r, sizeof(r), &len), KV_ECHECKSUM);
+    assert_int_equal(kv_store_get(s, keys[5], r, sizeof(r), &len), KV_OK);
+    /* argument checks */
+    assert_int_equal(kv_store_batch_put_fill(s, 1, keys, sizes, NULL, &x, NULL, res), KV_EINVAL);
+    assert_int_equal(kv_store_batch_put_fill(NULL, 1, keys, sizes, fill_obj, &x, NULL, res),
+                     KV_EINVAL);
+    assert_int_equal(kv_store_batch_put_fill(s, 0, NULL, NULL, fill_obj, &x, NULL, NULL), KV_OK);
+    /* leave the nodes' space to the tests after this one */
+    char **all;
+    size_t n;
+    assert_int_equal(kv_store_list(s, "pf/", 0, &all, NULL, &n), KV_OK);
+    assert_int_equal(n, 2 * N + 2 * (N - 1) + N);
+    int *rr = kv_calloc(n, sizeof(*rr));
+    assert_int_equal(kv_store_batch_remove(s, n, (const char *const *)all, rr), KV_OK);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(rr[i], KV_OK);
+    kv_free(rr);
+    kv_store_keys_free(all, n);
     kv_store_close(s);
 }
 
@@ -394,6 +512,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_batch),
         cmocka_unit_test(test_inline_and_staged),
+        cmocka_unit_test(test_put_fill),
         cmocka_unit_test(test_race),
         cmocka_unit_test(test_replay_exact_hits),
         cmocka_unit_test(test_node_loss), /* before the fill: nothing evicted yet */

@@ -3,7 +3,8 @@
  * test_xfer.c - the transfer engine end to end, in one process (and a forked peer): TCP and
  * shm round trips, batches with per-request status, acknowledged writes, bounds (client and
  * server side, canary bytes), stale ids, tokens, duplicate names, peer death and hung peers,
- * a 64 MiB transfer split across connections, concurrent batches, allocation failures.
+ * a 64 MiB transfer split across connections, concurrent batches, allocation failures, direct
+ * views of same-host segments (kv_xfer_map).
  * Metadata: the embedded backend (one store per test), or a descriptor copied from a child.
  */
 #include <setjmp.h>
@@ -196,6 +197,57 @@ static void test_own_segment_over_tcp(void **state)
     assert_int_equal(kv_xfer_open(f->owner, "self", &t), KV_OK);
     assert_int_equal(kv_xfer_write(f->owner, t, 8000, "abcdefgh", 8), KV_OK);
     assert_memory_equal((uint8_t *)a + 8000, "abcdefgh", 8);
+}
+
+/* kv_xfer_map: a direct view of a same-host segment (shm, and a segment of the engine itself)
+ * writes the owner's memory; the view outlives kv_xfer_close() of its target; bounds, unknown
+ * targets and tcp targets are refused with their own errors. */
+static void test_map(void **state)
+{
+    struct fx *f = *state;
+    f->owner = engine(f->meta, "auto", NULL, 0);
+    f->init = engine(f->meta, "shm", NULL, 0);
+    const size_t n = 1 << 20;
+    void *a;
+    kv_seg_id sid;
+    assert_int_equal(kv_xfer_segment_alloc(f->owner, "mp", n, &a, &sid), KV_OK);
+    uint8_t *mem = a;
+    kv_target_id t;
+    assert_int_equal(kv_xfer_open(f->init, "mp", &t), KV_OK);
+    void *v = NULL;
+    struct kv_xfer_map *m = NULL;
+    assert_int_equal(kv_xfer_map(f->init, t, 4096, 8192, &v, &m), KV_OK);
+    assert_ptr_not_equal(v, mem + 4096); /* another mapping of the same memory */
+    fill(v, 8192, 21);
+    assert_memory_equal(mem + 4096, v, 8192);
+    /* the view keeps the mapping after the target is closed */
+    assert_int_equal(kv_xfer_close(f->init, t), KV_OK);
+    fill(v, 100, 22);
+    assert_memory_equal(mem + 4096, v, 100);
+    kv_xfer_unmap(f->init, m);
+    kv_xfer_unmap(f->init, NULL);
+
+    assert_int_equal(kv_xfer_open(f->init, "mp", &t), KV_OK);
+    assert_int_equal(kv_xfer_map(f->init, t, n - 10, 20, &v, &m), KV_EXFER_BOUNDS);
+    assert_int_equal(kv_xfer_map(f->init, t, UINT64_MAX, 2, &v, &m), KV_EXFER_BOUNDS);
+    assert_int_equal(kv_xfer_map(f->init, t ^ 0x5a5a, 0, 1, &v, &m), KV_EXFER_NOSEG);
+    assert_int_equal(kv_xfer_map(f->init, t, 0, 1, NULL, &m), KV_EINVAL);
+    assert_int_equal(kv_xfer_map(f->init, t, 0, 0, &v, &m), KV_OK); /* empty view: fine */
+    kv_xfer_unmap(f->init, m);
+
+    /* a segment of the engine itself: the view is its own memory */
+    kv_target_id self;
+    assert_int_equal(kv_xfer_open(f->owner, "mp", &self), KV_OK);
+    assert_int_equal(kv_xfer_map(f->owner, self, 100, 50, &v, &m), KV_OK);
+    assert_ptr_equal(v, mem + 100);
+    kv_xfer_unmap(f->owner, m);
+
+    /* over tcp there is nothing to map */
+    struct kv_xfer *tcp = engine(f->meta, "tcp", NULL, 0);
+    kv_target_id tt;
+    assert_int_equal(kv_xfer_open(tcp, "mp", &tt), KV_OK);
+    assert_int_equal(kv_xfer_map(tcp, tt, 0, 10, &v, &m), KV_ENOTSUP);
+    kv_xfer_destroy(tcp);
 }
 
 /* Unregister while a remote initiator keeps reading caller-owned memory: unregister waits for
@@ -1169,6 +1221,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_auto_picks_shm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shm_forced_unshareable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_own_segment_over_tcp, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unregister_under_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_tcp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_shm, setup, teardown),
