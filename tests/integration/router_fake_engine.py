@@ -8,6 +8,7 @@ Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions|/v1/completion
 Responses name the engine ("engine": NAME) and echo the X-Request-Id it received.
 Behaviour is switched at run time by files in DIR:
   NAME.sick   -> /health answers 503
+  NAME.nomodels -> /v1/models answers 503 (the engine is up but its models are not listed yet)
   NAME.slow   -> completions wait the number of milliseconds written in the file
   NAME.closeidle -> the connection is closed after each response although the response said
                  nothing (as an engine whose keep-alive timeout expired would), so a proxy's
@@ -69,6 +70,9 @@ def main():
                 else:
                     self._json(200, {"status": "ok"})
             elif self.path == "/v1/models":
+                if os.path.exists(os.path.join(args.ctl, args.name + ".nomodels")):
+                    self._json(503, {"error": "models not loaded yet"})
+                    return
                 self._json(200, {"object": "list", "data": [
                     {"id": m, "object": "model", "owned_by": "fake-" + args.name}
                     for m in models]})

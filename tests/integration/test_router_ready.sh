@@ -6,6 +6,8 @@
 #    answered 200 by the engine started a second later; /ready turns 200.
 #  - the wait is bounded: with --discovery-wait-ms 300 a request for an engine never reached
 #    fails 503 "not reached yet" after about 300 ms, not at once and not never.
+#  - router: /ready 503 "the models of the 1 engine(s) in rotation are not discovered yet" while
+#    its engine answers /health but not /v1/models; 200 once the models are listed.
 #  - gateway: /health and /ready 200 (UDP socket bound, receive thread running), JSON.
 set -euo pipefail
 # shellcheck source=lib_router.sh
@@ -52,6 +54,27 @@ ms=$((($(date +%s%N) - t0) / 1000000))
 jq -e '.error.message | test("not reached")' "$W/body" >/dev/null || fail "bounded wait: $(cat "$W/body")"
 [ $ms -ge 250 ] || fail "the request failed after $ms ms, before its 300 ms discovery wait"
 ok "the discovery wait is bounded: 503 'not reached yet' after $ms ms (--discovery-wait-ms 300)"
+
+# an engine in rotation (its /health 200) whose /v1/models fails: /ready 503 naming the models
+# not yet discovered; 200 once its models are listed
+touch "$W/M.nomodels"
+start_engine M m2
+start_router models --backends "http://127.0.0.1:${EPORT[M]}" --health-interval-ms 200
+MP=${RPORT[models]}
+wait_until 10 bash -c "curl -s http://127.0.0.1:$MP/ready | jq -e '.healthy_engines == 1'" ||
+    fail "router: engine M never in rotation: $(curl -s "http://127.0.0.1:$MP/ready")"
+[ "$(code "http://127.0.0.1:$MP/ready")" = 503 ] || fail "router /ready, models unknown: $(cat "$W/body")"
+jq -e '.ready == false and .healthy_engines == 1 and .engines_ready == 0 and
+    .reason == "the models of the 1 engine(s) in rotation are not discovered yet"' "$W/body" >/dev/null ||
+    fail "router /ready reason, models unknown: $(cat "$W/body")"
+reason=$(jq -r .reason "$W/body")
+rm "$W/M.nomodels"
+wait_until 10 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$MP/ready)\" = 200 ]" ||
+    fail "router /ready not 200 once the models are listed: $(curl -s "http://127.0.0.1:$MP/ready")"
+[ "$(code "http://127.0.0.1:$MP/ready")" = 200 ] || fail "router /ready: $(cat "$W/body")"
+jq -e '.ready == true and .engines_ready == 1 and (has("reason") | not)' "$W/body" >/dev/null ||
+    fail "ready doc: $(cat "$W/body")"
+ok "router: /ready 503 '$reason' while its engine's models are unknown, 200 once listed"
 
 # gateway
 "$BIN" gateway --udp-port 0 --http-addr 127.0.0.1:0 --log-level info >"$W/gw.out" 2>"$W/gw.log" &

@@ -8,6 +8,9 @@
 #    and a put issued in that window with a longer --timeout succeeds once a node mounts (the
 #    client retries KV_ESTORE_NONODE as it does NOT_LEADER).
 #  - a node with --admin-addr: /ready 200 once mounted; the master's /ready turns 200.
+#  - a node with --admin-addr in a cluster with no master yet: /ready 503 "not mounted on a
+#    leader master yet" (JSON, with its node_id), /health 200; /ready 200 once it has mounted
+#    on the master started afterwards.
 #  - a standby master: /ready 503 naming the leader's address.
 #  - `kvstash put KEY /dev/zero` stops with a clear error at the largest object (the node's
 #    capacity) instead of reading forever.
@@ -83,6 +86,44 @@ ok "put from /dev/zero stops at the largest object ($(head -c 160 "$W/zero.err")
 kill9 n1
 kill9 m2
 kill9 m1
+
+# a node with --admin-addr in a cluster with no master yet: /ready 503 with a JSON reason (it
+# cannot mount), then 200 once it has mounted on the master started afterwards
+CLUSTER0=$CLUSTER
+CLUSTER=$CLUSTER0-late
+NB=$(free_port)
+start_node n2 16MiB --admin-addr "127.0.0.1:$NB"
+reason=
+end=$((SECONDS + 15))
+while [ $SECONDS -lt $end ]; do
+    c=$(code "http://127.0.0.1:$NB/ready")
+    case $c in
+    503)
+        reason=$(jqb 'd["reason"]')
+        # before kv_node_start has returned the node says it is starting instead
+        [ "$reason" = "starting (registering and prefaulting the segment)" ] || break
+        ;;
+    000*) ;; # not listening yet
+    *) fail "node /ready before any master: $c $(cat "$W/body")" ;;
+    esac
+    alive n2 || fail "node n2 died"
+    sleep 0.05
+done
+[ "$c" = 503 ] || fail "node /ready before any master: $c $(cat "$W/body")"
+[ "$reason" = "not mounted on a leader master yet" ] || fail "node /ready reason: $(cat "$W/body")"
+[ "$(jqb 'd["ready"]')" = False ] || fail "node /ready flag: $(cat "$W/body")"
+[ "$(jqb 'd["node_id"]')" = n2 ] || fail "node /ready node_id: $(cat "$W/body")"
+[ "$(code "http://127.0.0.1:$NB/health")" = 200 ] || fail "node /health before the mount: $(cat "$W/body")"
+start_master m3
+wait_for 15 curl -sf "http://127.0.0.1:$NB/ready" || fail "node /ready never 200 after its master started: $(curl -s "http://127.0.0.1:$NB/ready")"
+[ "$(code "http://127.0.0.1:$NB/ready")" = 200 ] || fail "node /ready after the mount: $(cat "$W/body")"
+[ "$(jqb 'd["ready"]')" = True ] || fail "node /ready flag after the mount: $(cat "$W/body")"
+grep -q "node n2 mounted" "$W/m3.log" || fail "m3 did not log the mount of n2"
+ok "node --admin-addr: /ready 503 '$reason' before any master, 200 once mounted"
+kill9 n2
+kill9 m3
+CLUSTER=$CLUSTER0
+
 
 # serve prefaulting a 2 GiB segment: /ready is 503 with the reason until the node mounts
 avail_kb=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)

@@ -2,7 +2,7 @@
 /* test_gateway.c - the gateway in-process: ingest and UDP paths (both receive paths: recvmmsg
  * and io_uring, and the fallback from io_uring when it is refused), oversize datagrams and
  * bursts, counters, snapshots, history, the JSONL log with rotation and reopen, start-up
- * errors. */
+ * errors, /health and /ready (over HTTP) turning 503 when the UDP receive thread has exited. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,8 +25,11 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <curl/curl.h>
 
 #include "common/alloc.h"
+#include "common/buf.h"
+#include "common/json.h"
 #include "common/util.h"
 #include "gateway/gw_int.h"
 #include "kvstash/gateway.h"
@@ -463,6 +466,117 @@ static void test_start_errors(void **state)
     kv_gateway_stop(g);
 }
 
+static size_t http_sink(char *p, size_t sz, size_t n, void *ud)
+{
+    kv_buf_append(ud, p, sz * n);
+    return sz * n;
+}
+
+/* GET http://127.0.0.1:port/path: the status; the body parsed into *doc (a JSON object). */
+static long http_get_json(uint16_t port, const char *path, json_t **doc)
+{
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", port, path);
+    struct kv_buf b;
+    kv_buf_init(&b);
+    CURL *c = curl_easy_init();
+    assert_non_null(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, http_sink);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    long code = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(c);
+    char err[200] = "";
+    if (kv_json_parse(b.data, b.len, doc, err, sizeof(err)) != KV_OK)
+        fail_msg("GET %s: not JSON (%s): %.*s", path, err, (int)b.len, b.data);
+    assert_true(json_is_object(*doc));
+    kv_buf_fini(&b);
+    return code;
+}
+
+/* The "reason" of a /health or /ready document, or "" when it has none. */
+static const char *doc_reason(json_t *doc)
+{
+    const char *r = json_string_value(json_object_get(doc, "reason"));
+    return r ? r : "";
+}
+
+/* /health (liveness) and /ready answer 200 while the UDP receive thread runs, and 503 with a
+ * JSON reason once it has exited although the gateway was not stopped. The thread is made to
+ * exit for real: its stop eventfd is signalled without setting g->stopping, so its loop
+ * returns as on an unrecoverable receive error, it clears udp_running itself and logs the exit
+ * (no test-only flag is set). A datagram sent afterwards is no longer received. */
+static void health_when_receive_dies(int udp_io)
+{
+    struct kv_gateway_opts o;
+    kv_gateway_opts_init(&o);
+    o.udp_port = 0;
+    o.udp_io = udp_io;
+    o.http_addr = "127.0.0.1:0";
+    struct kv_gateway *g = NULL;
+    int rc = kv_gateway_start(&o, &g);
+    if (rc == KV_ENOTSUP && udp_io == KV_GATEWAY_UDP_IO_URING) {
+        KV_SKIP("io_uring receive path: this kernel has no io_uring (or refuses it)");
+        return;
+    }
+    assert_int_equal(rc, KV_OK);
+    uint16_t port = kv_gateway_http_port(g);
+    assert_true(port > 0);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", kv_gateway_udp_port(g));
+    struct kv_gateway_state st = {0};
+    snprintf(st.engine_id, sizeof(st.engine_id), "e");
+    st.engine_capacity = 1;
+    st.seq = -1;
+    assert_int_equal(kv_gateway_send_state(addr, &st), KV_OK);
+    struct kv_gateway_stats s;
+    wait_total(g, 1, &s); /* the receive thread runs */
+
+    json_t *doc = NULL;
+    assert_int_equal(http_get_json(port, "/health", &doc), 200);
+    assert_string_equal(json_string_value(json_object_get(doc, "status")), "ok");
+    assert_string_equal(doc_reason(doc), "");
+    json_decref(doc);
+    assert_int_equal(http_get_json(port, "/ready", &doc), 200);
+    assert_true(json_is_true(json_object_get(doc, "ready")));
+    assert_string_equal(doc_reason(doc), "");
+    json_decref(doc);
+
+    uint64_t one = 1;
+    assert_int_equal(write(g->stop_fd, &one, sizeof(one)), (ssize_t)sizeof(one));
+    for (int i = 0; i < 500 && atomic_load(&g->udp_running); i++)
+        kv_sleep_ms(10);
+    assert_false(atomic_load(&g->udp_running));
+    assert_int_equal(kv_gateway_send_state(addr, &st), KV_OK);
+    kv_sleep_ms(200);
+    kv_gateway_stats(g, &s);
+    assert_int_equal(s.total_received, 1); /* nobody receives any more */
+
+    assert_int_equal(http_get_json(port, "/health", &doc), 503);
+    assert_string_equal(doc_reason(doc), "the UDP receive thread has exited");
+    json_decref(doc);
+    assert_int_equal(http_get_json(port, "/ready", &doc), 503);
+    assert_true(json_is_false(json_object_get(doc, "ready")));
+    assert_string_equal(doc_reason(doc), "the UDP receive thread is not running");
+    json_decref(doc);
+    kv_gateway_stop(g); /* joins the thread that already exited */
+}
+
+static void test_health_receive_dies_recvmmsg(void **state)
+{
+    (void)state;
+    health_when_receive_dies(KV_GATEWAY_UDP_IO_RECVMMSG);
+}
+
+static void test_health_receive_dies_uring(void **state)
+{
+    (void)state;
+    health_when_receive_dies(KV_GATEWAY_UDP_IO_URING);
+}
+
 /* A log writer stuck on I/O (a FIFO nobody reads) never blocks ingestion: lines beyond the
  * buffer are dropped and counted, and every line is either written or counted as dropped. */
 static void test_log_full_buffer_drops(void **state)
@@ -551,6 +665,11 @@ int main(void)
         cmocka_unit_test(test_start_errors),
         cmocka_unit_test(test_start_alloc_failures),
         cmocka_unit_test(test_log_full_buffer_drops),
+        cmocka_unit_test(test_health_receive_dies_recvmmsg),
+        cmocka_unit_test(test_health_receive_dies_uring),
     };
-    return kv_skip_exit(cmocka_run_group_tests(tests, setup, teardown));
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = cmocka_run_group_tests(tests, setup, teardown);
+    curl_global_cleanup();
+    return kv_skip_exit(rc);
 }
