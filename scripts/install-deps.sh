@@ -21,9 +21,10 @@ for p in "${pkgs[@]}"; do
     missing+=("$p")
   fi
 done
-# npm: Debian's nodejs comes without it (package npm), a NodeSource nodejs brings its own and
-# conflicts with Debian's npm package; so npm is asked for only when no npm command exists.
-if [ "${1:-}" != --build-only ] && ! command -v npm >/dev/null 2>&1; then
+# npm goes with nodejs: Debian's nodejs comes without it (package npm), a NodeSource nodejs
+# brings its own and conflicts with Debian's npm package; so npm is asked for only when the list
+# names nodejs and no npm command exists (the images' runtime lists do not name nodejs).
+if printf '%s\n' "${pkgs[@]}" | grep -qx nodejs && ! command -v npm >/dev/null 2>&1; then
   missing+=(npm)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
