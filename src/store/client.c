@@ -838,6 +838,9 @@ int kv_store_batch_put_fill(struct kv_store *s, size_t n, const char *const *key
         }
     }
 out:
+    for (size_t i = 0; i < n && rc < 0; i++)
+        if (results[i] == KV_ECANCELED)
+            results[i] = rc; /* not asked: say why, as kv_store_batch_put does */
     kv_free(pos);
     kv_free(k2);
     kv_free(l2);
