@@ -50,6 +50,11 @@ static int setup(void **state)
         .admin_addr = "off",
         .evict_interval_ms = 20,
         .node_timeout_ms = 1500,
+        /* a get's lease keeps the object from eviction for lease_ms: with the default 5 s,
+         * test_fill_past_capacity could start while the objects the earlier tests read (5.5 of
+         * the 8 MiB left after test_node_loss) were all still leased, and get ENOSPC for every
+         * put but the first; 1 s has lapsed by then (test_node_loss sleeps 2 s after reading) */
+        .lease_ms = 1000,
     };
     if (kv_master_start(&mo, &g_master) < 0)
         return -1;
@@ -404,7 +409,7 @@ static void test_fill_past_capacity(void **state)
 {
     (void)state;
     struct kv_store *s = open_store();
-    enum { N = 60, SZ = 512 * 1024 }; /* 30 MiB into 3 x 4 MiB */
+    enum { N = 60, SZ = 512 * 1024 }; /* 30 MiB into the 2 x 4 MiB left after test_node_loss */
     static uint8_t v[SZ], r[SZ];
     int ok = 0;
     for (int i = 0; i < N; i++) {
