@@ -69,6 +69,7 @@ class Cluster:
         self.capacity = capacity
         self.metadata = None
         self.master = None
+        self.admin = None  # HOST:PORT of the master's admin HTTP server (/metrics)
 
     def _start(self, name, args):
         log = open(os.path.join(self.dir, name + ".log"), "w")
@@ -93,6 +94,7 @@ class Cluster:
                                            "--admin-addr", "127.0.0.1:0", "--metadata-addr",
                                            "127.0.0.1:0", "--capacity", self.capacity])
             self.master = _wait_log(log, r"master\s+(\S+) \(RPC\)", p).group(1)
+            self.admin = _wait_log(log, r"RPC on \S+, admin ([0-9.]+:[0-9]+)", p).group(1)
             m = re.search(r"metadata\s+(http://\S+)", open(log).read())
             self.metadata = m.group(1) if m else None
             self.cluster = None
@@ -105,6 +107,7 @@ class Cluster:
                                         "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
         m = _wait_log(log, r"RPC on ([0-9.]+:[0-9]+)", p)
         self.master = m.group(1)
+        self.admin = _wait_log(log, r"RPC on \S+, admin ([0-9.]+:[0-9]+)", p).group(1)
         p, log = self._start("node", ["node", "--metadata=" + self.metadata,
                                       "--cluster=" + self.cluster, "--node-id", "n1",
                                       "--capacity", self.capacity])
@@ -129,6 +132,18 @@ class Cluster:
             with open(f) as fh:
                 out.append("--- %s\n%s" % (f, fh.read()[-3000:]))
         return "\n".join(out)
+
+    def metric(self, name, **labels):
+        """The value of one sample of the master's /metrics (0 when absent)."""
+        import urllib.request
+        with urllib.request.urlopen("http://%s/metrics" % self.admin, timeout=10) as r:
+            text = r.read().decode()
+        want = name + ("{%s}" % ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+                       if labels else "")
+        for line in text.splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0
 
     def store_kwargs(self):
         return {"master": self.master, "cluster": self.cluster}

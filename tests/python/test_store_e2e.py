@@ -64,6 +64,47 @@ def test_store_binding(cluster):
     assert "cannot connect to 127.0.0.1:1" in str(ei.value)
 
 
+def test_copy_engine_save_groups(cluster):
+    """Saves that back up in the copy engine's queue go to the store in groups (one PUT_START
+    and one PUT_END for several layers, at most batch_max chunks per group); every chunk lands
+    under its own layer's key, and reads back bit-identical through another block table."""
+    from kvstash.kvconn import LOAD, SAVE, CopyEngine
+    layers, nb, bs, heads, hd = 6, 16, 16, 8, 128  # 128 KiB chunks: not put inline
+    src = paged_cache(layers, nb, bs, heads, hd, torch.bfloat16, "NHD")
+    dst = paged_cache(layers, nb, bs, heads, hd, torch.bfloat16, "HND")
+    for t in src.values():
+        t.copy_(torch.randn(t.shape).to(torch.bfloat16))
+    with kvstash.Store(**cluster.store_kwargs()) as s:
+        kw = dict(block_size=bs, chunk_blocks=2, num_heads=heads, row_bytes=hd * 2, threads=1)
+        ea = CopyEngine(s, batch_max=5, **kw)  # groups of 2 layers x 2 chunks
+        eb = CopyEngine(s, **kw)
+        for i, n in enumerate(src):
+            ea.register_layer(i, src[n])
+            eb.register_layer(i, dst[n])
+        keys = ["grp/c0", "grp/c1"]
+        starts = cluster.metric("kvstash_store_rpc_duration_seconds_count", op="put_start")
+        j = ea.submit(SAVE, 0, layers, keys, [[3, 7], [0, 11]])
+        assert ea.wait(j, 2) == (True, [0, 0])
+        ea.release(j)
+        n_starts = cluster.metric("kvstash_store_rpc_duration_seconds_count",
+                                  op="put_start") - starts
+        assert 1 <= n_starts <= layers // 2, n_starts  # one per layer without groups
+        assert all(s.exists(["grp/c0/L%d" % i, "grp/c1/L%d" % i]) == [True, True]
+                   for i in range(layers))
+        # saved again (first writer wins) in the same groups: still every chunk ok
+        j = ea.submit(SAVE, 0, layers, keys, [[3, 7], [0, 11]])
+        assert ea.wait(j, 2) == (True, [0, 0])
+        ea.release(j)
+        j = eb.submit(LOAD, 0, layers, keys, [[1, 2], [9, 4]])
+        assert eb.wait(j, 2) == (True, [0, 0])
+        eb.release(j)
+        for n in src:
+            for a, b in ((3, 1), (7, 2), (0, 9), (11, 4)):
+                assert torch.equal(src[n][:, a].view(torch.int16), dst[n][:, b].view(torch.int16))
+        ea.close()
+        eb.close()
+
+
 def _run(cfg):
     p = subprocess.run([sys.executable, os.path.join(HERE, "connector_proc.py"),
                         json.dumps(cfg)], capture_output=True, text=True, timeout=120)
