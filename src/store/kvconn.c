@@ -243,6 +243,15 @@ static int ensure_stage(struct worker *w, size_t need)
     return KV_OK;
 }
 
+/* Frees a task's n key strings (NULL entries allowed) and their array (may be NULL). */
+static void free_keys(char **keys, size_t n)
+{
+    for (size_t i = 0; keys != NULL && i < n; i++) {
+        kv_free(keys[i]);
+    }
+    kv_free(keys);
+}
+
 /* One chunk object of a save group: where its rows are. */
 struct save_obj {
     const struct kv_conn_layout *l;
@@ -343,12 +352,7 @@ static void run_save_group(struct worker *w, const struct task *t, size_t k, int
         }
     }
 out:
-    if (keys != NULL) {
-        for (size_t i = 0; i < step; i++) {
-            kv_free(keys[i]);
-        }
-    }
-    kv_free(keys);
+    free_keys(keys, step);
     kv_free(lens);
     kv_free(r);
     kv_free(objs);
@@ -449,12 +453,7 @@ static void run_task(struct worker *w, struct job *j, uint32_t layer, int *res)
         }
     }
 out_free:
-    if (keys != NULL) {
-        for (size_t i = 0; i < nk; i++) {
-            kv_free(keys[i]);
-        }
-    }
-    kv_free(keys);
+    free_keys(keys, nk);
     kv_free(bufs);
     kv_free(lens);
     kv_free(caps);
