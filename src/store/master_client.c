@@ -707,6 +707,12 @@ int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf
         }
     }
     for (size_t i = 0; i < n; i++) {
+        /* overlap the index's cache misses of a batch (the master's lock keeps the chains
+         * still): the bucket of key i + 8, the first object of key i + 4's chain */
+        if (i + 8 < n && key_ok(in->keys[i + 8]))
+            kv_oidx_prefetch(&m->index, kv_oidx_hash(in->keys[i + 8]), false);
+        if (i + 4 < n && key_ok(in->keys[i + 4]))
+            kv_oidx_prefetch(&m->index, kv_oidx_hash(in->keys[i + 4]), true);
         kvstash__get_item__init(&items[i]);
         pi[i] = &items[i];
         m->gets++;
@@ -748,7 +754,10 @@ int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, si
         return rc;
     size_t n = in->n_keys;
     int32_t *st = kv_calloc(n ? n : 1, sizeof(*st));
-    if (!st) {
+    uint32_t *hs = remove ? NULL : kv_calloc(n ? n : 1, sizeof(*hs)); /* the keys' hashes */
+    if (!st || (!remove && !hs)) {
+        kv_free(st);
+        kv_free(hs);
         kv_rpc_pb_free(&in->base);
         return KV_ENOMEM;
     }
@@ -773,11 +782,22 @@ int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, si
          * (master_index.c), so puts, evictions and sweeps holding the master's lock do not
          * delay it */
         int64_t wall = kv_wall_ms();
+        /* the cache misses of many keys overlap: while key i is looked up, the bucket of key
+         * i + FAR and the first object of key i + NEAR's chain are on their way */
+        enum { FAR = 8, NEAR = 4 };
         for (size_t i = 0; i < n; i++) {
-            if (i + 8 < n && in->keys[i + 8]) /* overlap the buckets' cache misses */
-                kv_oidx_prefetch_bucket(&m->index, kv_oidx_hash(in->keys[i + 8]));
-            st[i] = key_ok(in->keys[i]) ? kv_oidx_peek(&m->index, in->keys[i], exists_cb, &wall)
-                                        : KV_EINVAL;
+            hs[i] = key_ok(in->keys[i]) ? kv_oidx_hash(in->keys[i]) : 0;
+            if (i < FAR)
+                kv_oidx_prefetch_bucket(&m->index, hs[i]);
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (i + FAR < n)
+                kv_oidx_prefetch_bucket(&m->index, hs[i + FAR]);
+            if (i + NEAR < n)
+                kv_oidx_prefetch_chain(&m->index, hs[i + NEAR]);
+            st[i] = key_ok(in->keys[i])
+                        ? kv_oidx_peek_h(&m->index, in->keys[i], hs[i], exists_cb, &wall)
+                        : KV_EINVAL;
         }
     }
     Kvstash__StatusList r = KVSTASH__STATUS_LIST__INIT;
@@ -785,6 +805,7 @@ int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, si
     r.status = st;
     rc = mst_reply(resp, &r.base);
     kv_free(st);
+    kv_free(hs);
     kv_rpc_pb_free(&in->base);
     return rc;
 }

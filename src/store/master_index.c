@@ -113,10 +113,27 @@ void kv_oidx_prefetch_bucket(const struct kv_oidx *idx, uint32_t h)
         __builtin_prefetch(&b[h & (nb - 1)]);
 }
 
+void kv_oidx_prefetch_chain(struct kv_oidx *idx, uint32_t h)
+{
+    struct kv_oidx_shard *s = shard_of(idx, h);
+    pthread_mutex_lock(&s->lock);
+    const struct mobj *o = s->nb ? s->b[h & (s->nb - 1)] : NULL;
+    if (o) {
+        __builtin_prefetch(o);
+        __builtin_prefetch((const char *)o + 64); /* the key starts near the line's end */
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
 int kv_oidx_peek(struct kv_oidx *idx, const char *key, int (*fn)(void *ud, const struct mobj *o),
                  void *ud)
 {
-    uint32_t h = kv_oidx_hash(key);
+    return kv_oidx_peek_h(idx, key, kv_oidx_hash(key), fn, ud);
+}
+
+int kv_oidx_peek_h(struct kv_oidx *idx, const char *key, uint32_t h,
+                   int (*fn)(void *ud, const struct mobj *o), void *ud)
+{
     struct kv_oidx_shard *s = shard_of(idx, h);
     pthread_mutex_lock(&s->lock);
     int r = fn(ud, get_h(idx, key, h));

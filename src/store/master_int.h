@@ -135,6 +135,13 @@ void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool chain);
 /* Asks the CPU for the bucket of hash h only; safe without any lock (lookups under a shard's
  * lock: kv_oidx_peek). */
 void kv_oidx_prefetch_bucket(const struct kv_oidx *idx, uint32_t h);
+/* Asks the CPU for the first object of hash h's chain (its link and its key), reading the
+ * bucket under the shard's lock: for lookups that hold no other lock (exists), a few keys ahead
+ * of kv_oidx_peek_h, once kv_oidx_prefetch_bucket brought the bucket in. */
+void kv_oidx_prefetch_chain(struct kv_oidx *idx, uint32_t h);
+/* kv_oidx_peek with h = kv_oidx_hash(key) computed by the caller. */
+int kv_oidx_peek_h(struct kv_oidx *idx, const char *key, uint32_t h,
+                   int (*fn)(void *ud, const struct mobj *o), void *ud);
 /* The same, with h = kv_oidx_hash(key) computed by the caller. */
 struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h);
 /* Adds o, whose key the caller just looked up (kv_oidx_get_h, same h) and did not find, without
