@@ -491,6 +491,19 @@ out:
     return rc;
 }
 
+/* The replica count a put asks for (opts NULL or 0: 1), or KV_EINVAL when out of range. */
+static int put_replicas(const struct kv_put_opts *opts)
+{
+    int replicas = opts && opts->replicas ? opts->replicas : 1;
+    return replicas < 1 || replicas > MAX_REPLICAS ? KV_EINVAL : replicas;
+}
+
+/* Whether a value of len bytes travels inside the PUT request (see inline_max). */
+static bool inline_size(const struct kv_store *s, size_t len)
+{
+    return s->inline_max && len <= s->inline_max;
+}
+
 /* Where put_staged takes the bytes from: bufs[i], or fill(ud, pos[i], ...) (put_fill). */
 struct put_src {
     const void *const *bufs;
@@ -511,9 +524,9 @@ int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
         return KV_EINVAL;
     if (n == 0)
         return KV_OK;
-    int replicas = opts && opts->replicas ? opts->replicas : 1;
-    if (replicas < 1 || replicas > MAX_REPLICAS)
-        return KV_EINVAL;
+    int replicas = put_replicas(opts);
+    if (replicas < 0)
+        return replicas;
     /* values up to s->inline_max travel inside the PUT request (in requests of up to
      * INLINE_REQ_MAX bytes); larger ones are written by the client into the nodes' segments */
     const char **k2 = kv_calloc(n, sizeof(*k2));
@@ -530,8 +543,8 @@ int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
     for (int pass = 0; pass < 2 && rc == KV_OK; pass++) {
         size_t m = 0, bytes = 0;
         for (size_t i = 0; i <= n && rc == KV_OK; i++) {
-            bool small = i < n && s->inline_max && lens[i] <= s->inline_max && key_ok(keys[i]) &&
-                         (bufs[i] || !lens[i]);
+            bool small =
+                i < n && inline_size(s, lens[i]) && key_ok(keys[i]) && (bufs[i] || !lens[i]);
             bool flush = i == n || (pass == 0 && small && m && bytes + lens[i] > INLINE_REQ_MAX);
             if (flush && m) {
                 struct put_src src = {.bufs = b2};
@@ -774,9 +787,9 @@ int kv_store_batch_put_fill(struct kv_store *s, size_t n, const char *const *key
         return KV_EINVAL;
     if (n == 0)
         return KV_OK;
-    int replicas = opts && opts->replicas ? opts->replicas : 1;
-    if (replicas < 1 || replicas > MAX_REPLICAS)
-        return KV_EINVAL;
+    int replicas = put_replicas(opts);
+    if (replicas < 0)
+        return replicas;
     size_t *pos = kv_calloc(n, sizeof(*pos));
     const char **k2 = kv_calloc(n, sizeof(*k2));
     size_t *l2 = kv_calloc(n, sizeof(*l2));
@@ -786,20 +799,19 @@ int kv_store_batch_put_fill(struct kv_store *s, size_t n, const char *const *key
     int rc = KV_ENOMEM;
     if (!pos || !k2 || !l2 || !r2 || !b2)
         goto out;
-    size_t ms = 0, sbytes = 0;
+    /* 1. the large ones, written where they are stored */
+    size_t m = 0, ms = 0, sbytes = 0;
     for (size_t i = 0; i < n; i++) {
         results[i] = KV_ECANCELED;
-        if (s->inline_max && lens[i] <= s->inline_max)
-            sbytes += lens[i], ms++;
-    }
-    /* 1. the large ones, written where they are stored */
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!(s->inline_max && lens[i] <= s->inline_max)) {
+        if (inline_size(s, lens[i])) {
+            sbytes += lens[i];
+            ms++;
+        } else {
             k2[m] = keys[i];
             l2[m] = lens[i];
             pos[m++] = i;
         }
+    }
     rc = KV_OK;
     if (m) {
         struct put_src src = {.fill = fill, .ud = ud, .pos = pos};
@@ -817,7 +829,7 @@ int kv_store_batch_put_fill(struct kv_store *s, size_t n, const char *const *key
         size_t off = 0;
         m = 0;
         for (size_t i = 0; i < n; i++) {
-            if (!(s->inline_max && lens[i] <= s->inline_max))
+            if (!inline_size(s, lens[i]))
                 continue;
             uint64_t sum;
             int frc = lens[i] ? fill(ud, i, small + off, lens[i], &sum) : KV_OK;
