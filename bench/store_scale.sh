@@ -7,7 +7,11 @@
 #
 # Sections (all measured in one run; the Redis figures come from the same run):
 #   single   kvstash serve vs redis-server, 4 KiB and 64 KiB values, 1/4/16/64 clients:
-#            put vs SET, get vs GET, exists vs EXISTS (ops/s, p50, p99, ratio, goal)
+#            put vs SET, get vs GET, exists vs EXISTS (ops/s, p50, p99, ratio, goal). C clients
+#            are C connections with one request in flight each, driven from one thread on both
+#            sides: redis-benchmark -c C, and `kvstash bench store --threads=1 --depth=C` (the
+#            asynchronous client, kv_store_aio). --client-threads drives kvstash with C
+#            blocking threads instead (one synchronous call each).
 #   batch    batch-put / batch-get / batch-exists of 64 and 256 keys vs redis-benchmark
 #            pipelined (-P) SET / GET / EXISTS at the same depth (objects/s), plus batch-put
 #            256 x 4 KiB over --protocol=tcp
@@ -29,6 +33,7 @@
 # Usage: bench/store_scale.sh [--quick] [--scale] [--only SECTION[,SECTION]] [--duration S]
 #            [--sizes 4096,65536] [--clients 1,4,16,64] [--batch-clients N] [--objects N]
 #            [--steps 250000,1000000,4000000,10000000] [--rebuild-objects N] [--bin PATH]
+#            [--client-threads]
 #   --quick    1 s per case, 1 and 4 clients, batches at 4 KiB only, 100k objects for memory,
 #              scale steps 25k,100k,250k, 100k objects for rebuild: a smoke test of the script
 #   --scale    run the scale and rebuild sections only (they need RAM: see their output)
@@ -45,6 +50,7 @@ ONLY=""
 DURATION=""
 SIZES=""
 CLIENTS=""
+CTHREADS=0
 BCLIENTS=4
 OBJECTS=""
 STEPS=""
@@ -57,12 +63,13 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift 2 ;;
     --sizes) SIZES=$2; shift 2 ;;
     --clients) CLIENTS=$2; shift 2 ;;
+    --client-threads) CTHREADS=1; shift ;;
     --batch-clients) BCLIENTS=$2; shift 2 ;;
     --objects) OBJECTS=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
     --rebuild-objects) ROBJECTS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
-    -h | --help) sed -n '3,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '3,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "store_scale.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -277,7 +284,8 @@ if want single; then
                 esac
                 extra=()
                 [ $op = put ] && extra=(--keep --count="$budget")
-                read -r n kops kp50 kp99 < <(kv "$op-$size-$c" --op=$op --size="$size" --threads="$c" \
+                if [ $CTHREADS = 1 ]; then extra+=(--threads="$c"); else extra+=(--threads=1 --depth="$c"); fi
+                read -r n kops kp50 kp99 < <(kv "$op-$size-$c" --op=$op --size="$size" \
                     --duration="$DURATION" "${extra[@]}") || exit 1
                 [ -n "${kops:-}" ] || exit 1
                 case $op in
@@ -310,7 +318,8 @@ if want single; then
             printf '%-58s %6d us goal <=1000 us %s\n' "put ${size}B: p99 at 4 clients" "${PUTP99[$size]}" "$(verdict "${PUTP99[$size]}" "<=" 1000)"
         fi
     done
-    echo "kvstash: $(kv_args_line "--op=put|get|exists --size=SIZE --threads=C --duration=$DURATION [put: --keep --count=N]")"
+    if [ $CTHREADS = 1 ]; then cm="--threads=C"; else cm="--threads=1 --depth=C"; fi
+    echo "kvstash: $(kv_args_line "--op=put|get|exists --size=SIZE $cm --duration=$DURATION [put: --keep --count=N]")"
     echo "redis:   redis-benchmark -n <kvstash's op count> -c C -r <working-set keys> -t set|get -d SIZE  /  ... exists key:__rand_int__"
     echo "put writes fresh keys and keeps them (N = 70% of the capacity in objects; the case ends at N or after $DURATION s);"
     echo "get and exists pick random keys of a 64 MiB working set written first (Redis: the same keys, filled first)."

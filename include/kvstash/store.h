@@ -116,6 +116,54 @@ KV_API int kv_store_stat_json(struct kv_store *s, char **json);
 
 KV_API void kv_store_free(void *p);
 
+/* ---- asynchronous single-key operations --------------------------------------------------
+ * A kv_store_aio keeps up to `depth` operations in flight from one thread, each on a
+ * connection of its own to the master: submit with kv_store_aio_put/get/exists (they return at
+ * once), collect results with kv_store_aio_poll. Results are those of the synchronous calls
+ * (a get's len as kv_store_get's *len, an exists' 1/0); whatever the synchronous client would
+ * retry (a new leader, no node mounted yet, a promotion pending, a lost connection for a get
+ * or an exists) is completed by the synchronous call, on the polling thread. A value above
+ * the client's inline size (KVSTASH_PUT_INLINE_MAX, 64 KiB) is put synchronously inside
+ * kv_store_aio_put; its result still comes from a poll. One thread at a time per context. */
+struct kv_store_aio;
+
+struct kv_store_aio_done {
+    uint64_t tag; /* as submitted */
+    int status;   /* the operation's result */
+    size_t len;   /* get: the value's size (KV_OK, KV_E2BIG) */
+};
+
+/* depth: operations in flight at most (1..1024). Connections are made on first use. */
+KV_API int kv_store_aio_open(struct kv_store *s, unsigned depth, struct kv_store_aio **out);
+/* Closes the connections; operations in flight are abandoned (a get's buffer is not written
+ * after this returns). The kv_store must outlive it. NULL is a no-op. */
+KV_API void kv_store_aio_close(struct kv_store_aio *a);
+/* Submits. KV_OK: in flight, the result comes from a poll. KV_EBUSY: `depth` operations are in
+ * flight (poll first). KV_EINVAL (bad key or arguments), or the error of connecting to the
+ * master: nothing was submitted then. A put's value is copied at once; a get's buf must stay
+ * valid until its result is polled (or the context closed). */
+KV_API int kv_store_aio_put(struct kv_store_aio *a, const char *key, const void *buf, size_t len,
+                            const struct kv_put_opts *opts, uint64_t tag);
+KV_API int kv_store_aio_get(struct kv_store_aio *a, const char *key, void *buf, size_t cap,
+                            uint64_t tag);
+KV_API int kv_store_aio_exists(struct kv_store_aio *a, const char *key, uint64_t tag);
+/* Waits up to timeout_ms (< 0: until one completes, 0: not at all) for results and writes up
+ * to max of them into done. Returns how many (0: none within the timeout, or nothing in
+ * flight), or a negative error of the wait itself. Each operation completes once, at the
+ * latest when the client's timeout passed since its submit (KV_ETIMEDOUT). */
+KV_API int kv_store_aio_poll(struct kv_store_aio *a, struct kv_store_aio_done *done, size_t max,
+                             int timeout_ms);
+/* Operations submitted and not yet returned by a poll. */
+KV_API unsigned kv_store_aio_inflight(const struct kv_store_aio *a);
+
+struct kv_store_aio_stats {
+    uint64_t submitted; /* requests sent on the context's own connections */
+    uint64_t fallbacks; /* operations completed by the synchronous call (leader change, ...) */
+    uint64_t connects;  /* connections made (first use, leader change, lost connection) */
+};
+/* The context's counters since it was opened. */
+KV_API void kv_store_aio_stats(const struct kv_store_aio *a, struct kv_store_aio_stats *st);
+
 /* ---- Handles: the same client addressed by a generation-checked id (for bindings) ----
  *
  * A binding (Python's ctypes) must never hold a raw struct kv_store pointer: a close in one

@@ -74,6 +74,9 @@ static const struct kv_cfg_opt bench_opts[] = {
      "remove nothing: puts keep every key, reads leave their working set"},
     {"max-errors", "KVSTASH_BENCH_MAX_ERRORS", NULL, KV_CFG_INT, "0", 0, 1e15, NULL, "N",
      "stop the run once N objects failed (0 = never)"},
+    {"depth", "KVSTASH_BENCH_DEPTH", NULL, KV_CFG_INT, "0", 0, 1024, NULL, "N",
+     "put/get/exists: N operations in flight per thread through the asynchronous API "
+     "(kv_store_aio, N connections; as redis-benchmark -c N), 0 = one blocking call at a time"},
     {"replicas", "KVSTASH_REPLICAS", NULL, KV_CFG_INT, "1", 1, 16, NULL, "N", "copies per put"},
 };
 
@@ -91,6 +94,7 @@ struct shared {
     bool is_put;
     size_t size;
     size_t batch;        /* keys per call: 1 for the single-key operations */
+    unsigned depth;      /* single-key operations in flight per thread (kv_store_aio); 0 = sync */
     size_t ring;         /* puts: calls a thread keeps before removing its oldest; 0 = keep all */
     uint64_t first;      /* first key index */
     uint64_t nkeys;      /* reads: keys first .. first+nkeys-1 */
@@ -278,11 +282,107 @@ static bool one_call(struct worker *w)
     return true;
 }
 
+/* Tallies one single-key result r (of key slot i; KV_OK or 1/0 for exists). */
+static void tally(struct worker *w, size_t i, int r, int64_t dt)
+{
+    struct shared *sh = w->sh;
+    w->calls++;
+    if (sh->op == OP_EXISTS)
+        r = r == 1 ? KV_OK : r == 0 ? KV_ENOENT : r;
+    else if (sh->op == OP_GET && r == KV_OK && w->lens[i] != sh->size)
+        r = KV_EIO;
+    if (r < 0) {
+        note_error(w, r, 1);
+        return;
+    }
+    w->ops++;
+    lat_add(w, dt);
+}
+
+/* Starts the next operation in slot i (kv_store_aio): 1 in flight, 0 not submitted (counted
+ * as failed), -1 the --count budget is spent. */
+static int aio_start(struct worker *w, struct kv_store_aio *a, size_t i, int64_t *t0)
+{
+    struct shared *sh = w->sh;
+    uint64_t base = 0;
+    if (claim(sh, 1, &base) == 0)
+        return -1;
+    if (sh->is_put && sh->ring && w->nheld == sh->ring) {
+        remove_keys(w, w->held[w->head], 1); /* key slot 0: free, aio copies keys at submit */
+        w->head = (w->head + 1) % sh->ring;
+        w->nheld--;
+    }
+    char *k = w->keymem + i * w->keylen;
+    make_key(k, w->keylen, sh, sh->is_put ? base : sh->first + next_rand(&w->rng) % sh->nkeys);
+    struct kv_put_opts po = {.replicas = sh->replicas};
+    t0[i] = kv_now_us();
+    int rc = sh->op == OP_PUT   ? kv_store_aio_put(a, k, w->buf, sh->size, &po, i)
+             : sh->op == OP_GET ? kv_store_aio_get(a, k, w->bufs[i], sh->size, i)
+                                : kv_store_aio_exists(a, k, i);
+    if (sh->is_put && sh->ring) {
+        w->held[(w->head + w->nheld) % sh->ring] = base;
+        w->nheld++;
+    }
+    if (rc < 0) { /* not submitted (no master?): a failed object, and a pause */
+        w->calls++;
+        note_error(w, rc, 1);
+        kv_sleep_ms(10);
+        return 0;
+    }
+    return 1;
+}
+
+/* --depth: keeps sh->depth single-key operations in flight from this thread. */
+static void run_aio(struct worker *w)
+{
+    struct shared *sh = w->sh;
+    struct kv_store_aio *a = NULL;
+    int64_t *t0 = kv_calloc(sh->depth, sizeof(*t0));
+    bool *busy = kv_calloc(sh->depth, sizeof(*busy));
+    struct kv_store_aio_done *done = kv_calloc(sh->depth, sizeof(*done));
+    int rc = t0 && busy && done ? kv_store_aio_open(sh->s, sh->depth, &a) : KV_ENOMEM;
+    if (rc < 0) {
+        note_error(w, rc, 1);
+        goto out;
+    }
+    bool more = true;
+    for (;;) {
+        bool stop = atomic_load_explicit(&sh->stop, memory_order_relaxed);
+        for (size_t i = 0; more && !stop && i < sh->depth; i++) {
+            if (busy[i])
+                continue;
+            int st = aio_start(w, a, i, t0);
+            more = st >= 0;
+            busy[i] = st > 0;
+        }
+        if (kv_store_aio_inflight(a) == 0) {
+            if (stop || !more)
+                break;
+            continue; /* nothing could be submitted: aio_start paused; try again */
+        }
+        int nd = kv_store_aio_poll(a, done, sh->depth, 1000);
+        int64_t now = kv_now_us();
+        for (int d = 0; d < nd; d++) {
+            size_t i = (size_t)done[d].tag;
+            busy[i] = false;
+            w->lens[i] = done[d].len;
+            tally(w, i, done[d].status, now - t0[i]);
+        }
+    }
+out:
+    kv_store_aio_close(a);
+    kv_free(t0);
+    kv_free(busy);
+    kv_free(done);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct shared *sh = w->sh;
-    while (!atomic_load_explicit(&sh->stop, memory_order_relaxed)) {
+    if (sh->depth)
+        run_aio(w);
+    while (!sh->depth && !atomic_load_explicit(&sh->stop, memory_order_relaxed)) {
         if (!one_call(w))
             break;
     }
@@ -358,7 +458,7 @@ static int digits(uint64_t v)
 /* Per-thread buffers for the batch size and operation. KV_ENOMEM. */
 static int worker_init(struct worker *w, struct shared *sh, int id, size_t keylen)
 {
-    size_t nb = sh->batch;
+    size_t nb = sh->depth ? sh->depth : sh->batch; /* keys (and values) at once */
     bool reads = sh->op == OP_GET || sh->op == OP_BATCH_GET;
     *w = (struct worker){.id = id, .sh = sh, .keylen = keylen};
     w->rng = ((uint64_t)id + 1) * 0x9E3779B97F4A7C15ull ^ (uint64_t)kv_now_us();
@@ -469,6 +569,8 @@ static void print_result(const struct kv_cfg *cfg, const struct shared *sh, int 
                       gbs, "p50_us", r->p50, "p99_us", r->p99, "avg_us", r->avg, "max_us", r->max,
                       "key_prefix", sh->prefix, "key_bytes", (json_int_t)strlen(key));
         if (o)
+            json_object_set_new(o, "depth", json_integer(sh->depth));
+        if (o)
             json_object_set_new(o, "first_error",
                                 r->first_err ? json_string(kv_strerror(r->first_err))
                                              : json_null());
@@ -483,6 +585,8 @@ static void print_result(const struct kv_cfg *cfg, const struct shared *sh, int 
            kv_format_size(sh->size, sz, sizeof(sz)), nthreads);
     if (sh->op >= OP_BATCH_PUT)
         printf("batch %zu, ", sh->batch);
+    if (sh->depth)
+        printf("%u in flight per thread (aio), ", sh->depth);
     printf("protocol %s, %.1f s\n", proto, r->el);
     printf("  %llu ops (%llu errors%s%s), %.0f ops/s, %.0f calls/s, %.3f GB/s\n",
            (unsigned long long)r->ops, (unsigned long long)r->errors,
@@ -531,6 +635,12 @@ int kv_cli_bench_store(int argc, char **argv)
     sh.is_put = sh.op == OP_PUT || sh.op == OP_BATCH_PUT;
     sh.size = (size_t)kv_cfg_size(&cfg, "size");
     sh.batch = sh.op >= OP_BATCH_PUT ? (size_t)kv_cfg_int(&cfg, "batch") : 1;
+    sh.depth = (unsigned)kv_cfg_int(&cfg, "depth");
+    if (sh.depth && sh.op >= OP_BATCH_PUT) {
+        fprintf(stderr, "%s: --depth applies to put, get and exists, not --op=%s\n", cfg.prog,
+                opname);
+        goto out;
+    }
     sh.first = (uint64_t)kv_cfg_int(&cfg, "first");
     sh.count = (uint64_t)kv_cfg_int(&cfg, "count");
     sh.max_errors = (uint64_t)kv_cfg_int(&cfg, "max-errors");

@@ -53,6 +53,8 @@ static const struct kv_cfg_opt serve_opts[] = {
      "transport for requests this process starts"},
     {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",
      "shared token transfer and store RPC peers must present"},
+    {"io-threads", "KVSTASH_IO_THREADS", NULL, KV_CFG_INT, "0", 0, 64, NULL, "N",
+     "the master's RPC event loops (0 = one per two CPUs, 1..8)"},
     {"kv-expire-time", "KVSTASH_KV_EXPIRE_TIME", NULL, KV_CFG_INT, "86400", 1, 4e9, NULL, "S",
      "default object TTL in seconds"},
 };
@@ -133,6 +135,7 @@ int kv_cli_serve(int argc, char **argv)
         .rpc_addr = rpc,
         .admin_addr = admin,
         .kv_expire_time_s = (uint32_t)kv_cfg_int(&cfg, "kv-expire-time"),
+        .io_threads = (int)kv_cfg_int(&cfg, "io-threads"),
         .in_process_rpc = true, /* its node calls it directly, not through a socket */
     };
     /* the store RPC (common/auth.h) requires the same token as the transfer engine */

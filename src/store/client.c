@@ -59,39 +59,12 @@
 #include "kvstash/meta.h"
 #include "kvstash/store.h"
 #include "kvstash/xfer.h"
+#include "store/client_int.h"
 #include "store/rpc.h"
-
-#define DEFAULT_TIMEOUT_MS 10000
-#define MAX_REPLICAS 16 /* replicas a client reads or writes per object */
-#define GET_ROUNDS 4
-#define INLINE_MAX_DEFAULT (64u << 10) /* see inline_max */
-#define INLINE_REQ_MAX (8u << 20)      /* bytes of values in one PUT request */
-
-struct leader {
-    atomic_int refs;
-    struct kv_rpc_client *rpc;
-};
-
-struct kv_store {
-    char *master;   /* opts->master (first contact and fallback) or NULL */
-    char *meta_url; /* metadata in use (opts or HELLO) */
-    char *cluster;
-    char *protocol;
-    int timeout_ms;
-    size_t inline_max;    /* values up to this size go inside the PUT request */
-    struct kv_meta *meta; /* NULL only while opening without metadata */
-    struct kv_xfer *xfer;
-    char client_id[96];
-
-    pthread_mutex_t lock; /* guards leader, hint, epoch; leaf lock */
-    struct leader *leader;
-    char hint[256]; /* leader address hinted by a standby, "" = none */
-    uint64_t epoch;
-};
 
 /* ---- leader handling ---------------------------------------------------------------------- */
 
-static void leader_put(struct leader *l)
+void cli_leader_put(struct leader *l)
 {
     if (l && atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) == 1) {
         kv_rpc_client_destroy(l->rpc);
@@ -131,7 +104,7 @@ static int leader_from_meta(struct kv_store *s, char *addr, size_t n)
 }
 
 /* A referenced leader (found and connected lazily). */
-static int leader_get(struct kv_store *s, struct leader **out)
+int cli_leader_get(struct kv_store *s, struct leader **out)
 {
     char addr[256] = "";
     pthread_mutex_lock(&s->lock);
@@ -186,7 +159,7 @@ static int leader_get(struct kv_store *s, struct leader **out)
 }
 
 /* Forgets l as the leader (if it still is) and remembers hint for the next discovery. */
-static void leader_drop(struct kv_store *s, struct leader *l, const char *hint)
+void cli_leader_drop(struct kv_store *s, struct leader *l, const char *hint)
 {
     struct leader *old = NULL;
     pthread_mutex_lock(&s->lock);
@@ -197,10 +170,10 @@ static void leader_drop(struct kv_store *s, struct leader *l, const char *hint)
             snprintf(s->hint, sizeof(s->hint), "%s", hint);
     }
     pthread_mutex_unlock(&s->lock);
-    leader_put(old);
+    cli_leader_put(old);
 }
 
-static bool transport_err(int rc)
+bool cli_transport_err(int rc)
 {
     return rc == KV_ECONNREFUSED || rc == KV_ECONNRESET || rc == KV_ETIMEDOUT || rc == KV_EPROTO ||
            rc == KV_EIO;
@@ -215,7 +188,7 @@ static int call(struct kv_store *s, uint16_t method, const ProtobufCMessage *req
     int sleep_ms = 20;
     for (;;) {
         struct leader *l = NULL;
-        rc = leader_get(s, &l);
+        rc = cli_leader_get(s, &l);
         if (rc == KV_OK) {
             char hint[256] = "";
             int64_t left = deadline - kv_now_ms();
@@ -224,16 +197,16 @@ static int call(struct kv_store *s, uint16_t method, const ProtobufCMessage *req
             /* no node mounted yet (a master just elected, `kvstash serve` prefaulting): the
              * request was not applied; ask again, on the same leader, until the timeout */
             bool retry = rc == KV_EAGAIN || rc == KV_ECONNREFUSED || rc == KV_ESTORE_NONODE ||
-                         (idempotent && transport_err(rc));
-            if ((retry && rc != KV_ESTORE_NONODE) || transport_err(rc))
-                leader_drop(s, l, rc == KV_EAGAIN ? hint : NULL);
-            leader_put(l);
+                         (idempotent && cli_transport_err(rc));
+            if ((retry && rc != KV_ESTORE_NONODE) || cli_transport_err(rc))
+                cli_leader_drop(s, l, rc == KV_EAGAIN ? hint : NULL);
+            cli_leader_put(l);
             if (!retry)
                 return rc;
             /* without metadata there is nobody else to ask: a refused connection is final */
             if (rc == KV_ECONNREFUSED && !s->meta)
                 return rc;
-        } else if (rc != KV_EAGAIN && !transport_err(rc) && rc != KV_EMETA_UNAVAIL) {
+        } else if (rc != KV_EAGAIN && !cli_transport_err(rc) && rc != KV_EMETA_UNAVAIL) {
             return rc;
         }
         if (kv_now_ms() + sleep_ms >= deadline)
@@ -268,7 +241,7 @@ void kv_store_close(struct kv_store *s)
     if (!s)
         return;
     kv_xfer_destroy(s->xfer);
-    leader_put(s->leader);
+    cli_leader_put(s->leader);
     kv_meta_close(s->meta);
     pthread_mutex_destroy(&s->lock);
     kv_free(s->master);
@@ -380,7 +353,7 @@ out_free:
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static bool key_ok(const char *key)
+bool cli_key_ok(const char *key)
 {
     if (!key)
         return false;
@@ -388,7 +361,7 @@ static bool key_ok(const char *key)
     return n >= 1 && n <= KV_STORE_MAX_KEY;
 }
 
-static int transport_rank(const char *t)
+static int cli_transport_rank(const char *t)
 {
     if (!t)
         return 3;
@@ -402,7 +375,7 @@ static int transport_rank(const char *t)
 }
 
 /* Opens segment name; a failure is logged at debug level (the caller reports it). */
-static int open_target(struct kv_store *s, const char *seg, kv_target_id *t)
+static int cli_open_target(struct kv_store *s, const char *seg, kv_target_id *t)
 {
     int rc = kv_xfer_open(s->xfer, seg, t);
     if (rc < 0)
@@ -413,7 +386,7 @@ static int open_target(struct kv_store *s, const char *seg, kv_target_id *t)
 /* After a failed transfer or a checksum mismatch the target may be stale: a node restarted
  * under the same segment name while this client still maps the old one (an orphaned shm
  * mapping keeps "working"). Closing it makes the next open read the current descriptor. */
-static void forget_target(struct kv_store *s, kv_target_id t, int err)
+static void cli_forget_target(struct kv_store *s, kv_target_id t, int err)
 {
     if (err == KV_EXFER_PEER || err == KV_EXFER_NOSEG || err == KV_ECONNRESET ||
         err == KV_ECONNREFUSED || err == KV_ETIMEDOUT || err == KV_EXFER_BOUNDS ||
@@ -446,6 +419,20 @@ static int run_batch(struct kv_store *s, const struct kv_xfer_req *reqs, size_t 
 
 /* ---- put ---------------------------------------------------------------------------------- */
 
+void cli_put_item_init(Kvstash__PutItem *it, const char *key, const void *buf, size_t len,
+                       int replicas, const struct kv_put_opts *opts)
+{
+    kvstash__put_item__init(it);
+    it->key = (char *)key;
+    it->size = len;
+    it->replicas = (uint32_t)replicas;
+    it->ttl_s = opts ? opts->ttl_s : 0;
+    it->pin = opts ? opts->pin : false;
+    it->data.len = len;
+    it->data.data = (uint8_t *)buf;
+    it->checksum = kv_hash64(buf, len);
+}
+
 /* PUT of values carried in the request (small values): one master round trip. */
 static int put_inline(struct kv_store *s, size_t n, const char *const *keys,
                       const void *const *bufs, const size_t *lens, const struct kv_put_opts *opts,
@@ -457,15 +444,7 @@ static int put_inline(struct kv_store *s, size_t n, const char *const *keys,
     if (!items || !pitems)
         goto out;
     for (size_t i = 0; i < n; i++) {
-        kvstash__put_item__init(&items[i]);
-        items[i].key = (char *)keys[i];
-        items[i].size = lens[i];
-        items[i].replicas = (uint32_t)replicas;
-        items[i].ttl_s = opts ? opts->ttl_s : 0;
-        items[i].pin = opts ? opts->pin : false;
-        items[i].data.len = lens[i];
-        items[i].data.data = (uint8_t *)bufs[i];
-        items[i].checksum = kv_hash64(bufs[i], lens[i]);
+        cli_put_item_init(&items[i], keys[i], bufs[i], lens[i], replicas, opts);
         pitems[i] = &items[i];
     }
     Kvstash__PutStartReq req = KVSTASH__PUT_START_REQ__INIT;
@@ -492,14 +471,14 @@ out:
 }
 
 /* The replica count a put asks for (opts NULL or 0: 1), or KV_EINVAL when out of range. */
-static int put_replicas(const struct kv_put_opts *opts)
+int cli_put_replicas(const struct kv_put_opts *opts)
 {
     int replicas = opts && opts->replicas ? opts->replicas : 1;
     return replicas < 1 || replicas > MAX_REPLICAS ? KV_EINVAL : replicas;
 }
 
 /* Whether a value of len bytes travels inside the PUT request (see inline_max). */
-static bool inline_size(const struct kv_store *s, size_t len)
+bool cli_inline_size(const struct kv_store *s, size_t len)
 {
     return s->inline_max && len <= s->inline_max;
 }
@@ -524,7 +503,7 @@ int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
         return KV_EINVAL;
     if (n == 0)
         return KV_OK;
-    int replicas = put_replicas(opts);
+    int replicas = cli_put_replicas(opts);
     if (replicas < 0)
         return replicas;
     /* values up to s->inline_max travel inside the PUT request (in requests of up to
@@ -543,8 +522,8 @@ int kv_store_batch_put(struct kv_store *s, size_t n, const char *const *keys,
     for (int pass = 0; pass < 2 && rc == KV_OK; pass++) {
         size_t m = 0, bytes = 0;
         for (size_t i = 0; i <= n && rc == KV_OK; i++) {
-            bool small =
-                i < n && inline_size(s, lens[i]) && key_ok(keys[i]) && (bufs[i] || !lens[i]);
+            bool small = i < n && cli_inline_size(s, lens[i]) && cli_key_ok(keys[i]) &&
+                         (bufs[i] || !lens[i]);
             bool flush = i == n || (pass == 0 && small && m && bytes + lens[i] > INLINE_REQ_MAX);
             if (flush && m) {
                 struct put_src src = {.bufs = b2};
@@ -591,7 +570,7 @@ static int put_produce(struct kv_store *s, const struct put_src *src, size_t i, 
         kv_target_id t;
         void *dst;
         struct kv_xfer_map *mp = NULL;
-        if (open_target(s, sl->replicas[0]->segment, &t) == KV_OK &&
+        if (cli_open_target(s, sl->replicas[0]->segment, &t) == KV_OK &&
             kv_xfer_map(s->xfer, t, sl->replicas[0]->offset, len, &dst, &mp) == KV_OK) {
             int rc = src->fill(src->ud, ui, dst, len, sum);
             kv_xfer_unmap(s->xfer, mp);
@@ -630,7 +609,7 @@ static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
         goto out;
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!key_ok(keys[i]) || (src->bufs && !src->bufs[i] && lens[i])) {
+        if (!cli_key_ok(keys[i]) || (src->bufs && !src->bufs[i] && lens[i])) {
             results[i] = KV_EINVAL;
             continue;
         }
@@ -697,7 +676,7 @@ static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
             continue;
         for (size_t k = 0; k < sl->n_replicas; k++) {
             kv_target_id t;
-            int orc = open_target(s, sl->replicas[k]->segment, &t);
+            int orc = cli_open_target(s, sl->replicas[k]->segment, &t);
             if (orc < 0) {
                 if (wres[j] == KV_OK)
                     wres[j] = orc;
@@ -716,7 +695,7 @@ static int put_staged(struct kv_store *s, size_t n, const char *const *keys,
         int st = rc < 0 ? rc : rst[q];
         if (st != KV_OK && wres[req_item[q]] == KV_OK) {
             wres[req_item[q]] = st;
-            forget_target(s, reqs[q].target, st);
+            cli_forget_target(s, reqs[q].target, st);
         }
     }
     size_t ne = 0;
@@ -787,7 +766,7 @@ int kv_store_batch_put_fill(struct kv_store *s, size_t n, const char *const *key
         return KV_EINVAL;
     if (n == 0)
         return KV_OK;
-    int replicas = put_replicas(opts);
+    int replicas = cli_put_replicas(opts);
     if (replicas < 0)
         return replicas;
     size_t *pos = kv_calloc(n, sizeof(*pos));
@@ -803,7 +782,7 @@ int kv_store_batch_put_fill(struct kv_store *s, size_t n, const char *const *key
     size_t m = 0, ms = 0, sbytes = 0;
     for (size_t i = 0; i < n; i++) {
         results[i] = KV_ECANCELED;
-        if (inline_size(s, lens[i])) {
+        if (cli_inline_size(s, lens[i])) {
             sbytes += lens[i];
             ms++;
         } else {
@@ -829,7 +808,7 @@ int kv_store_batch_put_fill(struct kv_store *s, size_t n, const char *const *key
         size_t off = 0;
         m = 0;
         for (size_t i = 0; i < n; i++) {
-            if (!inline_size(s, lens[i]))
+            if (!cli_inline_size(s, lens[i]))
                 continue;
             uint64_t sum;
             int frc = lens[i] ? fill(ud, i, small + off, lens[i], &sum) : KV_OK;
@@ -866,7 +845,7 @@ int kv_store_put(struct kv_store *s, const char *key, const void *buf, size_t le
                  const struct kv_put_opts *opts)
 {
     int res = KV_EINVAL;
-    if (!key_ok(key) || (!buf && len))
+    if (!cli_key_ok(key) || (!buf && len))
         return KV_EINVAL;
     int rc = kv_store_batch_put(s, 1, &key, &buf, &len, opts, &res);
     return rc < 0 ? rc : res;
@@ -874,18 +853,67 @@ int kv_store_put(struct kv_store *s, const char *key, const void *buf, size_t le
 
 /* ---- get ---------------------------------------------------------------------------------- */
 
-struct get_item {
-    size_t key; /* index into the caller's arrays */
-    bool done;
-    int err;        /* last error of this item */
-    bool transient; /* the master's last answer was transient (no DRAM to promote into yet) */
-    uint64_t size, checksum;
-    size_t nrep;
-    kv_target_id targets[MAX_REPLICAS]; /* nearest first */
-    uint64_t offs[MAX_REPLICAS];
-    int ranks[MAX_REPLICAS];
-    void *buf;
-};
+/* Fills g's replica targets from the master's answer gi, nearest first (DRAM replicas only);
+ * fresh: reopen each segment (a retry must not trust a cached descriptor). None reachable:
+ * g->nrep 0 and g->err set. */
+void cli_get_targets(struct kv_store *s, struct get_item *g, const Kvstash__GetItem *gi, bool fresh)
+{
+    for (size_t k = 0; k < gi->n_replicas && g->nrep < MAX_REPLICAS; k++) {
+        Kvstash__Replica *rp = gi->replicas[k];
+        if (rp->tier != KVSTASH__TIER__TIER_DRAM)
+            continue;
+        kv_target_id t;
+        int orc = cli_open_target(s, rp->segment, &t);
+        if (orc == KV_OK && fresh) { /* a retry: do not trust a cached descriptor */
+            kv_xfer_close(s->xfer, t);
+            orc = cli_open_target(s, rp->segment, &t);
+        }
+        if (orc < 0) {
+            g->err = orc;
+            continue;
+        }
+        const char *tr = NULL;
+        kv_xfer_target_info(s->xfer, t, NULL, &tr);
+        /* insertion by rank, stable: same-host (shm) first */
+        int rank = cli_transport_rank(tr);
+        size_t pos = g->nrep;
+        while (pos > 0 && g->ranks[pos - 1] > rank) {
+            g->ranks[pos] = g->ranks[pos - 1];
+            g->targets[pos] = g->targets[pos - 1];
+            g->offs[pos] = g->offs[pos - 1];
+            pos--;
+        }
+        g->ranks[pos] = rank;
+        g->targets[pos] = t;
+        g->offs[pos] = rp->offset;
+        g->nrep++;
+    }
+    if (g->nrep == 0 && !g->err)
+        g->err = KV_EIO; /* no DRAM replica reachable (promotion pending?) */
+}
+
+/* g's first replica was read with status st: checks its bytes (checksum, and that the lease
+ * granted at t0 still held when they were read), else reads the other replicas in turn. True
+ * (g->done) when one held the value; false with g->err set when none did. */
+bool cli_get_verify(struct kv_store *s, struct get_item *g, const char *key, int st, int64_t t0,
+                    uint64_t lease_ms)
+{
+    for (size_t a = 0;;) {
+        if (st == KV_OK && kv_hash64(g->buf, g->size) == g->checksum &&
+            (uint64_t)(kv_now_ms() - t0) < lease_ms) {
+            g->done = true;
+            return true;
+        }
+        if (st == KV_OK)
+            st = kv_hash64(g->buf, g->size) == g->checksum ? KV_ETIMEDOUT : KV_ECHECKSUM;
+        cli_forget_target(s, g->targets[a], st);
+        KV_LOGD("get %s replica %zu: %s", key, a, kv_strerror(st));
+        g->err = st;
+        if (++a >= g->nrep)
+            return false;
+        st = kv_xfer_read(s->xfer, g->targets[a], g->offs[a], g->buf, g->size);
+    }
+}
 
 /* Keys to ask for in this round. */
 static int get_round(struct kv_store *s, struct get_item *it, size_t m, const char *const *keys,
@@ -973,41 +1001,7 @@ static int get_round(struct kv_store *s, struct get_item *it, size_t m, const ch
             results[i] = gi->checksum == kv_hash64("", 0) ? KV_OK : KV_ECHECKSUM;
             continue;
         }
-        for (size_t k = 0; k < gi->n_replicas && g->nrep < MAX_REPLICAS; k++) {
-            Kvstash__Replica *rp = gi->replicas[k];
-            if (rp->tier != KVSTASH__TIER__TIER_DRAM)
-                continue;
-            kv_target_id t;
-            int orc = open_target(s, rp->segment, &t);
-            if (orc == KV_OK && fresh) { /* a retry: do not trust a cached descriptor */
-                kv_xfer_close(s->xfer, t);
-                orc = open_target(s, rp->segment, &t);
-            }
-            if (orc < 0) {
-                g->err = orc;
-                continue;
-            }
-            const char *tr = NULL;
-            kv_xfer_target_info(s->xfer, t, NULL, &tr);
-            /* insertion by rank, stable: same-host (shm) first */
-            int rank = transport_rank(tr);
-            size_t pos = g->nrep;
-            while (pos > 0 && g->ranks[pos - 1] > rank) {
-                g->ranks[pos] = g->ranks[pos - 1];
-                g->targets[pos] = g->targets[pos - 1];
-                g->offs[pos] = g->offs[pos - 1];
-                pos--;
-            }
-            g->ranks[pos] = rank;
-            g->targets[pos] = t;
-            g->offs[pos] = rp->offset;
-            g->nrep++;
-        }
-        if (g->nrep == 0) {
-            if (!g->err)
-                g->err = KV_EIO; /* no DRAM replica reachable (promotion pending?) */
-            continue;
-        }
+        cli_get_targets(s, g, gi, fresh);
     }
     size_t r = 0;
     for (size_t p = 0; p < q; p++) {
@@ -1027,24 +1021,8 @@ static int get_round(struct kv_store *s, struct get_item *it, size_t m, const ch
     for (size_t x = 0; x < r; x++) {
         size_t p = ritem[x];
         struct get_item *g = &it[map[p]];
-        int st = rst[x];
-        size_t a = 0;
-        for (;;) {
-            if (st == KV_OK && kv_hash64(g->buf, g->size) == g->checksum &&
-                (uint64_t)(kv_now_ms() - t0) < lease_ms) {
-                g->done = true;
-                results[g->key] = KV_OK;
-                break;
-            }
-            if (st == KV_OK)
-                st = kv_hash64(g->buf, g->size) == g->checksum ? KV_ETIMEDOUT : KV_ECHECKSUM;
-            forget_target(s, g->targets[a], st);
-            KV_LOGD("get %s replica %zu: %s", keys[g->key], a, kv_strerror(st));
-            g->err = st;
-            if (++a >= g->nrep)
-                break;
-            st = kv_xfer_read(s->xfer, g->targets[a], g->offs[a], g->buf, g->size);
-        }
+        if (cli_get_verify(s, g, keys[g->key], rst[x], t0, lease_ms))
+            results[g->key] = KV_OK;
     }
     rc = KV_OK;
 out:
@@ -1068,7 +1046,7 @@ static int get_many(struct kv_store *s, size_t n, const char *const *keys, void 
         lens[i] = 0;
         if (allocs)
             allocs[i] = NULL;
-        if (!key_ok(keys[i]) || (!allocs && !bufs[i] && caps[i])) {
+        if (!cli_key_ok(keys[i]) || (!allocs && !bufs[i] && caps[i])) {
             results[i] = KV_EINVAL;
             continue;
         }
@@ -1131,7 +1109,7 @@ int kv_store_batch_get(struct kv_store *s, size_t n, const char *const *keys, vo
 
 int kv_store_get(struct kv_store *s, const char *key, void *buf, size_t cap, size_t *len)
 {
-    if (!s || !key_ok(key) || !len || (!buf && cap))
+    if (!s || !cli_key_ok(key) || !len || (!buf && cap))
         return KV_EINVAL;
     int res = KV_EIO;
     size_t l = 0;
@@ -1145,7 +1123,7 @@ int kv_store_get(struct kv_store *s, const char *key, void *buf, size_t cap, siz
 
 int kv_store_get_alloc(struct kv_store *s, const char *key, void **buf, size_t *len)
 {
-    if (!s || !key_ok(key) || !buf || !len)
+    if (!s || !cli_key_ok(key) || !buf || !len)
         return KV_EINVAL;
     int res = KV_EIO;
     size_t l = 0;
@@ -1175,7 +1153,7 @@ static int key_call(struct kv_store *s, uint16_t method, size_t n, const char *c
         goto out;
     size_t q = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!key_ok(keys[i])) {
+        if (!cli_key_ok(keys[i])) {
             results[i] = KV_EINVAL;
             continue;
         }
@@ -1217,7 +1195,7 @@ int kv_store_batch_remove(struct kv_store *s, size_t n, const char *const *keys,
 
 int kv_store_exists(struct kv_store *s, const char *key)
 {
-    if (!key_ok(key))
+    if (!cli_key_ok(key))
         return KV_EINVAL;
     int res = KV_EIO;
     int rc = key_call(s, KV_RPC_EXISTS, 1, &key, &res, true);
@@ -1226,7 +1204,7 @@ int kv_store_exists(struct kv_store *s, const char *key)
 
 int kv_store_remove(struct kv_store *s, const char *key)
 {
-    if (!key_ok(key))
+    if (!cli_key_ok(key))
         return KV_EINVAL;
     int res = KV_EIO;
     int rc = key_call(s, KV_RPC_REMOVE, 1, &key, &res, false);

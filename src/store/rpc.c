@@ -496,6 +496,36 @@ static int client_auth(struct kv_rpc_client *c, int fd, uint64_t id, int64_t dea
     return rc;
 }
 
+/* A fresh connection to c's server, its token presented (id: the AUTH frame's id). */
+static int connect_authed(struct kv_rpc_client *c, uint64_t id, int64_t deadline, int *out)
+{
+    int left = (int)(deadline - kv_now_ms());
+    if (left <= 0)
+        return KV_ETIMEDOUT;
+    int fd = -1;
+    int rc = kv_net_connect_tcp(c->host, c->port, KV_MIN(left, c->connect_timeout_ms), &fd);
+    if (rc < 0)
+        return rc;
+    if (c->token) {
+        rc = client_auth(c, fd, id, deadline);
+        if (rc < 0) {
+            close(fd);
+            return rc;
+        }
+    }
+    *out = fd;
+    return KV_OK;
+}
+
+int kv_rpc_client_connect(struct kv_rpc_client *c, int timeout_ms, int *fd)
+{
+    if (!c || !fd)
+        return KV_EINVAL;
+    int64_t deadline = kv_now_ms() + (timeout_ms > 0 ? timeout_ms : DEF_TIMEOUT_MS);
+    uint64_t id = atomic_fetch_add_explicit(&c->next_id, 1, memory_order_relaxed);
+    return connect_authed(c, id ? id : 1, deadline, fd);
+}
+
 int kv_rpc_call(struct kv_rpc_client *c, uint16_t method, const void *req, size_t len,
                 int timeout_ms, int *status, struct kv_buf *resp)
 {
@@ -513,19 +543,9 @@ int kv_rpc_call(struct kv_rpc_client *c, uint16_t method, const void *req, size_
         int fd = pool_get(c);
         bool pooled = fd >= 0;
         if (!pooled) {
-            int left = (int)(deadline - kv_now_ms());
-            if (left <= 0)
-                return KV_ETIMEDOUT;
-            int rc = kv_net_connect_tcp(c->host, c->port, KV_MIN(left, c->connect_timeout_ms), &fd);
+            int rc = connect_authed(c, id, deadline, &fd);
             if (rc < 0)
                 return rc;
-            if (c->token) {
-                rc = client_auth(c, fd, id, deadline);
-                if (rc < 0) {
-                    close(fd);
-                    return rc;
-                }
-            }
         }
         bool got_any;
         int rc = exchange(fd, method, id, req, len, deadline, status, resp, &got_any);

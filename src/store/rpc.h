@@ -161,6 +161,12 @@ const char *kv_rpc_client_addr(const struct kv_rpc_client *c);
 int kv_rpc_call(struct kv_rpc_client *c, uint16_t method, const void *req, size_t len,
                 int timeout_ms, int *status, struct kv_buf *resp);
 
+/* A connection of its own to c's server (connected, its token presented, blocking), for a
+ * caller that runs its own framing on it (client_aio.c): requests as kv_rpc_hdr_encode frames
+ * with non-zero ids, answered in order. The caller closes *fd. KV_ECONNREFUSED, KV_ETIMEDOUT
+ * (timeout_ms <= 0: 10000), KV_EPERM (token refused). Thread-safe. */
+int kv_rpc_client_connect(struct kv_rpc_client *c, int timeout_ms, int *fd);
+
 /* Typed call: packs req (NULL = empty), calls, and when the frame status is KV_OK unpacks the
  * response as resp_desc into *resp (owned: kv_rpc_pb_free; resp_desc NULL = no payload
  * expected, resp may be NULL then). Returns KV_OK, the remote frame status (negative), or a

@@ -47,6 +47,7 @@ struct kv_master_opts {
     uint32_t evict_interval_ms;     /* eviction / deferred-free / reclaim period; 0 = 100 */
     int leader_ttl_s;               /* leader lease ttl; 0 = 3 */
     bool in_process_rpc;            /* answer RPC clients of this process directly (rpc_local.h) */
+    int io_threads;                 /* RPC event loops; 0 = one per two CPUs, 1..8 */
 };
 
 struct kv_master;
