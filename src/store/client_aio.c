@@ -55,6 +55,7 @@
 
 #define AIO_MAX_DEPTH 1024
 #define AIO_RX_STEP (64u << 10) /* a receive buffer grows at most this (or doubles) at a time */
+#define AIO_RX_MIN 4096u        /* room offered to each recv */
 
 struct aio_conn {
     int fd; /* -1 = not connected */
@@ -474,7 +475,10 @@ static int conn_recv(struct aio_conn *c, struct kv_rpc_hdr *h)
             if (c->rx.len >= want)
                 return c->rx.len == want ? 1 : KV_EPROTO; /* one request, one answer */
         }
-        size_t room = KV_MIN(want - c->rx.len, KV_MAX((size_t)AIO_RX_STEP, c->rx.len));
+        /* one request in flight: nothing follows its answer, so read ahead freely (a small
+         * answer in one recv, not a header and then its payload) */
+        size_t room = KV_MAX((size_t)AIO_RX_MIN,
+                             KV_MIN(want - c->rx.len, KV_MAX((size_t)AIO_RX_STEP, c->rx.len)));
         if (kv_buf_reserve(&c->rx, room + 1) < 0)
             return KV_ENOMEM;
         ssize_t r = recv(c->fd, c->rx.data + c->rx.len, room, 0);
