@@ -431,14 +431,8 @@ static int finish(struct kv_store_aio *a, struct aio_conn *c, int xerr, int stat
         return c->method == KV_RPC_PUT && !stale ? xerr : fallback(a, c, len);
     }
     if (status == KV_EAGAIN) { /* not the leader: the synchronous call follows the hint */
-        char hint[256] = "";
-        ProtobufCMessage *nl = NULL;
-        if (n && kv_rpc_pb_unpack(&kvstash__not_leader__descriptor, p, n, &nl) == KV_OK) {
-            const char *h = ((Kvstash__NotLeader *)nl)->leader_addr;
-            if (h && strlen(h) < sizeof(hint))
-                snprintf(hint, sizeof(hint), "%s", h);
-            kv_rpc_pb_free(nl);
-        }
+        char hint[256];
+        kv_rpc_leader_hint(p, n, hint, sizeof(hint));
         cli_leader_drop(a->s, c->l, hint);
         conn_close(a, c);
         return fallback(a, c, len);

@@ -569,6 +569,18 @@ int kv_rpc_call(struct kv_rpc_client *c, uint16_t method, const void *req, size_
     return KV_ECONNRESET;
 }
 
+void kv_rpc_leader_hint(const uint8_t *p, size_t n, char *hint, size_t hint_len)
+{
+    hint[0] = '\0';
+    ProtobufCMessage *nl = NULL;
+    if (n && kv_rpc_pb_unpack(&kvstash__not_leader__descriptor, p, n, &nl) == KV_OK) {
+        const char *a = ((Kvstash__NotLeader *)nl)->leader_addr;
+        if (a && strlen(a) < hint_len)
+            memcpy(hint, a, strlen(a) + 1);
+        kv_rpc_pb_free(nl);
+    }
+}
+
 int kv_rpc_call_pb(struct kv_rpc_client *c, uint16_t method, const ProtobufCMessage *req,
                    const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                    int timeout_ms, char *leader_hint, size_t hint_len)
@@ -586,17 +598,8 @@ int kv_rpc_call_pb(struct kv_rpc_client *c, uint16_t method, const ProtobufCMess
         if (rc < 0)
             goto out;
     }
-    if (status == KV_EAGAIN && leader_hint && hint_len) {
-        leader_hint[0] = '\0';
-        ProtobufCMessage *nl = NULL;
-        if (b.len && kv_rpc_pb_unpack(&kvstash__not_leader__descriptor, (uint8_t *)b.data, b.len,
-                                      &nl) == KV_OK) {
-            const char *a = ((Kvstash__NotLeader *)nl)->leader_addr;
-            if (a && strlen(a) < hint_len)
-                memcpy(leader_hint, a, strlen(a) + 1);
-            kv_rpc_pb_free(nl);
-        }
-    }
+    if (status == KV_EAGAIN && leader_hint && hint_len)
+        kv_rpc_leader_hint((const uint8_t *)b.data, b.len, leader_hint, hint_len);
     if (status != KV_OK) {
         rc = status > 0 ? KV_EPROTO : status;
         goto out;

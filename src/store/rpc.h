@@ -167,6 +167,10 @@ int kv_rpc_call(struct kv_rpc_client *c, uint16_t method, const void *req, size_
  * (timeout_ms <= 0: 10000), KV_EPERM (token refused). Thread-safe. */
 int kv_rpc_client_connect(struct kv_rpc_client *c, int timeout_ms, int *fd);
 
+/* The leader's "HOST:PORT" named by a KV_EAGAIN answer's NotLeader payload p[0..n) into hint
+ * (hint_len > 0 bytes), or "" when it names none or does not fit. */
+void kv_rpc_leader_hint(const uint8_t *p, size_t n, char *hint, size_t hint_len);
+
 /* Typed call: packs req (NULL = empty), calls, and when the frame status is KV_OK unpacks the
  * response as resp_desc into *resp (owned: kv_rpc_pb_free; resp_desc NULL = no payload
  * expected, resp may be NULL then). Returns KV_OK, the remote frame status (negative), or a
