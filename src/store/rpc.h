@@ -117,16 +117,14 @@ int kv_rpc_hdr_decode(const uint8_t *p, size_t n, struct kv_rpc_hdr *h);
 /* "PUT_START", ... or "UNKNOWN". Static storage. */
 const char *kv_rpc_method_name(uint16_t method);
 
-/* protobuf-c allocator backed by kv_malloc/kv_free (so allocation-failure tests cover
- * unpacking). Pass it to *__unpack and protobuf_c_message_free_unpacked. Static storage. */
-ProtobufCAllocator *kv_rpc_pb_allocator(void);
-
 /* Packs msg (NULL = empty payload) into b (replacing its contents). KV_ENOMEM, KV_E2BIG past
  * KV_RPC_MAX_PAYLOAD. */
 int kv_rpc_pb_pack(const ProtobufCMessage *msg, struct kv_buf *b);
 
-/* Unpacks p[0..n) as a message of type desc with kv_rpc_pb_allocator(). KV_EPROTO if the bytes
- * are not such a message. Free *out with kv_rpc_pb_free(). */
+/* Unpacks p[0..n) as a message of type desc, in an arena of its own (rpc.c: a few kv_malloc
+ * chunks, not one allocation per field). KV_EPROTO if the bytes are not such a message, KV_ENOMEM.
+ * Free *out with kv_rpc_pb_free() (never protobuf_c_message_free_unpacked); nothing in it may be
+ * kept or freed on its own. */
 int kv_rpc_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t n,
                      ProtobufCMessage **out);
 /* Frees a message from kv_rpc_pb_unpack()/kv_rpc_call_pb(). NULL is a no-op. */
