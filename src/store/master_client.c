@@ -110,7 +110,7 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
     }
     Kvstash__Replica **rs = slot ? kv_calloc((size_t)got, sizeof(*rs)) : NULL;
     Kvstash__Replica *ra = slot ? kv_calloc((size_t)got, sizeof(*ra)) : NULL;
-    /* the fields lookups read (kv_oidx_peek) are set before the object is in the index */
+    /* the fields lookups read (kv_oidx_peek_batch) are set before the object is in the index */
     o->nrep = got;
     o->size = it->size;
     o->state = OBJ_PENDING;
@@ -739,7 +739,7 @@ out:
     return rc;
 }
 
-/* 1 when o is a COMPLETE object not expired at *(int64_t *)ud, else 0 (kv_oidx_peek) */
+/* 1 when o is a COMPLETE object not expired at *(int64_t *)ud, else 0 (kv_oidx_peek_batch) */
 static int exists_cb(void *ud, const struct mobj *o)
 {
     return o && o->state == OBJ_COMPLETE && !expired(o, *(const int64_t *)ud) ? 1 : 0;
@@ -778,26 +778,25 @@ int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, si
         pthread_mutex_unlock(&m->lock);
         mst_process_dfree(m); /* the nodes forget the keys before the client hears OK */
     } else {
-        /* exists never takes the master's lock: each key holds its shard's lock for one lookup
-         * (master_index.c), so puts, evictions and sweeps holding the master's lock do not
-         * delay it */
+        /* exists never takes the master's lock: each shard's lock is held for its keys'
+         * lookups (master_index.c), so puts, evictions and sweeps holding the master's lock do
+         * not delay it */
         int64_t wall = kv_wall_ms();
-        /* the cache misses of many keys overlap: while key i is looked up, the bucket of key
-         * i + FAR and the first object of key i + NEAR's chain are on their way */
-        enum { FAR = 8, NEAR = 4 };
+        const char **ks = (const char **)in->keys; /* NULL: a bad key, answered KV_EINVAL */
         for (size_t i = 0; i < n; i++) {
-            hs[i] = key_ok(in->keys[i]) ? kv_oidx_hash(in->keys[i]) : 0;
-            if (i < FAR)
-                kv_oidx_prefetch_bucket(&m->index, hs[i]);
+            if (key_ok(in->keys[i])) {
+                hs[i] = kv_oidx_hash(in->keys[i]);
+            } else {
+                st[i] = KV_EINVAL;
+                ks[i] = NULL; /* the message is freed as a whole (kv_rpc_pb_free) */
+            }
         }
-        for (size_t i = 0; i < n; i++) {
-            if (i + FAR < n)
-                kv_oidx_prefetch_bucket(&m->index, hs[i + FAR]);
-            if (i + NEAR < n)
-                kv_oidx_prefetch_chain(&m->index, hs[i + NEAR]);
-            st[i] = key_ok(in->keys[i])
-                        ? kv_oidx_peek_h(&m->index, in->keys[i], hs[i], exists_cb, &wall)
-                        : KV_EINVAL;
+        rc = kv_oidx_peek_batch(&m->index, ks, hs, n, exists_cb, &wall, st);
+        if (rc < 0) {
+            kv_free(st);
+            kv_free(hs);
+            kv_rpc_pb_free(&in->base);
+            return rc;
         }
     }
     Kvstash__StatusList r = KVSTASH__STATUS_LIST__INIT;

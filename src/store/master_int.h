@@ -87,7 +87,7 @@ struct mobj {
     uint16_t pin : 1;
     uint16_t dead : 1; /* unlinked from the index; freed when refs drops to 0 */
     uint8_t : 0;       /* the replica counts are another memory location than state & co., which
-                          lookups read under the shard lock only (kv_oidx_peek) */
+                          lookups read under the shard lock only (kv_oidx_peek_batch) */
     uint8_t nrep : 4;  /* replicas (<= KV_STORE_MAX_REPLICAS) */
     uint8_t cap : 4;   /* and room for them */
     char key[];        /* at byte 71, NUL-terminated; the replicas follow (obj_rep) */
@@ -108,8 +108,9 @@ static inline struct mrep *obj_rep(struct mobj *o)
 #define KV_OIDX_SHARDS 256
 
 /* Each shard has its own lock (master_index.c): the index's functions take it around every
- * change of a chain, so lookups that hold only the shard's lock (kv_oidx_peek) never wait on the
- * master's lock. Lock order: kv_master.lock -> shard lock. */
+ * change of a chain, so lookups that hold only the shard's lock (kv_oidx_peek_batch) never wait on
+ * the master's lock. Lock order: kv_master.lock -> shard lock; two shard locks only in ascending
+ * shard order (kv_oidx_peek_batch). */
 struct kv_oidx_shard {
     pthread_mutex_t lock;
     struct mobj **b;
@@ -133,16 +134,9 @@ struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key);
  * overlaps its cache misses (MOUNT of millions of objects). */
 void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool chain);
 /* Asks the CPU for the bucket of hash h only; safe without any lock (lookups under a shard's
- * lock: kv_oidx_peek). */
+ * lock: kv_oidx_peek_batch). */
 void kv_oidx_prefetch_bucket(const struct kv_oidx *idx, uint32_t h);
-/* Asks the CPU for the first object of hash h's chain (its link and its key), reading the
- * bucket under the shard's lock: for lookups that hold no other lock (exists), a few keys ahead
- * of kv_oidx_peek_h, once kv_oidx_prefetch_bucket brought the bucket in. */
-void kv_oidx_prefetch_chain(struct kv_oidx *idx, uint32_t h);
-/* kv_oidx_peek with h = kv_oidx_hash(key) computed by the caller. */
-int kv_oidx_peek_h(struct kv_oidx *idx, const char *key, uint32_t h,
-                   int (*fn)(void *ud, const struct mobj *o), void *ud);
-/* The same, with h = kv_oidx_hash(key) computed by the caller. */
+/* kv_oidx_get with h = kv_oidx_hash(key) computed by the caller. */
 struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h);
 /* Adds o, whose key the caller just looked up (kv_oidx_get_h, same h) and did not find, without
  * looking again. KV_ENOMEM. */
@@ -156,15 +150,19 @@ void kv_oidx_del(struct kv_oidx *idx, struct mobj *o);
  * finds one of them, never neither. */
 void kv_oidx_replace(struct kv_oidx *idx, struct mobj *o, struct mobj *g);
 /* The lock of the shard of hash h. Writers (who hold kv_master.lock) take it around changes to
- * the fields kv_oidx_peek callers read of an object in the index: state, expire_q, pin, dead. */
+ * the fields kv_oidx_peek_batch callers read of an object in the index: state, expire_q, pin, dead.
+ */
 pthread_mutex_t *kv_oidx_lock_h(struct kv_oidx *idx, uint32_t h);
 /* The same for the shard o is in. */
 pthread_mutex_t *kv_oidx_lock_of(struct kv_oidx *idx, const struct mobj *o);
-/* Lookup without kv_master.lock: calls fn(ud, o) with the object for key (or NULL) while holding
- * only its shard's lock, and returns what fn returns. fn may read the key, state, expire_q, pin
- * and dead of o, nothing else, and must not call into the index. */
-int kv_oidx_peek(struct kv_oidx *idx, const char *key, int (*fn)(void *ud, const struct mobj *o),
-                 void *ud);
+/* Lookup without kv_master.lock, n keys at once, hs[i] = kv_oidx_hash(keys[i]): out[i] =
+ * fn(ud, the object of keys[i] or NULL), called while holding only that key's shard's lock;
+ * keys[i] NULL is skipped (out[i] untouched). fn may read the key, state, expire_q, pin and dead
+ * of o, nothing else, and must not call into the index. Each shard's lock is taken once for all
+ * of its keys (held for a few lookups), and the keys' cache misses overlap. KV_ENOMEM (nothing
+ * looked up). */
+int kv_oidx_peek_batch(struct kv_oidx *idx, const char *const *keys, const uint32_t *hs, size_t n,
+                       int (*fn)(void *ud, const struct mobj *o), void *ud, int32_t *out);
 /* Calls fn for the objects of up to nbuckets buckets from cursor `from` (0 = the start); fn
  * returns non-zero to have the object removed (it may have freed it). Returns the cursor to go
  * on from, 0 at the end. Objects added or moved by a resize between two calls may be visited

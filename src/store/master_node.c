@@ -95,7 +95,7 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
             kv_segalloc_free(n->alloc, blk);
         return false;
     }
-    /* every field is set before the object is in the index (lookups: kv_oidx_peek) */
+    /* every field is set before the object is in the index (lookups: kv_oidx_peek_batch) */
     o->size = x->size;
     o->checksum = x->checksum;
     o->state = OBJ_COMPLETE;

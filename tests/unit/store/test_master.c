@@ -160,6 +160,61 @@ static int keycall(struct kv_rpc_client *c, uint16_t method, const char *key)
     return rc;
 }
 
+/* One EXISTS call for n keys: out[i] = the status of keys[i]. KV_OK or the call's error. */
+static int exists_many(struct kv_rpc_client *c, size_t n, char **keys, int *out)
+{
+    Kvstash__KeyList kl = KVSTASH__KEY_LIST__INIT;
+    kl.n_keys = n;
+    kl.keys = keys;
+    Kvstash__StatusList *sl = NULL;
+    int rc = kv_rpc_call_pb(c, KV_RPC_EXISTS, &kl.base, &kvstash__status_list__descriptor,
+                            (ProtobufCMessage **)&sl, 5000, NULL, 0);
+    if (rc < 0)
+        return rc;
+    assert_int_equal(sl->n_status, n);
+    for (size_t i = 0; i < n; i++)
+        out[i] = sl->status[i];
+    kv_rpc_pb_free(&sl->base);
+    return KV_OK;
+}
+
+/* Checks one EXISTS call of 64 stable keys (present), 2,000 absent ones, a bad key (empty) and
+ * repeats, interleaved: the index groups a batch's keys by shard and answers in the asked
+ * order. */
+static void check_exists_many(struct kv_rpc_client *cl)
+{
+    enum { N = 64 + 2000 + 1 + 64 };
+    static char kb[N][32];
+    char *keys[N];
+    int want[N], got[N];
+    size_t n = 0;
+    for (int i = 0; i < 2000; i++) {
+        if (i % 31 == 0 && i / 31 < 64) { /* a stable key, present */
+            snprintf(kb[n], sizeof(kb[n]), "stable-%d", i / 31);
+            want[n++] = 1;
+        }
+        snprintf(kb[n], sizeof(kb[n]), "absent-%d", i);
+        want[n++] = 0;
+        if (i == 1000) {
+            kb[n][0] = '\0'; /* not a key */
+            want[n++] = KV_EINVAL;
+        }
+    }
+    for (int i = 0; i < 64; i++) { /* each stable key a second time */
+        snprintf(kb[n], sizeof(kb[n]), "stable-%d", 63 - i);
+        want[n++] = 1;
+    }
+    assert_int_equal(n, N);
+    for (size_t i = 0; i < n; i++)
+        keys[i] = kb[i];
+    assert_int_equal(exists_many(cl, n, keys, got), KV_OK);
+    for (size_t i = 0; i < n; i++) {
+        if (got[i] != want[i])
+            print_message("key %zu '%s': %d, want %d\n", i, kb[i], got[i], want[i]);
+        assert_int_equal(got[i], want[i]);
+    }
+}
+
 /* DRAM bytes in use on node id (from the cluster JSON), or -1. */
 static long long node_dram_used(struct kv_master *m, const char *id)
 {
@@ -435,6 +490,7 @@ static void test_exists_beside_writers(void **state)
         assert_int_equal(keycall(cl, KV_RPC_EXISTS, key), 1);
     }
     assert_int_equal(keycall(cl, KV_RPC_EXISTS, "absent"), 0);
+    check_exists_many(cl);
     pthread_mutex_unlock(&m->lock);
     /* writers, readers and the TTL sweep at once: a committed key is always there */
     struct churn c = {.m = m};
@@ -452,6 +508,8 @@ static void test_exists_beside_writers(void **state)
         }
         if (round % 4 == 0)
             kv_master_maintain_now(m, true);
+        if (round % 8 == 0)
+            check_exists_many(cl); /* beside the writers, the whole batch still exact */
     }
     atomic_store(&c.stop, true);
     for (int i = 0; i < 2; i++)
