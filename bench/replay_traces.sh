@@ -24,6 +24,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -x "$BIN" ] || { echo "replay_traces.sh: no kvstash binary at $BIN (set KVSTASH_BIN)" >&2; exit 2; }
+# Debian's interpreter, by path: the python3 first on PATH may be another one (a shim that
+# forks a shell per call, which a polling loop pays on every round)
+PY=/usr/bin/python3
+[ -x "$PY" ] || { echo "replay_traces.sh: $PY not found (apt-get install python3)" >&2; exit 2; }
 W=$(mktemp -d /tmp/kvstash-replay.XXXXXX)
 pids=()
 cleanup() {
@@ -32,7 +36,7 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() {
     local end=$((SECONDS + $1))
     shift
@@ -72,7 +76,7 @@ run() {
     local up=0
     for _ in $(seq 100); do
         if "$BIN" stat --master "127.0.0.1:$rp" --timeout 2000 --json --log-level error 2>/dev/null |
-            python3 -c 'import json,sys; d=json.load(sys.stdin); n=d.get("nodes",0); sys.exit(0 if (len(n) if isinstance(n,list) else int(n)) else 1)'; then
+            "$PY" -c 'import json,sys; d=json.load(sys.stdin); n=d.get("nodes",0); sys.exit(0 if (len(n) if isinstance(n,list) else int(n)) else 1)'; then
             up=1
             break
         fi
@@ -89,7 +93,7 @@ run() {
 for t in ${ONLY:-conversation synthetic}; do
     f=$TRACES/${t}_trace.jsonl
     [ -f "$f" ] || { echo "replay_traces.sh: $f not found (--traces DIR)" >&2; exit 2; }
-    distinct=$(python3 -c '
+    distinct=$("$PY" -c '
 import json, sys
 s = set()
 for line in open(sys.argv[1]):

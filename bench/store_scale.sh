@@ -88,7 +88,11 @@ fi
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 die() { echo "FAIL: $*" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "store_scale.sh: no kvstash binary at $BIN (set KVSTASH_BIN or --bin)" >&2; exit 2; }
-for t in redis-server redis-benchmark redis-cli python3 awk; do
+# Debian's interpreter, by path: the python3 first on PATH may be another one (a shim that
+# forks a shell per call, which a polling loop pays on every round)
+PY=/usr/bin/python3
+[ -x "$PY" ] || { echo "store_scale.sh: $PY not found (apt-get install python3)" >&2; exit 2; }
+for t in redis-server redis-benchmark redis-cli awk; do
     command -v $t >/dev/null || { echo "store_scale.sh: $t not found" >&2; exit 2; }
 done
 
@@ -115,7 +119,7 @@ stop() { # NAME: SIGTERM, wait
     wait "$p" 2>/dev/null || true
     unset "PIDS[$1]"
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() { # SECONDS CMD...
     local end=$((SECONDS + $1))
     shift
@@ -169,7 +173,7 @@ kv() {
     local rc=0
     "$BIN" bench store --master "$MASTER" --log-level error --json --max-errors=1 "$@" >"$W/kv-$name.json" \
         2>"$W/kv-$name.err" || rc=$?
-    python3 - "$W/kv-$name.json" "$rc" "$name" "$W/kv-$name.err" <<'EOF' && return 0
+    "$PY" - "$W/kv-$name.json" "$rc" "$name" "$W/kv-$name.err" <<'EOF' && return 0
 import json, sys
 path, rc, name, err = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 try:
@@ -211,7 +215,7 @@ rb() {
     if [ $rc != 0 ] || [ "$e1" != "$e0" ] || grep -qi 'error' "$W/rb-$name.err" "$W/rb-$name.csv"; then
         die "redis-benchmark $name: exit $rc, $((e1 - e0)) error replies: $(grep -hi error "$W/rb-$name.err" "$W/rb-$name.csv" | head -n 1)"
     fi
-    python3 - "$W/rb-$name.csv" "$name" <<'EOF' || exit 1
+    "$PY" - "$W/rb-$name.csv" "$name" <<'EOF' || exit 1
 import csv, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if r and r[0] != "test"]
 if len(rows) != 1:
@@ -225,7 +229,7 @@ EOF
 # 0..KEYS-1 with SIZE-byte values, through redis-cli --pipe.
 fill_redis() {
     redis-cli -p "$RP" flushall >/dev/null
-    python3 - "$1" "$2" <<'EOF' | redis-cli -p "$RP" --pipe >"$W/fill.log" 2>&1 || { cat "$W/fill.log" >&2; die "filling redis"; }
+    "$PY" - "$1" "$2" <<'EOF' | redis-cli -p "$RP" --pipe >"$W/fill.log" 2>&1 || { cat "$W/fill.log" >&2; die "filling redis"; }
 import sys
 n, size = int(sys.argv[1]), int(sys.argv[2])
 v = b"x" * size
@@ -239,7 +243,7 @@ EOF
 # working-set keys of `kvstash bench store` reads at the default --working-set (64 MiB): the
 # Redis keyspace (-r) uses the same number of keys
 wkeys() { # SIZE THREADS BATCH
-    python3 -c 'import sys; s, t, b = (int(x) for x in sys.argv[1:]); print(min(65536, max(t * b, b, (64 << 20) // max(s, 1))))' "$1" "$2" "$3"
+    "$PY" -c 'import sys; s, t, b = (int(x) for x in sys.argv[1:]); print(min(65536, max(t * b, b, (64 << 20) // max(s, 1))))' "$1" "$2" "$3"
 }
 
 # --- report helpers --------------------------------------------------------------------------
@@ -413,7 +417,7 @@ if want lookup; then
     lrc=0
     wait "${PIDS[load]}" || lrc=$?
     unset "PIDS[load]"
-    read -r _ pops pp50 pp99 < <(python3 - "$W/kv-load.json" "$lrc" <<'EOF'
+    read -r _ pops pp50 pp99 < <("$PY" - "$W/kv-load.json" "$lrc" <<'EOF'
 import json, sys
 try:
     d = json.load(open(sys.argv[1]))
@@ -458,7 +462,7 @@ if want memory; then
     [ -n "${srate:-}" ] || exit 1
     sleep 1
     s1=$(rss "$sp" VmRSS)
-    used=$("$BIN" stat --master "$MASTER" --json --log-level error | python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["used"], d["objects"])')
+    used=$("$BIN" stat --master "$MASTER" --json --log-level error | "$PY" -c 'import json, sys; d = json.load(sys.stdin); print(d["used"], d["objects"])')
     read -r sused sobj <<<"$used"
     [ "$sobj" = "$OBJECTS" ] || die "serve holds $sobj objects after putting $OBJECTS"
     stop serve
@@ -485,7 +489,7 @@ if want memory; then
     stop metad
     printf '%-44s %12s %10s %10s %8s %14s  %s\n' process "RSS growth" "B/object" "- key" "= rest" "segment B/obj" goal
     hr
-    python3 - "$OBJECTS" "$KEYLEN" "$GRAN" "$s0" "$s1" "$m0" "$m1" "$n0" "$n1" "$sused" <<'EOF'
+    "$PY" - "$OBJECTS" "$KEYLEN" "$GRAN" "$s0" "$s1" "$m0" "$m1" "$n0" "$n1" "$sused" <<'EOF'
 import sys
 n, key, gran, s0, s1, m0, m1, n0, n1, used = (int(x) for x in sys.argv[1:])
 seg = used / n
@@ -598,7 +602,7 @@ http_ms() {
 # cluster_field ADMIN FIELD: a field of ADMIN's /api/v1/cluster ("" when it does not answer)
 cluster_field() {
     curl -s -m 5 "http://$1/api/v1/cluster" 2>/dev/null |
-        python3 -c 'import json, sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$2" 2>/dev/null || true
+        "$PY" -c 'import json, sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$2" 2>/dev/null || true
 }
 is_leader() { [ "$(cluster_field "$1" leader)" = "$2" ]; } # ADMIN True|False
 if want rebuild; then
@@ -645,22 +649,34 @@ if want rebuild; then
     wait "$ap" 2>/dev/null || true
     unset "PIDS[master]"
     k0=$(date +%s.%N)
-    tl=""
-    tn=""
-    while :; do
-        el=$(awk -v a="$k0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-        if awk -v e="$el" 'BEGIN { exit !(e > 300) }'; then
-            logtail standby
-            logtail node
-            die "the standby indexed $(cluster_field "$B_ADM" objects) of $N objects in 300 s"
-        fi
-        if [ -z "$tl" ] && [ "$(cluster_field "$B_ADM" leader)" = True ]; then tl=$el; fi
-        if [ -n "$tl" ] && [ "$(cluster_field "$B_ADM" objects)" = "$N" ]; then
-            tn=$(awk -v a="$k0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-            break
-        fi
-        sleep 0.05
-    done
+    # one poller for the whole wait (a curl and an interpreter per round would take a good part
+    # of a CPU from the rebuild it times on a small host): every 50 ms, until the standby leads
+    # and has indexed all N objects; prints the two times from the kill, "- -" after 300 s
+    read -r tl tn < <("$PY" - "http://$B_ADM/api/v1/cluster" "$N" "$k0" <<'EOF'
+import json, sys, time, urllib.request
+url, n, k0 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+get = urllib.request.build_opener(urllib.request.ProxyHandler({})).open  # loopback: no proxy
+tl = None
+while time.time() - k0 <= 300:
+    try:
+        d = json.load(get(url, timeout=5))
+    except Exception:
+        d = {}
+    now = time.time() - k0
+    if tl is None and d.get("leader") is True:
+        tl = now
+    if tl is not None and d.get("objects") == n:
+        print("%.1f %.1f" % (tl, now))
+        sys.exit(0)
+    time.sleep(0.05)
+print("- -")
+EOF
+)
+    if [ "${tn:--}" = - ]; then
+        logtail standby
+        logtail node
+        die "the standby indexed $(cluster_field "$B_ADM" objects) of $N objects in 300 s"
+    fi
     b1=$(rss "$bp" VmRSS)
     bcpu=$(calc "%.1f" "$(cpu_s "$bp") - $bc0") ncpu=$(calc "%.1f" "$(cpu_s "$np") - $nc0")
     echo "timeline (killed the leader at $(date -u -d "@$k0" +%H:%M:%S.%3N)):"
@@ -676,7 +692,7 @@ if want rebuild; then
     printf '%-56s %12s  %s\n' measure value goal
     hr
     printf '%-56s %12.0f\n' "fill: batch puts of 256 x 1 B, 2 threads (obj/s)" "$frate"
-    python3 - "$N" "$KEYLEN" "$a0" "$a1" "$b0" "$b1" <<'PYEOF'
+    "$PY" - "$N" "$KEYLEN" "$a0" "$a1" "$b0" "$b1" <<'PYEOF'
 import sys
 n, key, a0, a1, b0, b1 = (int(x) for x in sys.argv[1:])
 for name, d in (("leader: RSS growth per object - key (B)", a1 - a0),

@@ -38,7 +38,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -x "$BIN" ] || { echo "store_vs_redis.sh: no kvstash binary at $BIN (set KVSTASH_BIN)" >&2; exit 2; }
-for t in redis-server redis-benchmark python3; do
+# Debian's interpreter, by path: the python3 first on PATH may be another one (a shim that
+# forks a shell per call, which a polling loop pays on every round)
+PY=/usr/bin/python3
+[ -x "$PY" ] || { echo "store_vs_redis.sh: $PY not found (apt-get install python3)" >&2; exit 2; }
+for t in redis-server redis-benchmark; do
     command -v $t >/dev/null || { echo "store_vs_redis.sh: $t not found" >&2; exit 2; }
 done
 
@@ -50,7 +54,7 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() { # SECONDS CMD...
     local end=$((SECONDS + $1))
     shift
@@ -78,7 +82,7 @@ pids+=($!)
 wait_for 15 curl -sf "http://$MADM/health" || { echo "master did not start; see below" >&2; tail "$W/master.log" >&2; exit 1; }
 "$BIN" node --metadata="$META" --capacity "$CAPACITY" --node-id bench-node >"$W/node.log" 2>&1 &
 pids+=($!)
-up() { "$BIN" stat --master "$MRPC" --json --log-level error | python3 -c '
+up() { "$BIN" stat --master "$MRPC" --json --log-level error | "$PY" -c '
 import json, sys
 d = json.load(sys.stdin); n = d.get("nodes", 0)
 sys.exit(0 if (len(n) if isinstance(n, list) else int(n)) >= 1 else 1)'; }
@@ -92,7 +96,7 @@ echo "host: $(nproc) cores; $(uname -sr)"
 # the measured run asks for rate * DURATION requests (at least --requests). Redis' own counters
 # (INFO) must show exactly that many SET/GET calls and no error reply, else the script fails.
 redis_info() { # FIELD (from INFO stats / commandstats) -> its value; "calls=N" for cmdstat_*
-    redis-cli -p "$RP" info all | tr -d '\r' | python3 -c '
+    redis-cli -p "$RP" info all | tr -d '\r' | "$PY" -c '
 import sys
 want = sys.argv[1]
 for line in sys.stdin:
@@ -106,7 +110,7 @@ for line in sys.stdin:
         break
 else:
     print("0 0" if want.startswith("cmdstat_") else 0)' "$1"; }
-redis_csv_rps() { python3 -c '
+redis_csv_rps() { "$PY" -c '
 import csv, sys
 for row in csv.reader(open(sys.argv[1])):
     if row and row[0] == sys.argv[2]:
@@ -143,7 +147,7 @@ kv_ops() { # OP PROTOCOL -> ops/s p50 p99; exits when the run failed or had erro
     local rc=0
     "$BIN" bench store --master "$MRPC" --log-level error --op="$1" --protocol="$2" --size="$SIZE" \
         --threads="$THREADS" --duration="$DURATION" --json >"$W/kv-$1-$2.json" || rc=$?
-    python3 -c '
+    "$PY" -c '
 import json, sys
 try:
     d = json.load(open(sys.argv[1]))
@@ -164,7 +168,7 @@ read -r K_GET_SHM K_GET_SHM_P50 K_GET_SHM_P99 <<<"$kv_get_shm"
 read -r K_PUT_TCP K_PUT_TCP_P50 K_PUT_TCP_P99 <<<"$kv_put_tcp"
 read -r K_GET_TCP K_GET_TCP_P50 K_GET_TCP_P99 <<<"$kv_get_tcp"
 
-python3 - "$R_SET" "$R_GET" "$K_PUT_SHM" "$K_GET_SHM" "$K_PUT_TCP" "$K_GET_TCP" \
+"$PY" - "$R_SET" "$R_GET" "$K_PUT_SHM" "$K_GET_SHM" "$K_PUT_TCP" "$K_GET_TCP" \
     "$K_PUT_SHM_P50/$K_PUT_SHM_P99" "$K_GET_SHM_P50/$K_GET_SHM_P99" \
     "$K_PUT_TCP_P50/$K_PUT_TCP_P99" "$K_GET_TCP_P50/$K_GET_TCP_P99" <<'EOF'
 import sys
