@@ -114,10 +114,10 @@ static int dispatch(struct kv_master *m, uint16_t method, const uint8_t *req, si
         rc = mst_h_get(m, req, len, resp, fast);
         break;
     case KV_RPC_EXISTS:
-        rc = mst_h_exists_remove(m, false, req, len, resp);
+        rc = mst_h_exists_remove(m, false, req, len, resp, fast);
         break;
     case KV_RPC_REMOVE:
-        rc = mst_h_exists_remove(m, true, req, len, resp);
+        rc = mst_h_exists_remove(m, true, req, len, resp, fast);
         break;
     case KV_RPC_LIST:
         rc = mst_h_list(m, req, len, resp);
@@ -153,14 +153,13 @@ int kv_master_handle(void *ud, uint16_t method, const uint8_t *req, size_t len, 
     return dispatch_timed(ud, method, req, len, resp, false);
 }
 
-/* On the I/O thread: lookups, HELLO, STAT, HEARTBEAT, and puts that need neither an eviction nor
- * a node outside this process (the handlers answer KV_RPC_SLOW then). REMOVE (it waits for the
- * nodes' NODE_FREE), LIST (a scan) and MOUNT always go to the workers. */
+/* On the I/O thread: lookups, HELLO, STAT, HEARTBEAT, and puts and removes that need neither an
+ * eviction, nor a node outside this process, nor the disk (the handlers answer KV_RPC_SLOW then):
+ * a remove waits for the nodes' NODE_FREE. LIST (a scan) and MOUNT always go to the workers. */
 int kv_master_handle_fast(void *ud, uint16_t method, const uint8_t *req, size_t len,
                           struct kv_buf *resp)
 {
     switch (method) {
-    case KV_RPC_REMOVE:
     case KV_RPC_LIST:
     case KV_RPC_MOUNT:
         return KV_RPC_SLOW;

@@ -745,8 +745,24 @@ static int exists_cb(void *ud, const struct mobj *o)
     return o && o->state == OBJ_COMPLETE && !expired(o, *(const int64_t *)ud) ? 1 : 0;
 }
 
+/* true when removing the objects of these keys may run on the I/O thread: every node is in
+ * this process (NODE_FREE is a function call) and no object has an SSD copy (its NODE_FREE
+ * unlinks a file). m->lock held. */
+static bool remove_fast_ok(struct kv_master *m, char **keys, size_t n)
+{
+    if (!mst_nodes_all_local(m))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        struct mobj *o = key_ok(keys[i]) ? kv_oidx_get(&m->index, keys[i]) : NULL;
+        for (int r = 0; o && r < o->nrep; r++)
+            if (obj_rep(o)[r].ssd)
+                return false;
+    }
+    return true;
+}
+
 int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, size_t len,
-                        struct kv_buf *resp)
+                        struct kv_buf *resp, bool fast)
 {
     Kvstash__KeyList *in;
     int rc = kv_rpc_pb_unpack(&kvstash__key_list__descriptor, req, len, (ProtobufCMessage **)&in);
@@ -763,6 +779,13 @@ int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, si
     }
     if (remove) {
         pthread_mutex_lock(&m->lock);
+        if (fast && !remove_fast_ok(m, in->keys, n)) {
+            pthread_mutex_unlock(&m->lock);
+            kv_free(st);
+            kv_free(hs);
+            kv_rpc_pb_free(&in->base);
+            return KV_RPC_SLOW;
+        }
         for (size_t i = 0; i < n; i++) {
             const char *k = in->keys[i];
             struct mobj *o = key_ok(k) ? kv_oidx_get(&m->index, k) : NULL;

@@ -470,8 +470,12 @@ int mst_h_put_end(struct kv_master *m, const uint8_t *req, size_t len, struct kv
  * acknowledged: one client round trip instead of PutStart + write + PutEnd. */
 int mst_h_put(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp, bool fast);
 int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp, bool fast);
+/* EXISTS (lookups under the shard locks only) or REMOVE. A REMOVE answers once the nodes forgot
+ * the keys (NODE_FREE); on the I/O thread (fast) only when every node is in this process and no
+ * removed object has an SSD copy (the node would unlink files), else KV_RPC_SLOW before any
+ * change. */
 int mst_h_exists_remove(struct kv_master *m, bool remove, const uint8_t *req, size_t len,
-                        struct kv_buf *resp);
+                        struct kv_buf *resp, bool fast);
 int mst_h_list(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf *resp);
 int mst_h_stat(struct kv_master *m, struct kv_buf *resp);
 
