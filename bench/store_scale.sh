@@ -405,19 +405,24 @@ if want lookup; then
     read -r _ iops ip50 ip99 < <(kv lookup-idle --op=batch-exists --batch=1024 --threads=1 --size=4KiB \
         --duration="$DURATION" --key-prefix="look-$$") || exit 1
     [ -n "${iops:-}" ] || exit 1
-    # the put load runs longer than the lookups, on its own key space
+    # the put load runs longer than the lookups, on its own key space. Twice: its client at
+    # nice 10 (as engines on other hosts: on a 2-CPU host the load generator's own threads,
+    # which format keys and copy 4 KiB per put, otherwise take the CPU from the lookup's client
+    # and the server), then at the same priority as everything else. The put rates printed
+    # show the master gets the same load both times.
     loadd=$(calc "%.1f" "$DURATION + 2")
-    "$BIN" bench store --master "$MASTER" --log-level error --json --max-errors=1 --op=put --size=4KiB --threads=2 \
-        --duration="$loadd" --key-prefix="load-$$" >"$W/kv-load.json" 2>"$W/kv-load.err" &
-    PIDS[load]=$!
-    sleep 0.5
-    read -r _ lops lp50 lp99 < <(kv lookup-loaded --op=batch-exists --batch=1024 --threads=1 --size=4KiB \
-        --duration="$DURATION" --key-prefix="look2-$$") || exit 1
-    [ -n "${lops:-}" ] || exit 1
-    lrc=0
-    wait "${PIDS[load]}" || lrc=$?
-    unset "PIDS[load]"
-    read -r _ pops pp50 pp99 < <("$PY" - "$W/kv-load.json" "$lrc" <<'EOF'
+    loaded() { # NICE TAG -> "keys/s p50 p99 put-ops/s put-p50 put-p99"
+        nice -n "$1" "$BIN" bench store --master "$MASTER" --log-level error --json --max-errors=1 --op=put --size=4KiB \
+            --threads=2 --duration="$loadd" --key-prefix="load$2-$$" >"$W/kv-load$2.json" 2>"$W/kv-load$2.err" &
+        PIDS[load]=$!
+        sleep 0.5
+        local lops lp50 lp99 lrc=0 pops pp50 pp99
+        read -r _ lops lp50 lp99 < <(kv "lookup-loaded$2" --op=batch-exists --batch=1024 --threads=1 --size=4KiB \
+            --duration="$DURATION" --key-prefix="look$2-$$") || exit 1
+        [ -n "${lops:-}" ] || exit 1
+        wait "${PIDS[load]}" || lrc=$?
+        unset "PIDS[load]"
+        read -r _ pops pp50 pp99 < <("$PY" - "$W/kv-load$2.json" "$lrc" <<'EOF'
 import json, sys
 try:
     d = json.load(open(sys.argv[1]))
@@ -428,16 +433,24 @@ if int(sys.argv[2]) != 0 or d.get("errors", 1) != 0:
     sys.exit(1)
 print("%d %.1f %.0f %.0f" % (d["ops"], d["ops_per_s"], d["p50_us"], d["p99_us"]))
 EOF
-    ) || exit 1
-    [ -n "${pops:-}" ] || exit 1
+        ) || exit 1
+        [ -n "${pops:-}" ] || exit 1
+        echo "$lops $lp50 $lp99 $pops $pp50 $pp99"
+    }
+    read -r lops lp50 lp99 pops pp50 pp99 < <(loaded 10 n) || exit 1
+    [ -n "${pp99:-}" ] || exit 1
+    read -r eops ep50 ep99 qops qp50 qp99 < <(loaded 0 e) || exit 1
+    [ -n "${qp99:-}" ] || exit 1
     printf '%-40s %12s %8s %8s  %s\n' case "keys/s" p50us p99us goal
     hr
     printf '%-40s %12.0f %8d %8d\n' "batch-exists 1024, idle" "$iops" "$ip50" "$ip99"
-    printf '%-40s %12.0f %8d %8d  p99 <=500 us %s\n' "batch-exists 1024, under put load" "$lops" "$lp50" "$lp99" "$(verdict "$lp99" "<=" 500)"
-    printf '%-40s %12.0f %8d %8d  (the load: ops/s, p50, p99 of one put)\n' "put 4 KiB x 2 threads (the load)" "$pops" "$pp50" "$pp99"
+    printf '%-40s %12.0f %8d %8d  p99 <=500 us %s\n' "batch-exists 1024, put load at nice 10" "$lops" "$lp50" "$lp99" "$(verdict "$lp99" "<=" 500)"
+    printf '%-40s %12.0f %8d %8d  (the load: ops/s, p50, p99 of one put)\n' "  put 4 KiB x 2 threads, nice 10" "$pops" "$pp50" "$pp99"
+    printf '%-40s %12.0f %8d %8d  p99 <=500 us %s\n' "batch-exists 1024, put load at nice 0" "$eops" "$ep50" "$ep99" "$(verdict "$ep99" "<=" 500)"
+    printf '%-40s %12.0f %8d %8d  (the load: ops/s, p50, p99 of one put)\n' "  put 4 KiB x 2 threads, nice 0" "$qops" "$qp50" "$qp99"
     hr
     echo "kvstash: $(kv_args_line "--op=batch-exists --batch=1024 --threads=1 --duration=$DURATION --key-prefix=P")"
-    echo "load:    $(kv_args_line "--op=put --size=4KiB --threads=2 --duration=$loadd --key-prefix=Q")"
+    echo "load:    nice -n 10|0 $(kv_args_line "--op=put --size=4KiB --threads=2 --duration=$loadd --key-prefix=Q")"
     echo
     stop serve
 fi
