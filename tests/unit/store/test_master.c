@@ -425,6 +425,17 @@ static void test_ttl_pending_remove(void **state)
         kv_sleep_ms(20);
     assert_int_equal(node_dram_used(m, "a"), 64 << 10);
     assert_int_equal(kv_master_object_count(m), 1);
+    /* remove without a lease: the node forgot the key before the client hears OK (with the
+     * node in this process the master answers on its I/O thread) */
+    uint64_t d0, d1, s0;
+    kv_node_counts(a, &d0, &s0);
+    assert_int_equal(put(cl, "gone", 4 << 10, 1, 0, false, true, NULL), KV_OK);
+    kv_node_counts(a, &d1, &s0);
+    assert_int_equal(d1, d0 + 1);
+    assert_int_equal(keycall(cl, KV_RPC_REMOVE, "gone"), KV_OK);
+    kv_node_counts(a, &d1, &s0);
+    assert_int_equal(d1, d0);
+    assert_int_equal(keycall(cl, KV_RPC_EXISTS, "gone"), 0);
     /* remove with a live lease: invisible at once, bytes freed when the lease ends */
     assert_int_equal(keycall(cl, KV_RPC_GET, "long"), KV_OK);
     assert_int_equal(keycall(cl, KV_RPC_REMOVE, "long"), KV_OK);
