@@ -26,10 +26,26 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/net.h"
 #include "common/util.h"
 #include "kvstash/meta.h"
 
 /* ---------------------------------------------------------------- server process */
+
+/* Two distinct free loopback ports (etcd's client and peer URLs): a second probe can be handed
+ * the port the first one just closed. 0, or -1 with the reason on stderr. */
+static inline int srv_two_ports(uint16_t *a, uint16_t *b)
+{
+    int rc = kv_net_free_port(a);
+    *b = *a;
+    for (int t = 0; rc == KV_OK && *b == *a && t < 16; t++)
+        rc = kv_net_free_port(b);
+    if (rc < 0 || *b == *a) {
+        fprintf(stderr, "no two free loopback ports for etcd (%s)\n", kv_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
 
 /* Forks and execs argv[0] in its own process group, stdout and stderr appended to log; the
  * child dies with the test (PR_SET_PDEATHSIG). Returns its pid, or -1. */

@@ -193,15 +193,8 @@ static int setup_etcd(void **state)
         return -1;
     }
     uint16_t p1, p2;
-    /* two free ports: a second probe can be handed the port the first one just closed */
-    int rc = kv_net_free_port(&p1);
-    p2 = p1;
-    for (int t = 0; rc == KV_OK && p2 == p1 && t < 16; t++)
-        rc = kv_net_free_port(&p2);
-    if (rc < 0 || p1 == p2) {
-        fprintf(stderr, "no two free loopback ports for etcd (%s)\n", kv_strerror(rc));
+    if (srv_two_ports(&p1, &p2) < 0)
         return -1;
-    }
     if (make_tmpdir(&be_etcd))
         return -1;
     char data[256], log[256], client[64], peer[64], cluster[96];
@@ -218,7 +211,7 @@ static int setup_etcd(void **state)
     if (be_etcd.pid < 0)
         return -1;
     snprintf(be_etcd.url, sizeof(be_etcd.url), "etcd://127.0.0.1:%u", p1);
-    rc = group_setup_common(state, &be_etcd);
+    int rc = group_setup_common(state, &be_etcd);
     if (rc < 0)
         rm_tmpdir(&be_etcd);
     return rc;

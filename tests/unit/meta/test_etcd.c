@@ -75,15 +75,8 @@ static int group_setup(void **state)
         fprintf(stderr, "mkdtemp %s failed\n", g_dir);
         return -1;
     }
-    /* two free ports: a second probe can be handed the port the first one just closed */
-    int rc = kv_net_free_port(&g_port);
-    g_peer = g_port;
-    for (int t = 0; rc == KV_OK && g_peer == g_port && t < 16; t++)
-        rc = kv_net_free_port(&g_peer);
-    if (rc < 0 || g_peer == g_port) {
-        fprintf(stderr, "no two free loopback ports for etcd (%s)\n", kv_strerror(rc));
+    if (srv_two_ports(&g_port, &g_peer) < 0)
         return -1;
-    }
     snprintf(g_url, sizeof(g_url), "etcd://127.0.0.1:%u", (unsigned)g_port);
     return start_etcd();
 }
