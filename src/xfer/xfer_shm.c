@@ -17,9 +17,14 @@
  *  - Page tables are filled in bulk: the first request touching a 2 MiB chunk of a mapping
  *    populates that chunk with madvise(MADV_POPULATE_WRITE) (Linux 5.14+) and marks it in a
  *    bitmap, instead of taking a page fault per 4 KiB page inside memcpy. On the development
- *    VM a fault costs ~5 us (a first write runs at 0.77 GB/s), a bulk populate ~1.1 us per page
- *    (3.5 GB/s), and a populated mapping takes writes at 12+ GB/s. kv_mem_populate (common/util.h)
- *    does the same for a whole range (the node prefaults its segment at start with it).
+ *    VM a fault costs ~5 us (a first write runs at 0.77 GB/s) and a bulk populate ~1.1 us per
+ *    page (3.5 GB/s). The populate fills the guest's page tables only: there the hypervisor
+ *    still traps the first user access of each page (~5.5 us; measured 2026-12-06), so a
+ *    chunk's first writes after a populate also run near 0.7 GB/s, and only later ones at 12+
+ *    GB/s. A read per page from user space (kv_mem_touch) fills both, but costs 512 traps per
+ *    chunk here where the populate costs one call, so the per-chunk path keeps the populate
+ *    alone. kv_mem_populate (common/util.h) does the same for a whole range; the node prefaults
+ *    its segment at start with it and then kv_mem_touch.
  * Thread model: stateless except the identity cache, filled once under pthread_once, and the
  * per-target chunk bitmaps (atomic bits; two threads populating the same chunk is harmless).
  */
