@@ -747,7 +747,9 @@ static int exists_cb(void *ud, const struct mobj *o)
 
 /* true when removing the objects of these keys may run on the I/O thread: every node is in
  * this process (NODE_FREE is a function call) and no object has an SSD copy (its NODE_FREE
- * unlinks a file). m->lock held. */
+ * unlinks a file). m->lock held. The remove looks each key up again rather than keeping these
+ * objects: a key repeated in one request must find nothing the second time, and the first
+ * unlink may already have freed its object. */
 static bool remove_fast_ok(struct kv_master *m, char **keys, size_t n)
 {
     if (!mst_nodes_all_local(m))

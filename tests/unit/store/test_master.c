@@ -160,14 +160,15 @@ static int keycall(struct kv_rpc_client *c, uint16_t method, const char *key)
     return rc;
 }
 
-/* One EXISTS call for n keys: out[i] = the status of keys[i]. KV_OK or the call's error. */
-static int exists_many(struct kv_rpc_client *c, size_t n, char **keys, int *out)
+/* One EXISTS or REMOVE call for n keys: out[i] = the status of keys[i]. KV_OK or the call's
+ * error. */
+static int keys_call(struct kv_rpc_client *c, uint16_t method, size_t n, char **keys, int *out)
 {
     Kvstash__KeyList kl = KVSTASH__KEY_LIST__INIT;
     kl.n_keys = n;
     kl.keys = keys;
     Kvstash__StatusList *sl = NULL;
-    int rc = kv_rpc_call_pb(c, KV_RPC_EXISTS, &kl.base, &kvstash__status_list__descriptor,
+    int rc = kv_rpc_call_pb(c, method, &kl.base, &kvstash__status_list__descriptor,
                             (ProtobufCMessage **)&sl, 5000, NULL, 0);
     if (rc < 0)
         return rc;
@@ -207,7 +208,7 @@ static void check_exists_many(struct kv_rpc_client *cl)
     assert_int_equal(n, N);
     for (size_t i = 0; i < n; i++)
         keys[i] = kb[i];
-    assert_int_equal(exists_many(cl, n, keys, got), KV_OK);
+    assert_int_equal(keys_call(cl, KV_RPC_EXISTS, n, keys, got), KV_OK);
     for (size_t i = 0; i < n; i++) {
         if (got[i] != want[i])
             print_message("key %zu '%s': %d, want %d\n", i, kb[i], got[i], want[i]);
@@ -436,6 +437,15 @@ static void test_ttl_pending_remove(void **state)
     kv_node_counts(a, &d1, &s0);
     assert_int_equal(d1, d0);
     assert_int_equal(keycall(cl, KV_RPC_EXISTS, "gone"), 0);
+    /* a key twice in one REMOVE: removed once, then not found */
+    assert_int_equal(put(cl, "twice", 4 << 10, 1, 0, false, true, NULL), KV_OK);
+    char *dup[2] = {"twice", "twice"};
+    int dst[2];
+    assert_int_equal(keys_call(cl, KV_RPC_REMOVE, 2, dup, dst), KV_OK);
+    assert_int_equal(dst[0], KV_OK);
+    assert_int_equal(dst[1], KV_ENOENT);
+    kv_node_counts(a, &d1, &s0);
+    assert_int_equal(d1, d0);
     /* remove with a live lease: invisible at once, bytes freed when the lease ends */
     assert_int_equal(keycall(cl, KV_RPC_GET, "long"), KV_OK);
     assert_int_equal(keycall(cl, KV_RPC_REMOVE, "long"), KV_OK);
