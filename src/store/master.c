@@ -45,8 +45,8 @@
  * Locks: m->evict_lock serialises eviction passes and is taken before m->lock. m->lock guards
  * the index, the lists, nodes, commit queues, deferred frees, counters and leader hint (see
  * master_int.h). Each of the index's 256 shards has a lock too, taken after m->lock by every
- * change of its chains and of the fields lookups read (state, expiry, pin, dead): EXISTS (single
- * and batch) holds only one shard's lock per key and never waits on m->lock, so a batch put,
+ * change of its slots and of the fields lookups read (state, expiry, pin, dead): EXISTS (single
+ * and batch) holds only its keys' shards' locks and never waits on m->lock, so a batch put,
  * a MOUNT part or an eviction step holding m->lock delays no lookup of existence.
  */
 #define KV_LOG_COMPONENT "master"

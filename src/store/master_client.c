@@ -707,8 +707,8 @@ int mst_h_get(struct kv_master *m, const uint8_t *req, size_t len, struct kv_buf
         }
     }
     for (size_t i = 0; i < n; i++) {
-        /* overlap the index's cache misses of a batch (the master's lock keeps the chains
-         * still): the bucket of key i + 8, the first object of key i + 4's chain */
+        /* overlap the index's cache misses of a batch (the master's lock keeps the slots
+         * still): the home slot of key i + 8, the object key i + 4's tag points at */
         if (i + 8 < n && key_ok(in->keys[i + 8]))
             kv_oidx_prefetch(&m->index, kv_oidx_hash(in->keys[i + 8]), false);
         if (i + 4 < n && key_ok(in->keys[i + 4]))

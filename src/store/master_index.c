@@ -1,23 +1,37 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * master_index.c - the master's object index: key -> struct mobj, intrusive (the chain link and
- * the key live in the object itself: no entry allocation, no second copy of the key, and the
- * key's hash is computed again where needed rather than stored: 4 bytes per object)
- * and split in KV_OIDX_SHARDS shards by the hash's top bits, each a chained table that doubles on
- * its own. So the index costs one pointer per object plus 4-8 bytes of buckets, and a resize
- * moves 1/256 of the objects (milliseconds at 10M objects, not a second under the lock).
+ * master_index.c - the master's object index: key -> struct mobj, split in KV_OIDX_SHARDS shards
+ * by the hash's top bits, each an open-addressing table (linear probing) that doubles on its own.
+ * A slot is one 64-bit word: the object's address in the low 48 bits and 16 bits of the key's
+ * hash above it (the tag). So
+ *  - a lookup reads one run of slots (a cache line or two, its address known from the hash
+ *    alone, so it can be prefetched) and follows only the slots whose tag matches: a hit reads
+ *    one object, a miss almost never reads one (1 in 65,536 per slot passed). A chained table
+ *    read every object ahead of the key in its chain, one dependent DRAM miss each that no
+ *    prefetch could cover;
+ *  - the home slot of an object is its tag's top bits while a shard has at most 2^16 slots
+ *    (16M slots in all), so growing a shard moves words without reading a single object (a
+ *    chained table hashed every key again: a DRAM miss per object);
+ *  - the index costs 8 bytes per slot at a load of 3/8 to 3/4: 10.7-21 bytes per object, and
+ *    the object carries no link. The key's hash is not stored (computed again where needed).
+ * A resize moves 1/256 of the objects (milliseconds at 10M objects, not a second under a lock).
+ * Probes never wrap: each table has SPILL slots past its last home slot, and an insert that
+ * would run past them grows the table. So a scan in slot order (kv_oidx_each_range) never
+ * meets an object twice, and deletion shifts later slots back (no tombstones).
  *
  * Invariants:
- *  1. An object is in at most one chain, the one of bucket (hash & (nb - 1)) of shard
- *     (hash >> 24), hash = kv_oidx_hash(o->key) (the low 32 bits of kv_hash64).
- *  2. idx->n is the sum of the shards' n.
- *  3. An each callback that returns non-zero has the object unlinked after it returned, without
+ *  1. An object is in at most one slot, in shard (hash >> 24) with hash = kv_oidx_hash(o->key)
+ *     (the low 32 bits of kv_hash64), at or after its home slot, with no empty slot between its
+ *     home and itself; the slot's tag is bits 8-23 of the hash.
+ *  2. idx->n is the sum of the shards' n; a shard's n <= 3/4 of its nb (but for an insert whose
+ *     resize failed for want of memory).
+ *  3. An each callback that returns non-zero has the object removed after it returned, without
  *     being touched again (the callback may have freed it).
  * Thread-safety: writers hold the master's lock (master_int.h), so they never run at the same
- * time; each shard has a lock of its own besides, taken by every change of its chains (put, del,
+ * time; each shard has a lock of its own besides, taken by every change of its slots (put, del,
  * replace, resize, each_range) and by kv_oidx_peek_batch. So a lookup that holds only the shard's
  * lock (exists, batch_exists) never waits on the master's lock: at most on one change of its shard.
- * Writers look up under the master's lock alone (no writer changes a chain meanwhile).
+ * Writers look up under the master's lock alone (no writer changes a slot meanwhile).
  */
 #include <pthread.h>
 #include <string.h>
@@ -27,12 +41,14 @@
 #include "store/master_int.h"
 
 #define SHARD_BITS 8
-/* Objects per bucket before a shard doubles. A lookup reads every object ahead of its key in
- * the chain, each one or two DRAM misses that no prefetch covers (only the chain's first
- * object is prefetched): at 1 the chains are half as long as at 2, for 4-8 bytes more of
- * bucket array per object. */
-#define MAX_LOAD 1
-#define MIN_BUCKETS 16
+/* Slots beyond the last home slot, so that probes never wrap (a run that would pass them grows
+ * the table instead). */
+#define SPILL 128
+#define MIN_SLOTS 16
+#define PTR_BITS 48
+#define PTR_MASK ((UINT64_C(1) << PTR_BITS) - 1)
+/* lg (log2 of a shard's slots) at most: 2^24 slots a shard, 4G in all */
+#define MAX_LG 24
 
 static struct kv_oidx_shard *shard_of(struct kv_oidx *idx, uint32_t h)
 {
@@ -42,6 +58,31 @@ static struct kv_oidx_shard *shard_of(struct kv_oidx *idx, uint32_t h)
 uint32_t kv_oidx_hash(const char *key)
 {
     return (uint32_t)kv_hash64(key, strlen(key));
+}
+
+/* The slot word's tag: bits 8-23 of the hash (bits 24-31 chose the shard). */
+static inline uint64_t tag_of(uint32_t h)
+{
+    return (h >> 8) & 0xffff;
+}
+
+/* 24 bits of the hash, the tag's on top: a shard of 2^lg slots homes the hash at its top lg. */
+static inline size_t home_h(uint32_t h, unsigned lg)
+{
+    return (size_t)(((h >> 8) & 0xffff) << 8 | (h & 0xff)) >> (24 - lg);
+}
+
+static inline struct mobj *slot_obj(uint64_t v)
+{
+    return (struct mobj *)(uintptr_t)(v & PTR_MASK);
+}
+
+/* The home slot of the object in slot word v: from the tag alone up to 2^16 slots. */
+static size_t home_v(const struct kv_oidx_shard *s, uint64_t v)
+{
+    if (s->lg <= 16)
+        return (size_t)(v >> PTR_BITS) >> (16 - s->lg);
+    return home_h(kv_oidx_hash(slot_obj(v)->key), s->lg);
 }
 
 void kv_oidx_init(struct kv_oidx *idx)
@@ -54,9 +95,10 @@ void kv_oidx_init(struct kv_oidx *idx)
 void kv_oidx_fini(struct kv_oidx *idx)
 {
     for (size_t i = 0; i < KV_OIDX_SHARDS; i++) {
-        kv_free(idx->sh[i].b);
-        idx->sh[i].b = NULL;
+        kv_free(idx->sh[i].slot);
+        idx->sh[i].slot = NULL;
         idx->sh[i].nb = idx->sh[i].n = 0;
+        idx->sh[i].lg = 0;
         pthread_mutex_destroy(&idx->sh[i].lock);
     }
     idx->n = 0;
@@ -77,9 +119,14 @@ static struct mobj *get_h(const struct kv_oidx *idx, const char *key, uint32_t h
     const struct kv_oidx_shard *s = &idx->sh[h >> (32 - SHARD_BITS)];
     if (!s->nb)
         return NULL;
-    for (struct mobj *o = s->b[h & (s->nb - 1)]; o; o = o->hnext)
-        if (strcmp(o->key, key) == 0)
-            return o;
+    uint64_t t = tag_of(h);
+    for (size_t i = home_h(h, s->lg), end = s->nb + SPILL; i < end; i++) {
+        uint64_t v = s->slot[i];
+        if (!v)
+            return NULL;
+        if (v >> PTR_BITS == t && strcmp(slot_obj(v)->key, key) == 0)
+            return slot_obj(v);
+    }
     return NULL;
 }
 
@@ -88,18 +135,40 @@ struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key)
     return get_h(idx, key, kv_oidx_hash(key));
 }
 
-void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool chain)
+/* Asks the CPU for the lines a lookup of key (hash h, length klen) reads in the first object
+ * of its run whose tag matches: the key (at byte 63: a 16-byte key may end on the object's
+ * second line, and strcmp reads 32 bytes at once) and the state before it. Reads the slots:
+ * caller holds the shard's lock or the master's. */
+static void prefetch_obj(const struct kv_oidx_shard *s, uint32_t h, size_t klen)
+{
+    if (!s->nb)
+        return;
+    uint64_t t = tag_of(h);
+    for (size_t i = home_h(h, s->lg), end = s->nb + SPILL; i < end; i++) {
+        uint64_t v = s->slot[i];
+        if (!v)
+            return;
+        if (v >> PTR_BITS == t) {
+            const char *o = (const char *)slot_obj(v), *k = o + offsetof(struct mobj, key);
+            __builtin_prefetch(k - 8);
+            __builtin_prefetch(k + (klen > 31 ? klen : 31));
+            /* GCC counts a prefetch as no effect at all: without this, a function that only
+             * prefetches is "pure", and its calls, whose result nobody uses, are dropped */
+            __asm__ volatile("");
+            return;
+        }
+    }
+}
+
+void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool obj)
 {
     const struct kv_oidx_shard *s = &idx->sh[h >> (32 - SHARD_BITS)];
     if (!s->nb)
         return;
-    struct mobj *const *slot = &s->b[h & (s->nb - 1)];
-    if (!chain) {
-        __builtin_prefetch(slot);
-    } else if (*slot) {
-        __builtin_prefetch(*slot);
-        __builtin_prefetch((const char *)*slot + 64); /* the key starts near the line's end */
-    }
+    if (obj)
+        prefetch_obj(s, h, 0); /* keys up to 31 bytes: the common case */
+    else
+        __builtin_prefetch(&s->slot[home_h(h, s->lg)]);
 }
 
 struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h)
@@ -107,31 +176,26 @@ struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t 
     return get_h(idx, key, h);
 }
 
-void kv_oidx_prefetch_bucket(const struct kv_oidx *idx, uint32_t h)
+void kv_oidx_prefetch_home(const struct kv_oidx *idx, uint32_t h)
 {
     const struct kv_oidx_shard *s = &idx->sh[h >> (32 - SHARD_BITS)];
-    struct mobj **b = __atomic_load_n(&s->b, __ATOMIC_RELAXED);
-    size_t nb = __atomic_load_n(&s->nb, __ATOMIC_RELAXED);
-    /* b and nb may come from two different resizes: the address is only a hint, prefetching
+    uint64_t *b = __atomic_load_n(&s->slot, __ATOMIC_RELAXED);
+    unsigned lg = __atomic_load_n(&s->lg, __ATOMIC_RELAXED);
+    /* b and lg may come from two different resizes: the address is only a hint, prefetching
      * never faults, and nothing is read through it */
-    if (b && nb)
-        __builtin_prefetch(&b[h & (nb - 1)]);
+    if (b && lg)
+        __builtin_prefetch(&b[home_h(h, lg)]);
 }
 
-/* Takes shard si's lock and asks the CPU for the first object of the chains of the keys
- * ord[from..to) (all of that shard). */
+/* Takes shard si's lock and asks the CPU for the objects the keys ord[from..to) (all of that
+ * shard) will read first. */
 static void lock_and_prefetch(struct kv_oidx *idx, size_t si, const uint32_t *ord, size_t from,
-                              size_t to, const uint32_t *hs)
+                              size_t to, const uint32_t *hs, const char *const *keys)
 {
     struct kv_oidx_shard *s = &idx->sh[si];
     pthread_mutex_lock(&s->lock);
-    for (size_t k = from; k < to && s->nb; k++) {
-        const struct mobj *o = s->b[hs[ord[k]] & (s->nb - 1)];
-        if (o) {
-            __builtin_prefetch(o);
-            __builtin_prefetch((const char *)o + 64); /* the key starts near the line's end */
-        }
-    }
+    for (size_t k = from; k < to; k++)
+        prefetch_obj(s, hs[ord[k]], strlen(keys[ord[k]]));
 }
 
 int kv_oidx_peek_batch(struct kv_oidx *idx, const char *const *keys, const uint32_t *hs, size_t n,
@@ -152,28 +216,28 @@ int kv_oidx_peek_batch(struct kv_oidx *idx, const char *const *keys, const uint3
     for (size_t i = 0; i < n; i++)
         if (keys[i])
             ord[at[hs[i] >> (32 - SHARD_BITS)]++] = (uint32_t)i;
-    /* at[s] is now the end of shard s's keys in ord. Two stages of prefetch: the buckets of the
-     * keys FAR places ahead (a hint: no lock needed), and the first objects of the next
-     * shard's chains, asked for right after taking that shard's lock and before this shard's
-     * keys are looked up. So two neighbouring shards' locks are held at once, always taken in
+    /* at[s] is now the end of shard s's keys in ord. Two stages of prefetch: the home slots of
+     * the keys FAR places ahead (a hint: no lock needed), and the objects of the next shard's
+     * keys, asked for right after taking that shard's lock and before this shard's keys are
+     * looked up. So two neighbouring shards' locks are held at once, always taken in
      * ascending order (the only place that holds two). */
     enum { FAR = 16 };
     for (size_t j = 0; j < total && j < FAR; j++)
-        kv_oidx_prefetch_bucket(idx, hs[ord[j]]);
+        kv_oidx_prefetch_home(idx, hs[ord[j]]);
     size_t j = 0, si = 0;
     while (si < KV_OIDX_SHARDS && at[si] == 0)
         si++;
     if (si < KV_OIDX_SHARDS)
-        lock_and_prefetch(idx, si, ord, 0, at[si], hs);
+        lock_and_prefetch(idx, si, ord, 0, at[si], hs, keys);
     while (si < KV_OIDX_SHARDS && j < total) {
         size_t next = si + 1;
         while (next < KV_OIDX_SHARDS && at[next] == at[si])
             next++;
         if (next < KV_OIDX_SHARDS)
-            lock_and_prefetch(idx, next, ord, at[si], at[next], hs);
+            lock_and_prefetch(idx, next, ord, at[si], at[next], hs, keys);
         for (; j < at[si]; j++) {
             if (j + FAR < total)
-                kv_oidx_prefetch_bucket(idx, hs[ord[j + FAR]]);
+                kv_oidx_prefetch_home(idx, hs[ord[j + FAR]]);
             size_t i = ord[j];
             out[i] = fn(ud, get_h(idx, keys[i], hs[i]));
         }
@@ -184,84 +248,133 @@ int kv_oidx_peek_batch(struct kv_oidx *idx, const char *const *keys, const uint3
     return KV_OK;
 }
 
-/* Gives s nb buckets (a power of two above s->nb). On allocation failure the table stays as it
- * is (only longer chains). Caller holds s->lock. */
-static void resize(struct kv_oidx_shard *s, size_t nb)
+/* Puts slot word v into table t of 2^lg (+ SPILL) slots at its first free slot from its home
+ * (t is new: no lookups). False when the run would pass the spill slots. */
+static bool place(uint64_t *t, unsigned lg, size_t home, uint64_t v)
 {
-    struct mobj **b = kv_calloc(nb, sizeof(*b));
-    if (!b)
-        return;
-    for (size_t i = 0; i < s->nb; i++) {
-        for (struct mobj *o = s->b[i], *next; o; o = next) {
-            next = o->hnext;
-            struct mobj **head = &b[kv_oidx_hash(o->key) & (nb - 1)];
-            o->hnext = *head;
-            *head = o;
+    for (size_t i = home, end = ((size_t)1 << lg) + SPILL; i < end; i++) {
+        if (!t[i]) {
+            t[i] = v;
+            return true;
         }
     }
-    kv_free(s->b);
-    /* atomic stores: kv_oidx_prefetch_bucket reads both without any lock */
-    __atomic_store_n(&s->b, b, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->nb, nb, __ATOMIC_RELAXED);
+    return false;
+}
+
+/* Gives s a table of 2^lg slots or more (lg above s->lg), moving every slot over. On allocation
+ * failure the table stays as it is. Caller holds s->lock. */
+static void resize(struct kv_oidx_shard *s, unsigned lg)
+{
+    for (; lg <= MAX_LG; lg++) {
+        size_t nb = (size_t)1 << lg;
+        uint64_t *t = kv_calloc(nb + SPILL, sizeof(*t));
+        if (!t)
+            return;
+        bool ok = true;
+        /* in slot order: each word lands at or after the new home of every word before it
+         * with the same home, so runs stay in order */
+        for (size_t i = 0; ok && i < (s->nb ? s->nb + SPILL : 0); i++) {
+            uint64_t v = s->slot[i];
+            if (!v)
+                continue;
+            size_t home = lg <= 16 ? (size_t)(v >> PTR_BITS) >> (16 - lg)
+                                   : home_h(kv_oidx_hash(slot_obj(v)->key), lg);
+            ok = place(t, lg, home, v);
+        }
+        if (!ok) { /* a run passed the spill slots: twice as many again */
+            kv_free(t);
+            continue;
+        }
+        kv_free(s->slot);
+        /* atomic stores: kv_oidx_prefetch_home reads them without any lock */
+        __atomic_store_n(&s->slot, t, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->lg, lg, __ATOMIC_RELAXED);
+        s->nb = nb;
+        return;
+    }
+}
+
+static unsigned lg_for(size_t n)
+{
+    unsigned lg = 4; /* MIN_SLOTS */
+    while (lg < MAX_LG && ((size_t)1 << lg) / 4 * 3 < n)
+        lg++;
+    return lg;
 }
 
 void kv_oidx_reserve(struct kv_oidx *idx, size_t n)
 {
     size_t per = n / KV_OIDX_SHARDS + n / KV_OIDX_SHARDS / 8 + 1; /* + 1/8: shards are uneven */
-    size_t nb = MIN_BUCKETS;
-    while (nb * MAX_LOAD < per)
-        nb *= 2;
+    unsigned lg = lg_for(per);
     for (size_t i = 0; i < KV_OIDX_SHARDS; i++) {
         struct kv_oidx_shard *s = &idx->sh[i];
-        if (s->nb >= nb)
+        if (s->lg >= lg)
             continue;
-        /* the new buckets are allocated under the lock: readers of this shard wait for one
-         * shard's rehash (1/256 of the objects), never for the whole index */
+        /* the new table is allocated under the lock: readers of this shard wait for one
+         * shard's move (1/256 of the objects), never for the whole index */
         pthread_mutex_lock(&s->lock);
-        resize(s, nb);
+        resize(s, lg);
         pthread_mutex_unlock(&s->lock);
     }
 }
 
 int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
 {
+    uint64_t p = (uint64_t)(uintptr_t)o;
+    if (p & ~PTR_MASK)
+        return KV_ERANGE; /* an address above 2^48: no room for the tag */
+    uint64_t v = tag_of(h) << PTR_BITS | p;
     struct kv_oidx_shard *s = shard_of(idx, h);
     pthread_mutex_lock(&s->lock);
-    if (s->n >= s->nb * MAX_LOAD || !s->nb) /* at most MAX_LOAD objects per bucket on average */
-        resize(s, s->nb ? s->nb * 2 : MIN_BUCKETS);
-    if (!s->nb) {
-        pthread_mutex_unlock(&s->lock);
-        return KV_ENOMEM;
+    if (!s->nb || s->n + 1 > s->nb / 4 * 3) /* a load of at most 3/4 */
+        resize(s, s->nb ? s->lg + 1 : lg_for(MIN_SLOTS / 2));
+    bool ok = s->nb && place(s->slot, s->lg, home_h(h, s->lg), v);
+    while (!ok && s->nb && s->lg < MAX_LG) { /* the run passed the spill slots */
+        unsigned lg = s->lg;
+        resize(s, lg + 1);
+        if (s->lg == lg)
+            break; /* no memory to grow */
+        ok = place(s->slot, s->lg, home_h(h, s->lg), v);
     }
-    struct mobj **head = &s->b[h & (s->nb - 1)];
-    o->hnext = *head;
-    *head = o;
-    s->n++;
+    if (ok)
+        s->n++;
     pthread_mutex_unlock(&s->lock);
+    if (!ok)
+        return KV_ENOMEM;
     idx->n++;
     return KV_OK;
 }
 
-/* Unlinks o from its chain and links g (NULL: nothing) in its place, under the shard's lock.
- * False when o is not in the index. */
+/* Empties slot i, moving later words of its run back so that none is cut off from its home
+ * (backward-shift deletion: no tombstones). Caller holds s->lock. */
+static void erase_at(struct kv_oidx_shard *s, size_t i)
+{
+    for (size_t j = i + 1, end = s->nb + SPILL; j < end && s->slot[j]; j++) {
+        if (home_v(s, s->slot[j]) <= i) {
+            s->slot[i] = s->slot[j];
+            i = j;
+        }
+    }
+    s->slot[i] = 0;
+}
+
+/* Removes o (g NULL) or puts g in its slot, under the shard's lock. False when o is not in the
+ * index. */
 static bool unlink_obj(struct kv_oidx *idx, struct mobj *o, struct mobj *g)
 {
     uint32_t h = kv_oidx_hash(o->key);
     struct kv_oidx_shard *s = shard_of(idx, h);
-    if (!s->nb)
-        return false;
     bool found = false;
     pthread_mutex_lock(&s->lock);
-    for (struct mobj **pp = &s->b[h & (s->nb - 1)]; *pp; pp = &(*pp)->hnext) {
-        if (*pp == o) {
+    for (size_t i = s->nb ? home_h(h, s->lg) : 0, end = s->nb ? s->nb + SPILL : 0;
+         i < end && s->slot[i]; i++) {
+        if (slot_obj(s->slot[i]) == o) {
             if (g) {
-                g->hnext = o->hnext;
-                *pp = g;
+                s->slot[i] = tag_of(h) << PTR_BITS | (uint64_t)(uintptr_t)g;
             } else {
-                *pp = o->hnext;
+                erase_at(s, i);
                 s->n--;
             }
-            o->hnext = NULL;
             found = true;
             break;
         }
@@ -281,27 +394,27 @@ void kv_oidx_replace(struct kv_oidx *idx, struct mobj *o, struct mobj *g)
     unlink_obj(idx, o, g);
 }
 
-uint64_t kv_oidx_each_range(struct kv_oidx *idx, uint64_t from, size_t nbuckets,
+uint64_t kv_oidx_each_range(struct kv_oidx *idx, uint64_t from, size_t nslots,
                             int (*fn)(void *ud, struct mobj *o), void *ud)
 {
     size_t si = (size_t)(from >> 32), bi = (size_t)(from & 0xffffffffu);
-    while (si < KV_OIDX_SHARDS && nbuckets > 0) {
+    while (si < KV_OIDX_SHARDS && nslots > 0) {
         struct kv_oidx_shard *s = &idx->sh[si];
         pthread_mutex_lock(&s->lock); /* fn runs under it: it must not call into the index */
-        for (; bi < s->nb && nbuckets > 0; bi++, nbuckets--) {
-            struct mobj **pp = &s->b[bi];
-            while (*pp) {
-                struct mobj *o = *pp, *next = o->hnext; /* fn may free o */
-                if (fn(ud, o)) {
-                    *pp = next;
-                    s->n--;
-                    idx->n--;
-                } else {
-                    pp = &o->hnext;
-                }
+        size_t end = s->nb ? s->nb + SPILL : 0;
+        while (bi < end && nslots > 0) {
+            nslots--;
+            uint64_t v = s->slot[bi];
+            if (v && fn(ud, slot_obj(v))) {
+                /* a later word may move into bi: it was not visited yet, look again */
+                erase_at(s, bi);
+                s->n--;
+                idx->n--;
+            } else {
+                bi++;
             }
         }
-        bool more = bi < s->nb;
+        bool more = bi < end;
         pthread_mutex_unlock(&s->lock);
         if (more)
             return ((uint64_t)si << 32) | bi;

@@ -65,12 +65,11 @@ static inline uint64_t rep_off(const struct mrep *r)
 
 enum { OBJ_PENDING = 0, OBJ_COMPLETE = 1 };
 
-/* An object: one allocation of sizeof(struct mobj) + the key + its replicas (obj_rep()): 104
- * bytes for a 16-byte key and one replica (a 112-byte malloc chunk). Each byte here is a byte per
- * object at 10M objects: no field that can be computed (the key's hash) and times in the
- * resolution they need. */
+/* An object: one allocation of sizeof(struct mobj) + the key + its replicas (obj_rep()): 96
+ * bytes for a 16-byte key and one replica (a 112-byte malloc chunk). The index holds its address
+ * (master_index.c): no link in here. Each byte here is a byte per object at 10M objects: no
+ * field that can be computed (the key's hash) and times in the resolution they need. */
 struct mobj {
-    struct mobj *hnext;               /* index chain (master_index.c) */
     struct mobj *lru_prev, *lru_next; /* on m->lru when COMPLETE (head = most recent), on m->pend
                                          when PENDING (head = newest) */
     uint64_t size, checksum;
@@ -90,10 +89,10 @@ struct mobj {
                           lookups read under the shard lock only (kv_oidx_peek_batch) */
     uint8_t nrep : 4;  /* replicas (<= KV_STORE_MAX_REPLICAS) */
     uint8_t cap : 4;   /* and room for them */
-    char key[];        /* at byte 71, NUL-terminated; the replicas follow (obj_rep) */
+    char key[];        /* at byte 63, NUL-terminated; the replicas follow (obj_rep) */
 };
 
-_Static_assert(offsetof(struct mobj, key) == 71, "struct mobj: 71 bytes before the key");
+_Static_assert(offsetof(struct mobj, key) == 63, "struct mobj: 63 bytes before the key");
 _Static_assert(KV_STORE_MAX_KEY < (1 << 13) && KV_STORE_MAX_REPLICAS < 16,
                "struct mobj's bit fields hold a key length and replica counts");
 /* The replicas of o: cap slots, nrep in use. */
@@ -108,14 +107,15 @@ static inline struct mrep *obj_rep(struct mobj *o)
 #define KV_OIDX_SHARDS 256
 
 /* Each shard has its own lock (master_index.c): the index's functions take it around every
- * change of a chain, so lookups that hold only the shard's lock (kv_oidx_peek_batch) never wait on
- * the master's lock. Lock order: kv_master.lock -> shard lock; two shard locks only in ascending
+ * change of its slots, so lookups that hold only the shard's lock (kv_oidx_peek_batch) never wait
+ * on the master's lock. Lock order: kv_master.lock -> shard lock; two shard locks only in ascending
  * shard order (kv_oidx_peek_batch). */
 struct kv_oidx_shard {
     pthread_mutex_t lock;
-    struct mobj **b;
-    size_t nb; /* power of two, or 0 */
+    uint64_t *slot; /* nb + SPILL slot words (master_index.c), or NULL */
+    size_t nb;      /* 2^lg home slots, or 0 */
     size_t n;
+    unsigned lg;
 };
 
 struct kv_oidx {
@@ -124,29 +124,30 @@ struct kv_oidx {
 };
 
 void kv_oidx_init(struct kv_oidx *idx);
-/* Frees the buckets (not the objects). */
+/* Frees the tables (not the objects). */
 void kv_oidx_fini(struct kv_oidx *idx);
 uint32_t kv_oidx_hash(const char *key);
 /* The object for key or NULL. */
 struct mobj *kv_oidx_get(const struct kv_oidx *idx, const char *key);
-/* Asks the CPU for the bucket of hash h (chain false), or for the first object of its chain
- * (chain true: the bucket should be in cache by then), ahead of a lookup: a loop over many keys
- * overlaps its cache misses (MOUNT of millions of objects). */
-void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool chain);
-/* Asks the CPU for the bucket of hash h only; safe without any lock (lookups under a shard's
+/* Asks the CPU for the home slot of hash h (obj false), or for the first object of its run
+ * whose tag matches (obj true: the slots should be in cache by then), ahead of a lookup: a
+ * loop over many keys overlaps its cache misses (MOUNT of millions of objects). Caller holds
+ * the master's lock. */
+void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool obj);
+/* Asks the CPU for the home slot of hash h only; safe without any lock (lookups under a shard's
  * lock: kv_oidx_peek_batch). */
-void kv_oidx_prefetch_bucket(const struct kv_oidx *idx, uint32_t h);
+void kv_oidx_prefetch_home(const struct kv_oidx *idx, uint32_t h);
 /* kv_oidx_get with h = kv_oidx_hash(key) computed by the caller. */
 struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h);
 /* Adds o, whose key the caller just looked up (kv_oidx_get_h, same h) and did not find, without
  * looking again. KV_ENOMEM. */
 int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h);
-/* Sizes the buckets for n objects in all (a mount announcing its total), so that filling the
+/* Sizes the tables for n objects in all (a mount announcing its total), so that filling the
  * index does not rehash it again and again. Best effort: on allocation failure it stays. */
 void kv_oidx_reserve(struct kv_oidx *idx, size_t n);
 /* Removes o (in the index). */
 void kv_oidx_del(struct kv_oidx *idx, struct mobj *o);
-/* Puts g in o's place in its chain (same key), in one step under the shard's lock: a lookup
+/* Puts g in o's slot (same key), in one step under the shard's lock: a lookup
  * finds one of them, never neither. */
 void kv_oidx_replace(struct kv_oidx *idx, struct mobj *o, struct mobj *g);
 /* The lock of the shard of hash h. Writers (who hold kv_master.lock) take it around changes to
@@ -163,13 +164,13 @@ pthread_mutex_t *kv_oidx_lock_of(struct kv_oidx *idx, const struct mobj *o);
  * looked up). */
 int kv_oidx_peek_batch(struct kv_oidx *idx, const char *const *keys, const uint32_t *hs, size_t n,
                        int (*fn)(void *ud, const struct mobj *o), void *ud, int32_t *out);
-/* Calls fn for the objects of up to nbuckets buckets from cursor `from` (0 = the start); fn
- * returns non-zero to have the object removed (it may have freed it). Returns the cursor to go
- * on from, 0 at the end. Objects added or moved by a resize between two calls may be visited
- * twice or not at all by that scan. */
-uint64_t kv_oidx_each_range(struct kv_oidx *idx, uint64_t from, size_t nbuckets,
+/* Calls fn for the objects in up to nslots slots from cursor `from` (0 = the start); fn returns
+ * non-zero to have the object removed (it may have freed it). Returns the cursor to go on from,
+ * 0 at the end. One call visits each object at most once; objects added, removed or moved
+ * between two calls may be visited twice or not at all by that scan. */
+uint64_t kv_oidx_each_range(struct kv_oidx *idx, uint64_t from, size_t nslots,
                             int (*fn)(void *ud, struct mobj *o), void *ud);
-/* Every object (as kv_oidx_each_range over all buckets). */
+/* Every object (as kv_oidx_each_range over all slots). */
 void kv_oidx_each(struct kv_oidx *idx, int (*fn)(void *ud, struct mobj *o), void *ud);
 
 struct dfree {

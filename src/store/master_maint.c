@@ -5,7 +5,7 @@
  *
  * Design: one thread, woken every evict_interval or by mst_maint_wake. Nothing here scans the
  * whole index under the lock: PENDING objects are reclaimed from the old end of their list, and
- * the TTL sweep visits TTL_STEP_BUCKETS buckets per step (TTL_STEPS_PER_TICK steps per tick),
+ * the TTL sweep visits TTL_STEP_SLOTS index slots per step (TTL_STEPS_PER_TICK steps per tick),
  * releasing the lock between steps. Design, states and invariants of the master: master.c.
  */
 #define KV_LOG_COMPONENT "master"
@@ -23,7 +23,7 @@
 #include "kvstash/store.h"
 #include "store/master_int.h"
 
-#define TTL_STEP_BUCKETS 4096 /* index buckets one TTL sweep step visits under the lock */
+#define TTL_STEP_SLOTS 4096 /* index slots one TTL sweep step visits under the lock */
 
 #define TTL_STEPS_PER_TICK 64 /* TTL sweep steps per maintenance tick */
 
@@ -117,7 +117,7 @@ void kv_master_maintain_now(struct kv_master *m, bool force_ttl)
         m->ttl_cursor = 0;
     }
     pthread_mutex_unlock(&m->lock);
-    /* the TTL sweep visits the index in steps of TTL_STEP_BUCKETS buckets, letting go of the lock
+    /* the TTL sweep visits the index in steps of TTL_STEP_SLOTS slots, letting go of the lock
      * between steps, at most TTL_STEPS_PER_TICK steps a tick (all of it when forced) */
     bool more = true;
     for (int steps = 0; more && (force_ttl || steps < TTL_STEPS_PER_TICK); steps++) {
@@ -127,7 +127,7 @@ void kv_master_maintain_now(struct kv_master *m, bool force_ttl)
             uint64_t before = c.expired;
             c.wall = kv_wall_ms();
             m->ttl_cursor =
-                kv_oidx_each_range(&m->index, m->ttl_cursor, TTL_STEP_BUCKETS, sweep_cb, &c);
+                kv_oidx_each_range(&m->index, m->ttl_cursor, TTL_STEP_SLOTS, sweep_cb, &c);
             more = m->ttl_active = m->ttl_cursor != 0;
             m->expired += c.expired - before;
         }

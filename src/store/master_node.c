@@ -151,8 +151,8 @@ static void mount_objects(struct kv_master *m, struct mnode *n, const struct mou
 {
     int64_t wall = kv_wall_ms();
     if (src->packed) {
-        /* the records are in a buffer: look PF_FAR records ahead to prefetch their buckets,
-         * PF_NEAR ahead for the objects the buckets point at */
+        /* the records are in a buffer: look PF_FAR records ahead to prefetch their home slots,
+         * PF_NEAR ahead for the objects the slots point at */
         enum { PF_FAR = 16, PF_NEAR = 8 };
         const uint8_t *end = src->packed_end, *far = src->packed, *near = src->packed;
         for (int k = 0; k < PF_FAR && far < end; k++) {

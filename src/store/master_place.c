@@ -289,9 +289,9 @@ bool mst_nodes_all_local(struct kv_master *m)
     return true;
 }
 
-/* At item i of a batch: asks the CPU for the index bucket of item i + 8 and the chain of item
- * i + 4, so the lookups of a large index overlap their cache misses instead of taking them one
- * after another (batch puts into millions of objects). Lock held. */
+/* At item i of a batch: asks the CPU for the index's home slot of item i + 8 and the object item
+ * i + 4's tag points at, so the lookups of a large index overlap their cache misses instead of
+ * taking them one after another (batch puts into millions of objects). Lock held. */
 void mst_prefetch_items(struct kv_master *m, Kvstash__PutItem **items, size_t n, size_t i)
 {
     enum { FAR = 8, NEAR = 4 };
