@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * master_index.c - the master's object index: key -> struct mobj, split in KV_OIDX_SHARDS shards
- * by the hash's top bits, each an open-addressing table (linear probing) that doubles on its own.
+ * by the hash's top bits, each an open-addressing table (linear probing) that grows on its own.
  * A slot is one 64-bit word: the object's address in the low 48 bits and 16 bits of the key's
  * hash above it (the tag). So
  *  - a lookup reads one run of slots (a cache line or two, its address known from the hash
@@ -9,11 +9,12 @@
  *    one object, a miss almost never reads one (1 in 65,536 per slot passed). A chained table
  *    read every object ahead of the key in its chain, one dependent DRAM miss each that no
  *    prefetch could cover;
- *  - the home slot of an object is its tag's top bits while a shard has at most 2^16 slots
- *    (16M slots in all), so growing a shard moves words without reading a single object (a
- *    chained table hashed every key again: a DRAM miss per object);
- *  - the index costs 8 bytes per slot at a load of 3/8 to 3/4: 10.7-21 bytes per object, and
- *    the object carries no link. The key's hash is not stored (computed again where needed).
+ *  - the home slot of an object is its tag scaled to the table's size while a shard has at most
+ *    2^16 home slots (16M in all), so growing a shard moves words without reading a single
+ *    object (a chained table hashed every key again: a DRAM miss per object);
+ *  - a table grows by a quarter at a load of 4/5: the index costs 10-12.5 bytes of slots per
+ *    object, and the object carries no link. The key's hash is not stored (computed again
+ *    where needed).
  * A resize moves 1/256 of the objects (milliseconds at 10M objects, not a second under a lock).
  * Probes never wrap: each table has SPILL slots past its last home slot, and an insert that
  * would run past them grows the table. So a scan in slot order (kv_oidx_each_range) never
@@ -23,8 +24,8 @@
  *  1. An object is in at most one slot, in shard (hash >> 24) with hash = kv_oidx_hash(o->key)
  *     (the low 32 bits of kv_hash64), at or after its home slot, with no empty slot between its
  *     home and itself; the slot's tag is bits 8-23 of the hash.
- *  2. idx->n is the sum of the shards' n; a shard's n <= 3/4 of its nb (but for an insert whose
- *     resize failed for want of memory).
+ *  2. idx->n is the sum of the shards' n; a shard's n <= 4/5 of its nb (but for an insert whose
+ *     resize failed for want of memory); homes are monotonic in the hash's 24 in-shard bits.
  *  3. An each callback that returns non-zero has the object removed after it returned, without
  *     being touched again (the callback may have freed it).
  * Thread-safety: writers hold the master's lock (master_int.h), so they never run at the same
@@ -35,6 +36,7 @@
  */
 #include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "common/alloc.h"
 #include "common/hash.h"
@@ -47,8 +49,10 @@
 #define MIN_SLOTS 16
 #define PTR_BITS 48
 #define PTR_MASK ((UINT64_C(1) << PTR_BITS) - 1)
-/* lg (log2 of a shard's slots) at most: 2^24 slots a shard, 4G in all */
-#define MAX_LG 24
+/* a shard's home slots at most: 2^24, 4G in all */
+#define MAX_SLOTS ((size_t)1 << 24)
+/* up to this many home slots, a home slot follows from the tag alone */
+#define TAG_SLOTS ((size_t)1 << 16)
 
 static struct kv_oidx_shard *shard_of(struct kv_oidx *idx, uint32_t h)
 {
@@ -66,10 +70,14 @@ static inline uint64_t tag_of(uint32_t h)
     return (h >> 8) & 0xffff;
 }
 
-/* 24 bits of the hash, the tag's on top: a shard of 2^lg slots homes the hash at its top lg. */
-static inline size_t home_h(uint32_t h, unsigned lg)
+/* The home slot of hash h in a table of nb home slots: the hash's 24 in-shard bits (the tag on
+ * top) scaled to nb, so homes keep the hashes' order and any nb will do (a table grows by a
+ * quarter, not by doubling). Up to TAG_SLOTS the tag alone gives the home. */
+static inline size_t home_h(uint32_t h, size_t nb)
 {
-    return (size_t)(((h >> 8) & 0xffff) << 8 | (h & 0xff)) >> (24 - lg);
+    if (nb <= TAG_SLOTS)
+        return (size_t)((tag_of(h) * nb) >> 16);
+    return (size_t)(((uint64_t)(h & 0xffffff) * nb) >> 24);
 }
 
 static inline struct mobj *slot_obj(uint64_t v)
@@ -77,12 +85,53 @@ static inline struct mobj *slot_obj(uint64_t v)
     return (struct mobj *)(uintptr_t)(v & PTR_MASK);
 }
 
-/* The home slot of the object in slot word v: from the tag alone up to 2^16 slots. */
-static size_t home_v(const struct kv_oidx_shard *s, uint64_t v)
+/* The home slot of the object in slot word v in a table of nb home slots: from the tag alone
+ * up to TAG_SLOTS, else from its key. */
+static size_t home_v(uint64_t v, size_t nb)
 {
-    if (s->lg <= 16)
-        return (size_t)(v >> PTR_BITS) >> (16 - s->lg);
-    return home_h(kv_oidx_hash(slot_obj(v)->key), s->lg);
+    if (nb <= TAG_SLOTS)
+        return (size_t)(((v >> PTR_BITS) * nb) >> 16);
+    return home_h(kv_oidx_hash(slot_obj(v)->key), nb);
+}
+
+/* A table's size after growing: by a quarter, in whole pairs of cache lines of slots. With a
+ * load of 4/5 at most, the index then costs 10-12.5 bytes of slots per object: a table that
+ * doubled at a load of 3/4 cost 10.7-21 (17 at 1M objects: the master's 150-byte goal missed
+ * by one byte). More frequent resizes cost little: they move words, not objects. */
+static size_t grown(size_t nb)
+{
+    return (nb + nb / 4 + 15) & ~(size_t)15;
+}
+
+/* The fewest home slots (a multiple of 16) that hold n objects at a load of 4/5 */
+static size_t slots_for(size_t n)
+{
+    size_t nb = ((n * 5 + 3) / 4 + 15) & ~(size_t)15;
+    return nb < MIN_SLOTS ? MIN_SLOTS : nb < MAX_SLOTS ? nb : MAX_SLOTS;
+}
+
+/* Tables from MAP_BYTES up are mappings of their own, so that the one a resize replaces goes
+ * back to the system at once (glibc's mmap threshold rises to the size of the first mapped
+ * block freed, after which blocks of that size come from the heap and may stay resident). */
+#define MAP_BYTES (64u << 10)
+
+static uint64_t *table_new(size_t slots)
+{
+    size_t bytes = slots * sizeof(uint64_t);
+    if (bytes < MAP_BYTES)
+        return kv_calloc(slots, sizeof(uint64_t));
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void table_free(uint64_t *t, size_t slots)
+{
+    if (!t)
+        return;
+    if (slots * sizeof(uint64_t) < MAP_BYTES)
+        kv_free(t);
+    else
+        munmap(t, slots * sizeof(uint64_t));
 }
 
 void kv_oidx_init(struct kv_oidx *idx)
@@ -95,10 +144,9 @@ void kv_oidx_init(struct kv_oidx *idx)
 void kv_oidx_fini(struct kv_oidx *idx)
 {
     for (size_t i = 0; i < KV_OIDX_SHARDS; i++) {
-        kv_free(idx->sh[i].slot);
+        table_free(idx->sh[i].slot, idx->sh[i].nb ? idx->sh[i].nb + SPILL : 0);
         idx->sh[i].slot = NULL;
         idx->sh[i].nb = idx->sh[i].n = 0;
-        idx->sh[i].lg = 0;
         pthread_mutex_destroy(&idx->sh[i].lock);
     }
     idx->n = 0;
@@ -120,7 +168,7 @@ static struct mobj *get_h(const struct kv_oidx *idx, const char *key, uint32_t h
     if (!s->nb)
         return NULL;
     uint64_t t = tag_of(h);
-    for (size_t i = home_h(h, s->lg), end = s->nb + SPILL; i < end; i++) {
+    for (size_t i = home_h(h, s->nb), end = s->nb + SPILL; i < end; i++) {
         uint64_t v = s->slot[i];
         if (!v)
             return NULL;
@@ -144,7 +192,7 @@ static void prefetch_obj(const struct kv_oidx_shard *s, uint32_t h, size_t klen)
     if (!s->nb)
         return;
     uint64_t t = tag_of(h);
-    for (size_t i = home_h(h, s->lg), end = s->nb + SPILL; i < end; i++) {
+    for (size_t i = home_h(h, s->nb), end = s->nb + SPILL; i < end; i++) {
         uint64_t v = s->slot[i];
         if (!v)
             return;
@@ -168,7 +216,7 @@ void kv_oidx_prefetch(const struct kv_oidx *idx, uint32_t h, bool obj)
     if (obj)
         prefetch_obj(s, h, 0); /* keys up to 31 bytes: the common case */
     else
-        __builtin_prefetch(&s->slot[home_h(h, s->lg)]);
+        __builtin_prefetch(&s->slot[home_h(h, s->nb)]);
 }
 
 struct mobj *kv_oidx_get_h(const struct kv_oidx *idx, const char *key, uint32_t h)
@@ -180,11 +228,11 @@ void kv_oidx_prefetch_home(const struct kv_oidx *idx, uint32_t h)
 {
     const struct kv_oidx_shard *s = &idx->sh[h >> (32 - SHARD_BITS)];
     uint64_t *b = __atomic_load_n(&s->slot, __ATOMIC_RELAXED);
-    unsigned lg = __atomic_load_n(&s->lg, __ATOMIC_RELAXED);
-    /* b and lg may come from two different resizes: the address is only a hint, prefetching
+    size_t nb = __atomic_load_n(&s->nb, __ATOMIC_RELAXED);
+    /* b and nb may come from two different resizes: the address is only a hint, prefetching
      * never faults, and nothing is read through it */
-    if (b && lg)
-        __builtin_prefetch(&b[home_h(h, lg)]);
+    if (b && nb)
+        __builtin_prefetch(&b[home_h(h, nb)]);
 }
 
 /* Takes shard si's lock and asks the CPU for the objects the keys ord[from..to) (all of that
@@ -248,11 +296,11 @@ int kv_oidx_peek_batch(struct kv_oidx *idx, const char *const *keys, const uint3
     return KV_OK;
 }
 
-/* Puts slot word v into table t of 2^lg (+ SPILL) slots at its first free slot from its home
- * (t is new: no lookups). False when the run would pass the spill slots. */
-static bool place(uint64_t *t, unsigned lg, size_t home, uint64_t v)
+/* Puts slot word v into table t of nb (+ SPILL) slots at its first free slot from its home (t
+ * is new: no lookups). False when the run would pass the spill slots. */
+static bool place(uint64_t *t, size_t nb, size_t home, uint64_t v)
 {
-    for (size_t i = home, end = ((size_t)1 << lg) + SPILL; i < end; i++) {
+    for (size_t i = home, end = nb + SPILL; i < end; i++) {
         if (!t[i]) {
             t[i] = v;
             return true;
@@ -261,59 +309,44 @@ static bool place(uint64_t *t, unsigned lg, size_t home, uint64_t v)
     return false;
 }
 
-/* Gives s a table of 2^lg slots or more (lg above s->lg), moving every slot over. On allocation
- * failure the table stays as it is. Caller holds s->lock. */
-static void resize(struct kv_oidx_shard *s, unsigned lg)
+/* Gives s a table of nb home slots or more (nb above s->nb), moving every slot over. On
+ * allocation failure the table stays as it is. Caller holds s->lock. */
+static void resize(struct kv_oidx_shard *s, size_t nb)
 {
-    for (; lg <= MAX_LG; lg++) {
-        size_t nb = (size_t)1 << lg;
-        uint64_t *t = kv_calloc(nb + SPILL, sizeof(*t));
+    for (; nb <= MAX_SLOTS; nb = grown(nb)) {
+        uint64_t *t = table_new(nb + SPILL);
         if (!t)
             return;
         bool ok = true;
         /* in slot order: each word lands at or after the new home of every word before it
          * with the same home, so runs stay in order */
-        for (size_t i = 0; ok && i < (s->nb ? s->nb + SPILL : 0); i++) {
-            uint64_t v = s->slot[i];
-            if (!v)
-                continue;
-            size_t home = lg <= 16 ? (size_t)(v >> PTR_BITS) >> (16 - lg)
-                                   : home_h(kv_oidx_hash(slot_obj(v)->key), lg);
-            ok = place(t, lg, home, v);
-        }
-        if (!ok) { /* a run passed the spill slots: twice as many again */
-            kv_free(t);
+        for (size_t i = 0; ok && i < (s->nb ? s->nb + SPILL : 0); i++)
+            if (s->slot[i])
+                ok = place(t, nb, home_v(s->slot[i], nb), s->slot[i]);
+        if (!ok) { /* a run passed the spill slots: larger again */
+            table_free(t, nb + SPILL);
             continue;
         }
-        kv_free(s->slot);
+        table_free(s->slot, s->nb ? s->nb + SPILL : 0);
         /* atomic stores: kv_oidx_prefetch_home reads them without any lock */
         __atomic_store_n(&s->slot, t, __ATOMIC_RELAXED);
-        __atomic_store_n(&s->lg, lg, __ATOMIC_RELAXED);
-        s->nb = nb;
+        __atomic_store_n(&s->nb, nb, __ATOMIC_RELAXED);
         return;
     }
-}
-
-static unsigned lg_for(size_t n)
-{
-    unsigned lg = 4; /* MIN_SLOTS */
-    while (lg < MAX_LG && ((size_t)1 << lg) / 4 * 3 < n)
-        lg++;
-    return lg;
 }
 
 void kv_oidx_reserve(struct kv_oidx *idx, size_t n)
 {
     size_t per = n / KV_OIDX_SHARDS + n / KV_OIDX_SHARDS / 8 + 1; /* + 1/8: shards are uneven */
-    unsigned lg = lg_for(per);
+    size_t nb = slots_for(per);
     for (size_t i = 0; i < KV_OIDX_SHARDS; i++) {
         struct kv_oidx_shard *s = &idx->sh[i];
-        if (s->lg >= lg)
+        if (s->nb >= nb)
             continue;
         /* the new table is allocated under the lock: readers of this shard wait for one
          * shard's move (1/256 of the objects), never for the whole index */
         pthread_mutex_lock(&s->lock);
-        resize(s, lg);
+        resize(s, nb);
         pthread_mutex_unlock(&s->lock);
     }
 }
@@ -326,15 +359,15 @@ int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
     uint64_t v = tag_of(h) << PTR_BITS | p;
     struct kv_oidx_shard *s = shard_of(idx, h);
     pthread_mutex_lock(&s->lock);
-    if (!s->nb || s->n + 1 > s->nb / 4 * 3) /* a load of at most 3/4 */
-        resize(s, s->nb ? s->lg + 1 : lg_for(MIN_SLOTS / 2));
-    bool ok = s->nb && place(s->slot, s->lg, home_h(h, s->lg), v);
-    while (!ok && s->nb && s->lg < MAX_LG) { /* the run passed the spill slots */
-        unsigned lg = s->lg;
-        resize(s, lg + 1);
-        if (s->lg == lg)
+    if (!s->nb || s->n + 1 > s->nb / 5 * 4) /* a load of at most 4/5 */
+        resize(s, s->nb ? grown(s->nb) : MIN_SLOTS);
+    bool ok = s->nb && place(s->slot, s->nb, home_h(h, s->nb), v);
+    while (!ok && s->nb && s->nb < MAX_SLOTS) { /* the run passed the spill slots */
+        size_t nb = s->nb;
+        resize(s, grown(nb));
+        if (s->nb == nb)
             break; /* no memory to grow */
-        ok = place(s->slot, s->lg, home_h(h, s->lg), v);
+        ok = place(s->slot, s->nb, home_h(h, s->nb), v);
     }
     if (ok)
         s->n++;
@@ -350,7 +383,7 @@ int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
 static void erase_at(struct kv_oidx_shard *s, size_t i)
 {
     for (size_t j = i + 1, end = s->nb + SPILL; j < end && s->slot[j]; j++) {
-        if (home_v(s, s->slot[j]) <= i) {
+        if (home_v(s->slot[j], s->nb) <= i) {
             s->slot[i] = s->slot[j];
             i = j;
         }
@@ -366,7 +399,7 @@ static bool unlink_obj(struct kv_oidx *idx, struct mobj *o, struct mobj *g)
     struct kv_oidx_shard *s = shard_of(idx, h);
     bool found = false;
     pthread_mutex_lock(&s->lock);
-    for (size_t i = s->nb ? home_h(h, s->lg) : 0, end = s->nb ? s->nb + SPILL : 0;
+    for (size_t i = s->nb ? home_h(h, s->nb) : 0, end = s->nb ? s->nb + SPILL : 0;
          i < end && s->slot[i]; i++) {
         if (slot_obj(s->slot[i]) == o) {
             if (g) {

@@ -113,9 +113,8 @@ static inline struct mrep *obj_rep(struct mobj *o)
 struct kv_oidx_shard {
     pthread_mutex_t lock;
     uint64_t *slot; /* nb + SPILL slot words (master_index.c), or NULL */
-    size_t nb;      /* 2^lg home slots, or 0 */
+    size_t nb;      /* home slots (a multiple of 16), or 0 */
     size_t n;
-    unsigned lg;
 };
 
 struct kv_oidx {
