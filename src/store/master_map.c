@@ -1,18 +1,74 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * master_map.c - string-keyed chained hash map (see master_map.h): KV_SMAP_SHARDS tables by the
- * hash's top bits, each doubling when its load passes 1; hashing is xxh3 (common/hash.h).
- * Thread model: none (owner's lock).
+ * master_map.c - string-keyed hash map (see master_map.h): KV_SMAP_SHARDS tables by the hash's
+ * top bits, each an open-addressing table (linear probing) of 64-bit slot words, the design of
+ * the master's index (master_index.c): an entry's address in the low 48 bits and 16 bits of the
+ * key's hash above it (the tag). An entry is one allocation, the value pointer and the key.
+ *  - A lookup reads the run of slots from the key's home and follows only slots whose tag
+ *    matches: a hit reads one entry (key and value pointer in one line), a miss almost none.
+ *    The chained map it replaces read an entry, then its separately allocated key, for every
+ *    entry ahead in the chain.
+ *  - Up to TAG_SLOTS home slots a shard, a home follows from the tag, so growing moves words
+ *    and reads no entry.
+ *  - A table grows by a quarter at a load of 4/5; probes never wrap (SPILL slots past the last
+ *    home; a run that would pass them grows the table), so a scan in slot order meets each entry
+ *    once and deletion shifts later slots back (no tombstones).
+ * Hashing is xxh3 (common/hash.h). Thread model: none (owner's lock).
  */
 #include "store/master_map.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 #include "common/alloc.h"
 #include "common/hash.h"
 
-#define SHARD_SHIFT 58 /* 64 - log2(KV_SMAP_SHARDS) */
+#define SHARD_SHIFT 56 /* 64 - log2(KV_SMAP_SHARDS) */
 _Static_assert(KV_SMAP_SHARDS == 1 << (64 - SHARD_SHIFT), "KV_SMAP_SHARDS and SHARD_SHIFT agree");
+#define SPILL 64
+#define MIN_SLOTS 16
+#define MAX_SLOTS ((size_t)1 << 24)
+#define TAG_SLOTS ((size_t)1 << 16)
+#define PTR_BITS 48
+#define PTR_MASK ((UINT64_C(1) << PTR_BITS) - 1)
+
+struct ent {
+    void *val;
+    char key[];
+};
+
+static inline struct ent *ent_of(uint64_t v)
+{
+    return (struct ent *)(uintptr_t)(v & PTR_MASK);
+}
+
+/* the 24 bits of the hash below the shard's, the tag (16 bits) on top */
+static inline uint64_t in_shard(uint64_t h)
+{
+    return (h >> (SHARD_SHIFT - 24)) & 0xffffff;
+}
+
+/* The home slot of hash h in nb home slots: in_shard(h) scaled to nb (any nb will do, homes
+ * keep the hashes' order); up to TAG_SLOTS from the tag alone. */
+static inline size_t home_h(uint64_t h, size_t nb)
+{
+    if (nb <= TAG_SLOTS)
+        return (size_t)(((in_shard(h) >> 8) * nb) >> 16);
+    return (size_t)((in_shard(h) * nb) >> 24);
+}
+
+static size_t home_v(uint64_t v, size_t nb)
+{
+    if (nb <= TAG_SLOTS)
+        return (size_t)(((v >> PTR_BITS) * nb) >> 16);
+    const char *k = ent_of(v)->key;
+    return home_h(kv_hash64(k, strlen(k)), nb);
+}
+
+static size_t grown(size_t nb)
+{
+    return (nb + nb / 4 + 15) & ~(size_t)15;
+}
 
 void kv_smap_init(struct kv_smap *m)
 {
@@ -23,15 +79,9 @@ void kv_smap_fini(struct kv_smap *m)
 {
     for (size_t s = 0; s < KV_SMAP_SHARDS; s++) {
         struct kv_smap_shard *sh = &m->sh[s];
-        for (size_t i = 0; i < sh->nb; i++) {
-            for (struct kv_smap_ent *e = sh->b[i]; e;) {
-                struct kv_smap_ent *n = e->next;
-                kv_free(e->key);
-                kv_free(e);
-                e = n;
-            }
-        }
-        kv_free(sh->b);
+        for (size_t i = 0; sh->nb && i < sh->nb + SPILL; i++)
+            kv_free(ent_of(sh->slot[i]));
+        kv_free(sh->slot);
     }
     memset(m, 0, sizeof(*m));
 }
@@ -41,22 +91,33 @@ static struct kv_smap_shard *shard(const struct kv_smap *m, uint64_t h)
     return (struct kv_smap_shard *)&m->sh[h >> SHARD_SHIFT];
 }
 
-static struct kv_smap_ent **find(const struct kv_smap_shard *sh, const char *key, uint64_t h)
+/* The slot holding key (hash h), or the empty slot its run ends at (*found false; SIZE_MAX when
+ * the run reaches the end of the spill slots). */
+static size_t find(const struct kv_smap_shard *sh, const char *key, uint64_t h, bool *found)
 {
+    *found = false;
     if (!sh->nb)
-        return NULL;
-    struct kv_smap_ent **pp = &sh->b[h & (sh->nb - 1)];
-    for (; *pp; pp = &(*pp)->next)
-        if ((*pp)->hash == h && strcmp((*pp)->key, key) == 0)
-            return pp;
-    return pp;
+        return SIZE_MAX;
+    uint64_t t = in_shard(h) >> 8;
+    for (size_t i = home_h(h, sh->nb), end = sh->nb + SPILL; i < end; i++) {
+        uint64_t v = sh->slot[i];
+        if (!v)
+            return i;
+        if (v >> PTR_BITS == t && strcmp(ent_of(v)->key, key) == 0) {
+            *found = true;
+            return i;
+        }
+    }
+    return SIZE_MAX;
 }
 
 void *kv_smap_get(const struct kv_smap *m, const char *key)
 {
     uint64_t h = kv_hash64(key, strlen(key));
-    struct kv_smap_ent **pp = find(shard(m, h), key, h);
-    return pp && *pp ? (*pp)->val : NULL;
+    const struct kv_smap_shard *sh = shard(m, h);
+    bool found;
+    size_t i = find(sh, key, h, &found);
+    return found ? ent_of(sh->slot[i])->val : NULL;
 }
 
 void kv_smap_prefetch(const struct kv_smap *m, const char *key)
@@ -64,76 +125,108 @@ void kv_smap_prefetch(const struct kv_smap *m, const char *key)
     uint64_t h = kv_hash64(key, strlen(key));
     const struct kv_smap_shard *sh = shard(m, h);
     if (sh->nb)
-        __builtin_prefetch(&sh->b[h & (sh->nb - 1)]);
+        __builtin_prefetch(&sh->slot[home_h(h, sh->nb)]);
 }
 
-static int grow(struct kv_smap_shard *sh)
+/* Gives sh a table of nb home slots or more, moving every word over (in slot order, so runs
+ * keep their order). KV_ENOMEM leaves the table as it was. */
+static int grow(struct kv_smap_shard *sh, size_t nb)
 {
-    size_t nb = sh->nb ? sh->nb * 2 : 16;
-    struct kv_smap_ent **b = kv_calloc(nb, sizeof(*b));
-    if (!b)
-        return KV_ENOMEM;
-    for (size_t i = 0; i < sh->nb; i++) {
-        for (struct kv_smap_ent *e = sh->b[i]; e;) {
-            struct kv_smap_ent *n = e->next;
-            e->next = b[e->hash & (nb - 1)];
-            b[e->hash & (nb - 1)] = e;
-            e = n;
+    for (; nb <= MAX_SLOTS; nb = grown(nb)) {
+        uint64_t *t = kv_calloc(nb + SPILL, sizeof(*t));
+        if (!t)
+            return KV_ENOMEM;
+        bool ok = true;
+        for (size_t i = 0; ok && sh->nb && i < sh->nb + SPILL; i++) {
+            uint64_t v = sh->slot[i];
+            if (!v)
+                continue;
+            size_t j = home_v(v, nb);
+            while (j < nb + SPILL && t[j])
+                j++;
+            if (j == nb + SPILL)
+                ok = false; /* a run passed the spill slots: larger again */
+            else
+                t[j] = v;
         }
+        if (!ok) {
+            kv_free(t);
+            continue;
+        }
+        kv_free(sh->slot);
+        sh->slot = t;
+        sh->nb = nb;
+        return KV_OK;
     }
-    kv_free(sh->b);
-    sh->b = b;
-    sh->nb = nb;
-    return KV_OK;
+    return KV_ENOMEM;
 }
 
 int kv_smap_put(struct kv_smap *m, const char *key, void *val)
 {
     uint64_t h = kv_hash64(key, strlen(key));
     struct kv_smap_shard *sh = shard(m, h);
-    if (sh->n >= sh->nb && grow(sh) < 0)
-        return KV_ENOMEM;
-    struct kv_smap_ent **pp = find(sh, key, h);
-    if (*pp)
-        return KV_EEXIST;
-    struct kv_smap_ent *e = kv_malloc(sizeof(*e));
-    char *k = kv_strdup(key);
-    if (!e || !k) {
-        kv_free(e);
-        kv_free(k);
-        return KV_ENOMEM;
+    if (!sh->nb || sh->n + 1 > sh->nb / 5 * 4) { /* a load of at most 4/5 */
+        int rc = grow(sh, sh->nb ? grown(sh->nb) : MIN_SLOTS);
+        if (rc < 0 && !sh->nb)
+            return rc; /* else: fuller than 4/5 for now */
     }
-    e->key = k;
-    e->hash = h;
+    bool found;
+    size_t i = find(sh, key, h, &found);
+    if (found)
+        return KV_EEXIST;
+    while (i == SIZE_MAX) { /* the run reaches past the spill slots */
+        if (sh->nb >= MAX_SLOTS || grow(sh, grown(sh->nb)) < 0)
+            return KV_ENOMEM;
+        i = find(sh, key, h, &found);
+    }
+    size_t klen = strlen(key);
+    struct ent *e = kv_malloc(sizeof(*e) + klen + 1);
+    if (!e)
+        return KV_ENOMEM;
+    if ((uint64_t)(uintptr_t)e & ~PTR_MASK) {
+        kv_free(e);
+        return KV_ERANGE; /* an address above 2^48: no room for the tag */
+    }
     e->val = val;
-    e->next = NULL;
-    *pp = e;
+    memcpy(e->key, key, klen + 1);
+    sh->slot[i] = (in_shard(h) >> 8) << PTR_BITS | (uint64_t)(uintptr_t)e;
     sh->n++;
     m->n++;
     return KV_OK;
+}
+
+/* Frees slot i's entry and empties the slot, moving later words of its run back so that none is
+ * cut off from its home. */
+static void erase_at(struct kv_smap *m, struct kv_smap_shard *sh, size_t i)
+{
+    kv_free(ent_of(sh->slot[i]));
+    for (size_t j = i + 1, end = sh->nb + SPILL; j < end && sh->slot[j]; j++) {
+        if (home_v(sh->slot[j], sh->nb) <= i) {
+            sh->slot[i] = sh->slot[j];
+            i = j;
+        }
+    }
+    sh->slot[i] = 0;
+    sh->n--;
+    m->n--;
 }
 
 void *kv_smap_del(struct kv_smap *m, const char *key)
 {
     uint64_t h = kv_hash64(key, strlen(key));
     struct kv_smap_shard *sh = shard(m, h);
-    struct kv_smap_ent **pp = find(sh, key, h);
-    if (!pp || !*pp)
+    bool found;
+    size_t i = find(sh, key, h, &found);
+    if (!found)
         return NULL;
-    struct kv_smap_ent *e = *pp;
-    *pp = e->next;
-    void *v = e->val;
-    kv_free(e->key);
-    kv_free(e);
-    sh->n--;
-    m->n--;
+    void *v = ent_of(sh->slot[i])->val;
+    erase_at(m, sh, i);
     return v;
 }
 
-/* Visiting millions of entries, each a chain of three allocations (entry, key, value) met in
- * no useful order, is a run of dependent cache misses: the loop asks for the entries of
- * buckets PF_FAR ahead, and for the keys and values of those PF_NEAR ahead, so that the misses
- * overlap (a node listing 10M objects for MOUNT: about 3x faster). */
+/* Visiting millions of entries met in no useful order is a run of dependent cache misses (the
+ * entry, then the value): the loop asks for the entries PF_FAR slots ahead and for the values
+ * of those PF_NEAR ahead, so that the misses overlap (a node listing 10M objects for MOUNT). */
 #define PF_FAR 16
 #define PF_NEAR 8
 
@@ -141,26 +234,17 @@ void kv_smap_each(struct kv_smap *m, int (*fn)(void *ud, const char *key, void *
 {
     for (size_t s = 0; s < KV_SMAP_SHARDS; s++) {
         struct kv_smap_shard *sh = &m->sh[s];
-        for (size_t i = 0; i < sh->nb; i++) {
-            if (i + PF_FAR < sh->nb && sh->b[i + PF_FAR])
-                __builtin_prefetch(sh->b[i + PF_FAR]);
-            if (i + PF_NEAR < sh->nb && sh->b[i + PF_NEAR]) {
-                __builtin_prefetch(sh->b[i + PF_NEAR]->key);
-                __builtin_prefetch(sh->b[i + PF_NEAR]->val);
-            }
-            struct kv_smap_ent **pp = &sh->b[i];
-            while (*pp) {
-                struct kv_smap_ent *e = *pp;
-                if (fn(ud, e->key, e->val)) {
-                    *pp = e->next;
-                    kv_free(e->key);
-                    kv_free(e);
-                    sh->n--;
-                    m->n--;
-                } else {
-                    pp = &e->next;
-                }
-            }
+        size_t end = sh->nb ? sh->nb + SPILL : 0;
+        for (size_t i = 0; i < end;) {
+            if (i + PF_FAR < end && sh->slot[i + PF_FAR])
+                __builtin_prefetch(ent_of(sh->slot[i + PF_FAR]));
+            if (i + PF_NEAR < end && sh->slot[i + PF_NEAR])
+                __builtin_prefetch(ent_of(sh->slot[i + PF_NEAR])->val);
+            uint64_t v = sh->slot[i];
+            if (v && fn(ud, ent_of(v)->key, ent_of(v)->val))
+                erase_at(m, sh, i); /* a later word may move into i: look again */
+            else
+                i++;
         }
     }
 }

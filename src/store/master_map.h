@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * master_map.h - a string-keyed hash map (chained, sharded, each shard doubling) used by the
- * node's object table and the SSD tier. Keys are NUL-terminated and copied; values are
- * borrowed pointers the owner frees.
+ * master_map.h - a string-keyed hash map (open addressing, sharded, each shard growing on its
+ * own) used by the node's object table and the SSD tier. Keys are NUL-terminated and copied;
+ * values are borrowed pointers the owner frees.
  *
  * Thread-safety: none; the owner guards it.
  */
@@ -14,21 +14,14 @@
 
 #include "kvstash/err.h"
 
-struct kv_smap_ent {
-    char *key;
-    uint64_t hash;
-    void *val;
-    struct kv_smap_ent *next;
-};
-
-/* KV_SMAP_SHARDS tables, picked by the hash's top bits, each doubling on its own: growing
- * rehashes 1/64 of the entries (milliseconds at 10M entries under the owner's lock, not the
+/* KV_SMAP_SHARDS tables, picked by the hash's top bits, each growing on its own: a resize
+ * moves 1/256 of the entries (milliseconds at 10M entries under the owner's lock, not the
  * second a single table took). */
-#define KV_SMAP_SHARDS 64
+#define KV_SMAP_SHARDS 256
 
 struct kv_smap_shard {
-    struct kv_smap_ent **b;
-    size_t nb; /* power of two, or 0 */
+    uint64_t *slot; /* nb + spill slot words (master_map.c), or NULL */
+    size_t nb;      /* home slots (a multiple of 16), or 0 */
     size_t n;
 };
 
