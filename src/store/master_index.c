@@ -41,18 +41,12 @@
 #include "common/alloc.h"
 #include "common/hash.h"
 #include "store/master_int.h"
+#include "store/slot_word.h"
 
 #define SHARD_BITS 8
 /* Slots beyond the last home slot, so that probes never wrap (a run that would pass them grows
  * the table instead). */
 #define SPILL 128
-#define MIN_SLOTS 16
-#define PTR_BITS 48
-#define PTR_MASK ((UINT64_C(1) << PTR_BITS) - 1)
-/* a shard's home slots at most: 2^24, 4G in all */
-#define MAX_SLOTS ((size_t)1 << 24)
-/* up to this many home slots, a home slot follows from the tag alone */
-#define TAG_SLOTS ((size_t)1 << 16)
 
 static struct kv_oidx_shard *shard_of(struct kv_oidx *idx, uint32_t h)
 {
@@ -70,44 +64,27 @@ static inline uint64_t tag_of(uint32_t h)
     return (h >> 8) & 0xffff;
 }
 
-/* The home slot of hash h in a table of nb home slots: the hash's 24 in-shard bits (the tag on
- * top) scaled to nb, so homes keep the hashes' order and any nb will do (a table grows by a
- * quarter, not by doubling). Up to TAG_SLOTS the tag alone gives the home. */
+/* The home slot of hash h in nb home slots (slot_word.h): the hash's low 24 bits, the tag on
+ * top. */
 static inline size_t home_h(uint32_t h, size_t nb)
 {
-    if (nb <= TAG_SLOTS)
-        return (size_t)((tag_of(h) * nb) >> 16);
-    return (size_t)(((uint64_t)(h & 0xffffff) * nb) >> 24);
+    return kv_slot_home(h & 0xffffff, nb);
 }
 
 static inline struct mobj *slot_obj(uint64_t v)
 {
-    return (struct mobj *)(uintptr_t)(v & PTR_MASK);
+    return kv_slot_ptr(v);
 }
 
-/* The home slot of the object in slot word v in a table of nb home slots: from the tag alone
- * up to TAG_SLOTS, else from its key. */
+/* The home slot of the object in slot word v in nb home slots: from the tag alone up to
+ * KV_SLOT_TAG_MAX, else from its key. (Growing by a quarter at 4/5, slot_word.h: a table that
+ * doubled at a load of 3/4 cost 17 bytes of slots per object at 1M objects, and the master
+ * missed its 150-byte goal by one byte.) */
 static size_t home_v(uint64_t v, size_t nb)
 {
-    if (nb <= TAG_SLOTS)
-        return (size_t)(((v >> PTR_BITS) * nb) >> 16);
+    if (nb <= KV_SLOT_TAG_MAX)
+        return kv_slot_home(kv_slot_tag(v) << 8, nb);
     return home_h(kv_oidx_hash(slot_obj(v)->key), nb);
-}
-
-/* A table's size after growing: by a quarter, in whole pairs of cache lines of slots. With a
- * load of 4/5 at most, the index then costs 10-12.5 bytes of slots per object: a table that
- * doubled at a load of 3/4 cost 10.7-21 (17 at 1M objects: the master's 150-byte goal missed
- * by one byte). More frequent resizes cost little: they move words, not objects. */
-static size_t grown(size_t nb)
-{
-    return (nb + nb / 4 + 15) & ~(size_t)15;
-}
-
-/* The fewest home slots (a multiple of 16) that hold n objects at a load of 4/5 */
-static size_t slots_for(size_t n)
-{
-    size_t nb = ((n * 5 + 3) / 4 + 15) & ~(size_t)15;
-    return nb < MIN_SLOTS ? MIN_SLOTS : nb < MAX_SLOTS ? nb : MAX_SLOTS;
 }
 
 /* Tables from MAP_BYTES up are mappings of their own, so that the one a resize replaces goes
@@ -172,7 +149,7 @@ static struct mobj *get_h(const struct kv_oidx *idx, const char *key, uint32_t h
         uint64_t v = s->slot[i];
         if (!v)
             return NULL;
-        if (v >> PTR_BITS == t && strcmp(slot_obj(v)->key, key) == 0)
+        if (kv_slot_tag(v) == t && strcmp(slot_obj(v)->key, key) == 0)
             return slot_obj(v);
     }
     return NULL;
@@ -196,7 +173,7 @@ static void prefetch_obj(const struct kv_oidx_shard *s, uint32_t h, size_t klen)
         uint64_t v = s->slot[i];
         if (!v)
             return;
-        if (v >> PTR_BITS == t) {
+        if (kv_slot_tag(v) == t) {
             const char *o = (const char *)slot_obj(v), *k = o + offsetof(struct mobj, key);
             __builtin_prefetch(k - 8);
             __builtin_prefetch(k + (klen > 31 ? klen : 31));
@@ -296,24 +273,11 @@ int kv_oidx_peek_batch(struct kv_oidx *idx, const char *const *keys, const uint3
     return KV_OK;
 }
 
-/* Puts slot word v into table t of nb (+ SPILL) slots at its first free slot from its home (t
- * is new: no lookups). False when the run would pass the spill slots. */
-static bool place(uint64_t *t, size_t nb, size_t home, uint64_t v)
-{
-    for (size_t i = home, end = nb + SPILL; i < end; i++) {
-        if (!t[i]) {
-            t[i] = v;
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Gives s a table of nb home slots or more (nb above s->nb), moving every slot over. On
  * allocation failure the table stays as it is. Caller holds s->lock. */
 static void resize(struct kv_oidx_shard *s, size_t nb)
 {
-    for (; nb <= MAX_SLOTS; nb = grown(nb)) {
+    for (; nb <= KV_SLOT_MAX; nb = kv_slots_grown(nb)) {
         uint64_t *t = table_new(nb + SPILL);
         if (!t)
             return;
@@ -322,7 +286,7 @@ static void resize(struct kv_oidx_shard *s, size_t nb)
          * with the same home, so runs stay in order */
         for (size_t i = 0; ok && i < (s->nb ? s->nb + SPILL : 0); i++)
             if (s->slot[i])
-                ok = place(t, nb, home_v(s->slot[i], nb), s->slot[i]);
+                ok = kv_slots_place(t, nb + SPILL, home_v(s->slot[i], nb), s->slot[i]);
         if (!ok) { /* a run passed the spill slots: larger again */
             table_free(t, nb + SPILL);
             continue;
@@ -338,7 +302,7 @@ static void resize(struct kv_oidx_shard *s, size_t nb)
 void kv_oidx_reserve(struct kv_oidx *idx, size_t n)
 {
     size_t per = n / KV_OIDX_SHARDS + n / KV_OIDX_SHARDS / 8 + 1; /* + 1/8: shards are uneven */
-    size_t nb = slots_for(per);
+    size_t nb = kv_slots_for(per);
     for (size_t i = 0; i < KV_OIDX_SHARDS; i++) {
         struct kv_oidx_shard *s = &idx->sh[i];
         if (s->nb >= nb)
@@ -353,21 +317,20 @@ void kv_oidx_reserve(struct kv_oidx *idx, size_t n)
 
 int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
 {
-    uint64_t p = (uint64_t)(uintptr_t)o;
-    if (p & ~PTR_MASK)
+    if (!kv_slot_addr_ok(o))
         return KV_ERANGE; /* an address above 2^48: no room for the tag */
-    uint64_t v = tag_of(h) << PTR_BITS | p;
+    uint64_t v = kv_slot_word(o, tag_of(h));
     struct kv_oidx_shard *s = shard_of(idx, h);
     pthread_mutex_lock(&s->lock);
     if (!s->nb || s->n + 1 > s->nb / 5 * 4) /* a load of at most 4/5 */
-        resize(s, s->nb ? grown(s->nb) : MIN_SLOTS);
-    bool ok = s->nb && place(s->slot, s->nb, home_h(h, s->nb), v);
-    while (!ok && s->nb && s->nb < MAX_SLOTS) { /* the run passed the spill slots */
+        resize(s, s->nb ? kv_slots_grown(s->nb) : KV_SLOT_MIN);
+    bool ok = s->nb && kv_slots_place(s->slot, s->nb + SPILL, home_h(h, s->nb), v);
+    while (!ok && s->nb && s->nb < KV_SLOT_MAX) { /* the run passed the spill slots */
         size_t nb = s->nb;
-        resize(s, grown(nb));
+        resize(s, kv_slots_grown(nb));
         if (s->nb == nb)
             break; /* no memory to grow */
-        ok = place(s->slot, s->nb, home_h(h, s->nb), v);
+        ok = kv_slots_place(s->slot, s->nb + SPILL, home_h(h, s->nb), v);
     }
     if (ok)
         s->n++;
@@ -403,7 +366,7 @@ static bool unlink_obj(struct kv_oidx *idx, struct mobj *o, struct mobj *g)
          i < end && s->slot[i]; i++) {
         if (slot_obj(s->slot[i]) == o) {
             if (g) {
-                s->slot[i] = tag_of(h) << PTR_BITS | (uint64_t)(uintptr_t)g;
+                s->slot[i] = kv_slot_word(g, tag_of(h));
             } else {
                 erase_at(s, i);
                 s->n--;

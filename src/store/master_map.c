@@ -8,7 +8,7 @@
  *    matches: a hit reads one entry (key and value pointer in one line), a miss almost none.
  *    The chained map it replaces read an entry, then its separately allocated key, for every
  *    entry ahead in the chain.
- *  - Up to TAG_SLOTS home slots a shard, a home follows from the tag, so growing moves words
+ *  - Up to KV_SLOT_TAG_MAX home slots a shard, a home follows from the tag, so growing moves words
  *    and reads no entry.
  *  - A table grows by a quarter at a load of 4/5; probes never wrap (SPILL slots past the last
  *    home; a run that would pass them grows the table), so a scan in slot order meets each entry
@@ -22,15 +22,11 @@
 
 #include "common/alloc.h"
 #include "common/hash.h"
+#include "store/slot_word.h"
 
 #define SHARD_SHIFT 56 /* 64 - log2(KV_SMAP_SHARDS) */
 _Static_assert(KV_SMAP_SHARDS == 1 << (64 - SHARD_SHIFT), "KV_SMAP_SHARDS and SHARD_SHIFT agree");
 #define SPILL 64
-#define MIN_SLOTS 16
-#define MAX_SLOTS ((size_t)1 << 24)
-#define TAG_SLOTS ((size_t)1 << 16)
-#define PTR_BITS 48
-#define PTR_MASK ((UINT64_C(1) << PTR_BITS) - 1)
 
 struct ent {
     void *val;
@@ -39,7 +35,7 @@ struct ent {
 
 static inline struct ent *ent_of(uint64_t v)
 {
-    return (struct ent *)(uintptr_t)(v & PTR_MASK);
+    return kv_slot_ptr(v);
 }
 
 /* the 24 bits of the hash below the shard's, the tag (16 bits) on top */
@@ -48,26 +44,18 @@ static inline uint64_t in_shard(uint64_t h)
     return (h >> (SHARD_SHIFT - 24)) & 0xffffff;
 }
 
-/* The home slot of hash h in nb home slots: in_shard(h) scaled to nb (any nb will do, homes
- * keep the hashes' order); up to TAG_SLOTS from the tag alone. */
 static inline size_t home_h(uint64_t h, size_t nb)
 {
-    if (nb <= TAG_SLOTS)
-        return (size_t)(((in_shard(h) >> 8) * nb) >> 16);
-    return (size_t)((in_shard(h) * nb) >> 24);
+    return kv_slot_home(in_shard(h), nb);
 }
 
+/* the home of the entry in slot word v: from the tag alone up to KV_SLOT_TAG_MAX */
 static size_t home_v(uint64_t v, size_t nb)
 {
-    if (nb <= TAG_SLOTS)
-        return (size_t)(((v >> PTR_BITS) * nb) >> 16);
+    if (nb <= KV_SLOT_TAG_MAX)
+        return kv_slot_home(kv_slot_tag(v) << 8, nb);
     const char *k = ent_of(v)->key;
     return home_h(kv_hash64(k, strlen(k)), nb);
-}
-
-static size_t grown(size_t nb)
-{
-    return (nb + nb / 4 + 15) & ~(size_t)15;
 }
 
 void kv_smap_init(struct kv_smap *m)
@@ -103,7 +91,7 @@ static size_t find(const struct kv_smap_shard *sh, const char *key, uint64_t h, 
         uint64_t v = sh->slot[i];
         if (!v)
             return i;
-        if (v >> PTR_BITS == t && strcmp(ent_of(v)->key, key) == 0) {
+        if (kv_slot_tag(v) == t && strcmp(ent_of(v)->key, key) == 0) {
             *found = true;
             return i;
         }
@@ -132,24 +120,15 @@ void kv_smap_prefetch(const struct kv_smap *m, const char *key)
  * keep their order). KV_ENOMEM leaves the table as it was. */
 static int grow(struct kv_smap_shard *sh, size_t nb)
 {
-    for (; nb <= MAX_SLOTS; nb = grown(nb)) {
+    for (; nb <= KV_SLOT_MAX; nb = kv_slots_grown(nb)) {
         uint64_t *t = kv_calloc(nb + SPILL, sizeof(*t));
         if (!t)
             return KV_ENOMEM;
         bool ok = true;
-        for (size_t i = 0; ok && sh->nb && i < sh->nb + SPILL; i++) {
-            uint64_t v = sh->slot[i];
-            if (!v)
-                continue;
-            size_t j = home_v(v, nb);
-            while (j < nb + SPILL && t[j])
-                j++;
-            if (j == nb + SPILL)
-                ok = false; /* a run passed the spill slots: larger again */
-            else
-                t[j] = v;
-        }
-        if (!ok) {
+        for (size_t i = 0; ok && sh->nb && i < sh->nb + SPILL; i++)
+            if (sh->slot[i])
+                ok = kv_slots_place(t, nb + SPILL, home_v(sh->slot[i], nb), sh->slot[i]);
+        if (!ok) { /* a run passed the spill slots: larger again */
             kv_free(t);
             continue;
         }
@@ -166,7 +145,7 @@ int kv_smap_put(struct kv_smap *m, const char *key, void *val)
     uint64_t h = kv_hash64(key, strlen(key));
     struct kv_smap_shard *sh = shard(m, h);
     if (!sh->nb || sh->n + 1 > sh->nb / 5 * 4) { /* a load of at most 4/5 */
-        int rc = grow(sh, sh->nb ? grown(sh->nb) : MIN_SLOTS);
+        int rc = grow(sh, sh->nb ? kv_slots_grown(sh->nb) : KV_SLOT_MIN);
         if (rc < 0 && !sh->nb)
             return rc; /* else: fuller than 4/5 for now */
     }
@@ -175,7 +154,7 @@ int kv_smap_put(struct kv_smap *m, const char *key, void *val)
     if (found)
         return KV_EEXIST;
     while (i == SIZE_MAX) { /* the run reaches past the spill slots */
-        if (sh->nb >= MAX_SLOTS || grow(sh, grown(sh->nb)) < 0)
+        if (sh->nb >= KV_SLOT_MAX || grow(sh, kv_slots_grown(sh->nb)) < 0)
             return KV_ENOMEM;
         i = find(sh, key, h, &found);
     }
@@ -183,13 +162,13 @@ int kv_smap_put(struct kv_smap *m, const char *key, void *val)
     struct ent *e = kv_malloc(sizeof(*e) + klen + 1);
     if (!e)
         return KV_ENOMEM;
-    if ((uint64_t)(uintptr_t)e & ~PTR_MASK) {
+    if (!kv_slot_addr_ok(e)) {
         kv_free(e);
         return KV_ERANGE; /* an address above 2^48: no room for the tag */
     }
     e->val = val;
     memcpy(e->key, key, klen + 1);
-    sh->slot[i] = (in_shard(h) >> 8) << PTR_BITS | (uint64_t)(uintptr_t)e;
+    sh->slot[i] = kv_slot_word(e, in_shard(h) >> 8);
     sh->n++;
     m->n++;
     return KV_OK;
