@@ -108,8 +108,8 @@ static inline struct mrep *obj_rep(struct mobj *o)
 
 /* Each shard has its own lock (master_index.c): the index's functions take it around every
  * change of its slots, so lookups that hold only the shard's lock (kv_oidx_peek_batch) never wait
- * on the master's lock. Lock order: kv_master.lock -> shard lock; two shard locks only in ascending
- * shard order (kv_oidx_peek_batch). */
+ * on the master's lock. Lock order: kv_master.lock -> shard lock; several shard locks only in
+ * ascending shard order (kv_oidx_peek_batch). */
 struct kv_oidx_shard {
     pthread_mutex_t lock;
     uint64_t *slot; /* nb + SPILL slot words (master_index.c), or NULL */
