@@ -239,6 +239,7 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
     pthread_cond_init(&m->commit_cond, NULL);
     pthread_cond_init(&m->wake_cond, NULL);
     kv_oidx_init(&m->index);
+    kv_slab_init(&m->slab, KV_SLAB_CHUNKS_DEFAULT);
     m->lru.lru_next = m->lru.lru_prev = &m->lru;
     m->pend.lru_next = m->pend.lru_prev = &m->pend;
     m->last_ttl_sweep = kv_now_ms();
@@ -309,6 +310,7 @@ out_meta:
     kv_meta_close(m->meta);
 out_locks:
     kv_oidx_fini(&m->index);
+    kv_slab_fini(&m->slab);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->evict_lock);
     pthread_mutex_destroy(&m->wake_lock);
@@ -346,7 +348,7 @@ void kv_master_stop(struct kv_master *m)
     }
     kv_meta_close(m->meta);
     kv_oidx_fini(&m->index);
-    pthread_mutex_destroy(&m->lock);
+    kv_slab_fini(&m->slab); /* after kv_master_reset: no object is left */
     pthread_mutex_destroy(&m->evict_lock);
     pthread_mutex_destroy(&m->wake_lock);
     pthread_cond_destroy(&m->cond);

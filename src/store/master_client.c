@@ -98,14 +98,14 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
         return KV_EEXIST;
     if (want > m->nnodes)
         return no_usable_node(m) ? KV_ESTORE_NONODE : KV_ENOSPC;
-    struct mobj *o = mst_obj_new(it->key, want);
+    struct mobj *o = mst_obj_new(&m->slab, it->key, want);
     if (!o)
         return KV_ENOMEM;
     int got = mst_place(m, it->size, want, obj_rep(o));
     if (got < want) {
         for (int i = 0; i < got; i++)
             kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].blk);
-        kv_free(o);
+        mst_obj_free(&m->slab, o);
         return no_usable_node(m) ? KV_ESTORE_NONODE : KV_ENOSPC;
     }
     Kvstash__Replica **rs = slot ? kv_calloc((size_t)got, sizeof(*rs)) : NULL;
@@ -125,7 +125,7 @@ int mst_put_start_one(struct kv_master *m, const Kvstash__PutItem *it, Kvstash__
         kv_free(ra);
         for (int i = 0; i < got; i++)
             kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].blk);
-        kv_free(o);
+        mst_obj_free(&m->slab, o);
         return KV_ENOMEM;
     }
     m->npending++;

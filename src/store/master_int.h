@@ -18,6 +18,7 @@
 #include "kvstash/store.h"
 #include "store/alloc_seg.h"
 #include "store/master_map.h"
+#include "store/obj_slab.h"
 #include "store/rpc.h"
 #include "store/rpc_local.h"
 #include "store/store_int.h"
@@ -234,6 +235,7 @@ struct kv_master {
     pthread_cond_t cond;        /* promotions finished; maintenance wake-ups */
     pthread_cond_t commit_cond; /* a group commit finished (waiters re-check their requests) */
     struct kv_oidx index;       /* key -> struct mobj */
+    struct kv_slab slab;        /* the struct mobj records (obj_slab.h) */
     struct mobj lru;            /* sentinel */
     struct mnode *nodes;
     int nnodes;
@@ -397,8 +399,11 @@ struct mnode *mst_node_find(struct kv_master *m, const char *id);
 void mst_defer_free(struct kv_master *m, struct mnode *n, const char *key, kv_segblk blk,
                     uint64_t size, bool dram, bool ssd, bool rpc, int64_t created,
                     int64_t not_before);
-/* A zeroed object for key with room for cap replicas (one allocation: mobj, key, replicas). */
-struct mobj *mst_obj_new(const char *key, int cap);
+/* A zeroed object for key with room for cap replicas (one record from sl, obj_slab.h: mobj, key,
+ * replicas), or NULL. */
+struct mobj *mst_obj_new(struct kv_slab *sl, const char *key, int cap);
+/* Frees o (from mst_obj_new on sl; NULL is ignored); its klen and cap name its size. */
+void mst_obj_free(struct kv_slab *sl, struct mobj *o);
 /* Marks o dead and unlinks it (the caller already removed it from the index map when
  * in_map is false). */
 void mst_obj_unlink2(struct kv_master *m, struct mobj *o, bool in_map);

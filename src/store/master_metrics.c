@@ -85,6 +85,7 @@ struct node_snap {
 struct snap {
     bool leader;
     uint64_t epoch, objects, pending, puts, gets, errors, evictions, demotions, promotions, expired;
+    struct kv_slab_stats slab;
     struct mst_counters mc;
     size_t nn;
     struct node_snap *nodes; /* kv_malloc'd */
@@ -123,6 +124,7 @@ static int take_snap(struct kv_master *m, struct snap *s)
     s->demotions = m->demotions;
     s->promotions = m->promotions;
     s->expired = m->expired;
+    kv_slab_stats(&m->slab, &s->slab);
     s->mc = m->mc;
     pthread_mutex_unlock(&m->lock);
     for (int o = 0; o < MST_RPC_NOPS; o++) {
@@ -174,6 +176,13 @@ int kv_master_metrics(struct kv_master *m, struct kv_buf *b)
                 "Objects in the index (complete and pending).", (double)s.objects);
     kv_prom_one(&p, "kvstash_store_pending_objects", KV_PROM_GAUGE,
                 "Objects whose put has started and not ended.", (double)s.pending);
+    kv_prom_one(&p, "kvstash_store_object_record_mapped_bytes", KV_PROM_GAUGE,
+                "Bytes of huge-page chunks holding the index's object records.",
+                (double)s.slab.mapped);
+    kv_prom_one(&p, "kvstash_store_object_record_used_bytes", KV_PROM_GAUGE,
+                "Bytes of those chunks in live object records (the rest: freed records kept for "
+                "reuse, and the newest chunk's unused end).",
+                (double)s.slab.used);
     per_node(&p, &s, "kvstash_store_capacity_bytes", "Capacity of a node's tier in bytes.", false);
     per_node(&p, &s, "kvstash_store_used_bytes", "Bytes in use in a node's tier.", true);
     kv_prom_one(&p, "kvstash_store_get_requests_total", KV_PROM_COUNTER,

@@ -89,7 +89,7 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
         }
         return true;
     }
-    o = mst_obj_new(x->key, 1);
+    o = mst_obj_new(&m->slab, x->key, 1);
     if (!o) {
         if (dram)
             kv_segalloc_free(n->alloc, blk);
@@ -115,7 +115,7 @@ static bool mount_merge(struct kv_master *m, struct mnode *n, const Kvstash__Nod
     obj_rep(o)[0].ssd = !dram;
     obj_rep(o)[0].blk = blk;
     if (kv_oidx_put_absent(&m->index, o, h) < 0) {
-        kv_free(o);
+        mst_obj_free(&m->slab, o);
         if (dram)
             kv_segalloc_free(n->alloc, blk);
         return false;

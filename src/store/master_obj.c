@@ -88,18 +88,31 @@ void mst_defer_free(struct kv_master *m, struct mnode *n, const char *key, kv_se
     defer_free2(m, n, key, blk, size, dram, ssd, rpc, false, created, not_before);
 }
 
-/* A zeroed object for key with room for cap replicas (one allocation: mobj, key, replicas). */
-struct mobj *mst_obj_new(const char *key, int cap)
+/* The bytes of an object with a key of klen bytes and room for cap replicas: the record, the
+ * key, the replicas (obj_rep). */
+static size_t obj_bytes(size_t klen, int cap)
+{
+    size_t at = (offsetof(struct mobj, key) + klen + 1 + 7) & ~(size_t)7;
+    return at + (size_t)cap * sizeof(struct mrep);
+}
+
+/* A zeroed object for key with room for cap replicas (one record from sl: mobj, key, replicas). */
+struct mobj *mst_obj_new(struct kv_slab *sl, const char *key, int cap)
 {
     size_t klen = strlen(key);
-    size_t at = (offsetof(struct mobj, key) + klen + 1 + 7) & ~(size_t)7;
-    struct mobj *o = kv_calloc(1, at + (size_t)cap * sizeof(struct mrep));
+    struct mobj *o = kv_slab_alloc(sl, obj_bytes(klen, cap));
     if (!o)
         return NULL;
     memcpy(o->key, key, klen + 1);
     o->klen = (uint16_t)klen;
     o->cap = (uint8_t)cap;
     return o;
+}
+
+void mst_obj_free(struct kv_slab *sl, struct mobj *o)
+{
+    if (o)
+        kv_slab_free(sl, o, obj_bytes(o->klen, o->cap));
 }
 
 /* Queues every replica's space of o for release and frees o. o is dead with refs == 0.
@@ -125,7 +138,7 @@ static void obj_release(struct kv_master *m, struct mobj *o)
                            o->created_wall, nb);
         }
     }
-    kv_free(o);
+    mst_obj_free(&m->slab, o);
 }
 
 /* Marks o dead and unlinks it (the caller already removed it from the index map when
@@ -154,7 +167,7 @@ void mst_obj_abandon(struct kv_master *m, struct mobj *o)
     m->npending--;
     for (int i = 0; i < o->nrep; i++)
         kv_segalloc_free(obj_rep(o)[i].node->alloc, obj_rep(o)[i].blk);
-    kv_free(o);
+    mst_obj_free(&m->slab, o);
 }
 
 void mst_obj_put_done(struct kv_master *m, struct mobj *o)
@@ -211,12 +224,12 @@ void mst_node_remove(struct kv_master *m, struct mnode *n, const char *why)
 
 static int drop_all(void *ud, struct mobj *o)
 {
-    (void)ud;
+    struct kv_master *m = ud;
     lru_remove(o);
     o->dead = true;
     o->nrep = 0;
     if (o->refs == 0)
-        kv_free(o);
+        mst_obj_free(&m->slab, o);
     return 1;
 }
 
@@ -225,7 +238,7 @@ void kv_master_reset(struct kv_master *m)
     pthread_mutex_lock(&m->lock);
     while (m->nodes)
         mst_node_remove(m, m->nodes, "this master is no longer the leader");
-    kv_oidx_each(&m->index, drop_all, NULL);
+    kv_oidx_each(&m->index, drop_all, m);
     m->npending = 0;
     pthread_mutex_unlock(&m->lock);
 }
@@ -238,7 +251,7 @@ struct mobj *mst_obj_grow(struct kv_master *m, struct mobj *o)
         return o;
     if (o->refs || o->cap >= KV_STORE_MAX_REPLICAS)
         return NULL;
-    struct mobj *g = mst_obj_new(o->key, o->cap + 1);
+    struct mobj *g = mst_obj_new(&m->slab, o->key, o->cap + 1);
     if (!g)
         return NULL;
     size_t head = offsetof(struct mobj, key); /* fields; the key is already in g */
@@ -250,7 +263,7 @@ struct mobj *mst_obj_grow(struct kv_master *m, struct mobj *o)
         g->lru_prev->lru_next = g;
         g->lru_next->lru_prev = g;
     }
-    kv_free(o);
+    mst_obj_free(&m->slab, o);
     return g;
 }
 

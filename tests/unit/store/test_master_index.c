@@ -24,15 +24,16 @@
 /* the objects of a test and whether each is in the index */
 struct world {
     struct kv_oidx idx;
+    struct kv_slab slab;
     struct mobj **o;
     bool *in;
     size_t n;
     bool over; /* an insert went in although the table could not grow (load above 4/5) */
 };
 
-static struct mobj *obj(const char *key)
+static struct mobj *obj(struct world *w, const char *key)
 {
-    struct mobj *o = mst_obj_new(key, 1);
+    struct mobj *o = mst_obj_new(&w->slab, key, 1);
     assert_non_null(o);
     o->state = OBJ_COMPLETE;
     return o;
@@ -41,6 +42,7 @@ static struct mobj *obj(const char *key)
 static void world_init(struct world *w, size_t n, const char *fmt)
 {
     kv_oidx_init(&w->idx);
+    kv_slab_init(&w->slab, KV_SLAB_CHUNKS_DEFAULT);
     w->o = calloc(n, sizeof(*w->o));
     w->in = calloc(n, sizeof(*w->in));
     assert_non_null(w->o);
@@ -50,7 +52,7 @@ static void world_init(struct world *w, size_t n, const char *fmt)
     char k[64];
     for (size_t i = 0; i < n; i++) {
         snprintf(k, sizeof(k), fmt, i);
-        w->o[i] = obj(k);
+        w->o[i] = obj(w, k);
     }
 }
 
@@ -58,7 +60,8 @@ static void world_fini(struct world *w)
 {
     kv_oidx_fini(&w->idx);
     for (size_t i = 0; i < w->n; i++)
-        kv_free(w->o[i]);
+        mst_obj_free(&w->slab, w->o[i]);
+    kv_slab_fini(&w->slab);
     free(w->o);
     free(w->in);
 }
@@ -161,6 +164,7 @@ static void test_long_runs(void **state)
     enum { N = 140 };
     struct world w;
     kv_oidx_init(&w.idx);
+    kv_slab_init(&w.slab, KV_SLAB_CHUNKS_DEFAULT);
     w.o = calloc(N, sizeof(*w.o));
     w.in = calloc(N, sizeof(*w.in));
     w.n = 0;
@@ -169,7 +173,7 @@ static void test_long_runs(void **state)
     for (uint64_t c = 0; w.n < N; c++) {
         snprintf(k, sizeof(k), "run-%llx", (unsigned long long)c);
         if (kv_oidx_hash(k) >> 15 == 0x1ffff)
-            w.o[w.n++] = obj(k);
+            w.o[w.n++] = obj(&w, k);
     }
     for (size_t i = 0; i < w.n; i++) {
         add(&w, i);
@@ -196,9 +200,9 @@ static void test_replace(void **state)
     for (size_t i = 0; i < w.n; i++)
         add(&w, i);
     for (size_t i = 0; i < w.n; i += 7) {
-        struct mobj *g = obj(w.o[i]->key);
+        struct mobj *g = obj(&w, w.o[i]->key);
         kv_oidx_replace(&w.idx, w.o[i], g);
-        kv_free(w.o[i]);
+        mst_obj_free(&w.slab, w.o[i]);
         w.o[i] = g;
     }
     check(&w);

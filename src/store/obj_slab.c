@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * obj_slab.c - records in 2 MiB huge-page chunks with a free list per size (obj_slab.h).
+ *
+ * A chunk's first 16 bytes link it into the slab's list of chunks; records are carved after it
+ * by a bump pointer, any size mixed, and never move. A record's size is not stored: the caller
+ * gives it again at free (the master computes it from the record's key length and replica
+ * room), which picks the free list.
+ *
+ * Invariants:
+ *  1. used = the sizes (rounded to 16) of the records handed out from chunks and not freed;
+ *     mapped = KV_SLAB_CHUNK x chunks.
+ *  2. every record on free[c] is c x 16 bytes, inside a chunk of this slab, and not handed out.
+ */
+#include "store/obj_slab.h"
+
+#include <string.h>
+#include <sys/mman.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+#define HEAD 16 /* bytes at a chunk's start: the link to the next chunk */
+
+void kv_slab_init(struct kv_slab *s, bool chunks)
+{
+    memset(s, 0, sizeof(*s));
+    pthread_mutex_init(&s->lock, NULL);
+    s->chunks = chunks;
+}
+
+void kv_slab_fini(struct kv_slab *s)
+{
+    while (s->chunk_list) {
+        void *c = s->chunk_list;
+        s->chunk_list = *(void **)c;
+        munmap(c, KV_SLAB_CHUNK);
+    }
+    pthread_mutex_destroy(&s->lock);
+    memset(s, 0, sizeof(*s));
+}
+
+/* A new KV_SLAB_CHUNK-aligned chunk, or NULL. Maps twice the size and unmaps the ends. */
+static char *chunk_new(void)
+{
+    size_t sz = KV_SLAB_CHUNK;
+    char *p = mmap(NULL, 2 * sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    char *c = (char *)(((uintptr_t)p + sz - 1) & ~(uintptr_t)(sz - 1));
+    if (c > p)
+        munmap(p, (size_t)(c - p));
+    if (c + sz < p + 2 * sz)
+        munmap(c + sz, (size_t)(p + 2 * sz - (c + sz)));
+    /* best effort: without huge pages the chunk still works, in 4 KiB pages */
+    (void)madvise(c, sz, MADV_HUGEPAGE);
+    return c;
+}
+
+void *kv_slab_alloc(struct kv_slab *s, size_t n)
+{
+    if (n == 0 || n > KV_SLAB_MAX || !s->chunks)
+        return kv_calloc(1, n ? n : 1);
+    size_t r = (n + 15) & ~(size_t)15, c = r / 16;
+    pthread_mutex_lock(&s->lock);
+    void *p = s->free[c];
+    bool reused = p != NULL;
+    if (p) {
+        s->free[c] = *(void **)p;
+    } else {
+        if (!s->bump || (size_t)(s->end - s->bump) < r) {
+            /* the rest of the old chunk (under KV_SLAB_MAX bytes) is left unused */
+            char *ch = chunk_new();
+            if (!ch) {
+                pthread_mutex_unlock(&s->lock);
+                KV_LOGW("object records: cannot map a %zu MiB chunk (out of memory?)",
+                        KV_SLAB_CHUNK >> 20);
+                return NULL;
+            }
+            *(void **)ch = s->chunk_list;
+            s->chunk_list = ch;
+            s->mapped += KV_SLAB_CHUNK;
+            s->bump = ch + HEAD;
+            s->end = ch + KV_SLAB_CHUNK;
+        }
+        p = s->bump;
+        s->bump += r;
+    }
+    s->used += r;
+    pthread_mutex_unlock(&s->lock);
+    if (reused) /* fresh chunk memory is zero already (and not touched before its use) */
+        memset(p, 0, r);
+    return p;
+}
+
+void kv_slab_free(struct kv_slab *s, void *p, size_t n)
+{
+    if (!p)
+        return;
+    if (n == 0 || n > KV_SLAB_MAX || !s->chunks) {
+        kv_free(p);
+        return;
+    }
+    size_t r = (n + 15) & ~(size_t)15, c = r / 16;
+    pthread_mutex_lock(&s->lock);
+    *(void **)p = s->free[c];
+    s->free[c] = p;
+    s->used -= r;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void kv_slab_stats(struct kv_slab *s, struct kv_slab_stats *st)
+{
+    pthread_mutex_lock(&s->lock);
+    st->mapped = s->mapped;
+    st->used = s->used;
+    pthread_mutex_unlock(&s->lock);
+}

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * obj_slab.h - the master's allocator for its object records (struct mobj): small records of a
+ * few sizes, millions of them, read at random by every lookup.
+ *
+ * Records up to KV_SLAB_MAX bytes are carved from 2 MiB chunks that are 2 MiB-aligned and
+ * advised for transparent huge pages (MADV_HUGEPAGE; the system's default here is "madvise"),
+ * in sizes rounded up to 16 bytes, with no header; a freed record goes on its size's free list
+ * and the next record of that size reuses it. Against malloc (glibc): 16 bytes less per record
+ * (malloc's 8-byte header and its rounding), one page fault per 2 MiB instead of per 4 KiB
+ * while the index grows (a fault is costly in a VM), and one TLB entry for 2 MiB of records, so
+ * a lookup at 10M objects seldom waits on a page walk. Larger records, and every record in a
+ * slab made with chunks false (sanitizer builds: so that ASan sees each record), come from
+ * kv_calloc. Chunks go back to the system only in kv_slab_fini: the memory of removed records
+ * is kept for new ones (as memcached's slabs).
+ *
+ * Thread-safety: a mutex per slab; every function may be called from any thread.
+ */
+#ifndef KV_STORE_OBJ_SLAB_H
+#define KV_STORE_OBJ_SLAB_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KV_SLAB_MAX 512                 /* bytes: larger records come from kv_calloc */
+#define KV_SLAB_CHUNK ((size_t)2 << 20) /* a chunk: one huge page */
+
+/* chunks by default: false in sanitizer builds */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define KV_SLAB_CHUNKS_DEFAULT false
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define KV_SLAB_CHUNKS_DEFAULT false
+#endif
+#endif
+#ifndef KV_SLAB_CHUNKS_DEFAULT
+#define KV_SLAB_CHUNKS_DEFAULT true
+#endif
+
+struct kv_slab {
+    pthread_mutex_t lock;
+    bool chunks;                      /* false: every record from kv_calloc */
+    void *free[KV_SLAB_MAX / 16 + 1]; /* per size / 16: freed records, linked through word 0 */
+    char *bump, *end;                 /* the rest of the newest chunk */
+    void *chunk_list;                 /* every chunk, linked through its first word */
+    uint64_t mapped;                  /* bytes of chunks */
+    uint64_t used;                    /* bytes of records handed out from chunks, not freed */
+};
+
+struct kv_slab_stats {
+    uint64_t mapped; /* bytes of chunks mapped */
+    uint64_t used;   /* bytes of them in live records */
+};
+
+void kv_slab_init(struct kv_slab *s, bool chunks);
+/* Unmaps every chunk: every record from them must be gone (freed or never used again). */
+void kv_slab_fini(struct kv_slab *s);
+/* A zeroed record of n bytes (n > 0), or NULL (no memory). */
+void *kv_slab_alloc(struct kv_slab *s, size_t n);
+/* Frees p (from kv_slab_alloc with the same n; NULL is ignored). */
+void kv_slab_free(struct kv_slab *s, void *p, size_t n);
+void kv_slab_stats(struct kv_slab *s, struct kv_slab_stats *st);
+
+#endif
