@@ -3,7 +3,8 @@
  * master_map.c - string-keyed hash map (see master_map.h): KV_SMAP_SHARDS tables by the hash's
  * top bits, each an open-addressing table (linear probing) of 64-bit slot words, the design of
  * the master's index (master_index.c): an entry's address in the low 48 bits and 16 bits of the
- * key's hash above it (the tag). An entry is one allocation, the value pointer and the key.
+ * key's hash above it (the tag). An entry is one record, the value pointer and the key, from the
+ * map's slab (obj_slab.h: 2 MiB huge-page chunks, no malloc header).
  *  - A lookup reads the run of slots from the key's home and follows only slots whose tag
  *    matches: a hit reads one entry (key and value pointer in one line), a miss almost none.
  *    The chained map it replaces read an entry, then its separately allocated key, for every
@@ -13,7 +14,7 @@
  *  - A table grows by a quarter at a load of 4/5; probes never wrap (SPILL slots past the last
  *    home; a run that would pass them grows the table), so a scan in slot order meets each entry
  *    once and deletion shifts later slots back (no tombstones).
- * Hashing is xxh3 (common/hash.h). Thread model: none (owner's lock).
+ * Hashing is xxh3 (common/hash.h). Thread model: none (owner's lock; the slab locks itself).
  */
 #include "store/master_map.h"
 
@@ -61,6 +62,18 @@ static size_t home_v(uint64_t v, size_t nb)
 void kv_smap_init(struct kv_smap *m)
 {
     memset(m, 0, sizeof(*m));
+    kv_slab_init(&m->ents, KV_SLAB_CHUNKS_DEFAULT);
+}
+
+/* The bytes of an entry whose key has klen bytes. */
+static size_t ent_bytes(size_t klen)
+{
+    return sizeof(struct ent) + klen + 1;
+}
+
+static void ent_free(struct kv_smap *m, struct ent *e)
+{
+    kv_slab_free(&m->ents, e, ent_bytes(strlen(e->key)));
 }
 
 void kv_smap_fini(struct kv_smap *m)
@@ -68,9 +81,11 @@ void kv_smap_fini(struct kv_smap *m)
     for (size_t s = 0; s < KV_SMAP_SHARDS; s++) {
         struct kv_smap_shard *sh = &m->sh[s];
         for (size_t i = 0; sh->nb && i < sh->nb + SPILL; i++)
-            kv_free(ent_of(sh->slot[i]));
+            if (sh->slot[i])
+                ent_free(m, ent_of(sh->slot[i]));
         kv_free(sh->slot);
     }
+    kv_slab_fini(&m->ents);
     memset(m, 0, sizeof(*m));
 }
 
@@ -159,11 +174,11 @@ int kv_smap_put(struct kv_smap *m, const char *key, void *val)
         i = find(sh, key, h, &found);
     }
     size_t klen = strlen(key);
-    struct ent *e = kv_malloc(sizeof(*e) + klen + 1);
+    struct ent *e = kv_slab_alloc(&m->ents, ent_bytes(klen));
     if (!e)
         return KV_ENOMEM;
     if (!kv_slot_addr_ok(e)) {
-        kv_free(e);
+        kv_slab_free(&m->ents, e, ent_bytes(klen));
         return KV_ERANGE; /* an address above 2^48: no room for the tag */
     }
     e->val = val;
@@ -178,7 +193,7 @@ int kv_smap_put(struct kv_smap *m, const char *key, void *val)
  * cut off from its home. */
 static void erase_at(struct kv_smap *m, struct kv_smap_shard *sh, size_t i)
 {
-    kv_free(ent_of(sh->slot[i]));
+    ent_free(m, ent_of(sh->slot[i]));
     for (size_t j = i + 1, end = sh->nb + SPILL; j < end && sh->slot[j]; j++) {
         if (home_v(sh->slot[j], sh->nb) <= i) {
             sh->slot[i] = sh->slot[j];

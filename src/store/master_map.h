@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "kvstash/err.h"
+#include "store/obj_slab.h"
 
 /* KV_SMAP_SHARDS tables, picked by the hash's top bits, each growing on its own: a resize
  * moves 1/256 of the entries (milliseconds at 10M entries under the owner's lock, not the
@@ -28,6 +29,7 @@ struct kv_smap_shard {
 struct kv_smap {
     struct kv_smap_shard sh[KV_SMAP_SHARDS];
     size_t n;
+    struct kv_slab ents; /* the entries {value, key} (obj_slab.h) */
 };
 
 void kv_smap_init(struct kv_smap *m);

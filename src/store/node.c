@@ -85,6 +85,7 @@ struct kv_node {
 
     pthread_mutex_t lock; /* guards dram, mc, master_addr, epoch; leaf */
     struct kv_smap dram;  /* key -> struct nobj */
+    struct kv_slab objs;  /* the struct nobj records (obj_slab.h) */
     struct kv_rpc_client *mc;
     char master_addr[300];
     uint64_t epoch;
@@ -152,9 +153,9 @@ static int h_commit(struct kv_node *n, const Kvstash__ObjectsReq *in, int32_t *s
         }
         struct nobj *o = kv_smap_get(&n->dram, x->key);
         if (!o) {
-            o = kv_calloc(1, sizeof(*o));
+            o = kv_slab_alloc(&n->objs, sizeof(*o));
             if (!o || kv_smap_put(&n->dram, x->key, o) < 0) {
-                kv_free(o);
+                kv_slab_free(&n->objs, o, sizeof(*o));
                 st[i] = KV_ENOMEM;
                 continue;
             }
@@ -182,7 +183,7 @@ static int h_free(struct kv_node *n, const Kvstash__ObjectsReq *in, int32_t *st)
             pthread_mutex_lock(&n->lock);
             struct nobj *o = kv_smap_get(&n->dram, x->key);
             if (o && o->off == x->offset)
-                kv_free(kv_smap_del(&n->dram, x->key));
+                kv_slab_free(&n->objs, kv_smap_del(&n->dram, x->key), sizeof(struct nobj));
             pthread_mutex_unlock(&n->lock);
         } else if (n->ssd) {
             kv_ssd_remove(n->ssd, x->key, x->created_ms);
@@ -250,7 +251,7 @@ static int h_demote(struct kv_node *n, const Kvstash__ObjectsReq *in, struct kv_
             pthread_mutex_lock(&n->lock);
             o = kv_smap_get(&n->dram, x->key);
             if (o && o->off == copy.off)
-                kv_free(kv_smap_del(&n->dram, x->key));
+                kv_slab_free(&n->objs, kv_smap_del(&n->dram, x->key), sizeof(struct nobj));
             pthread_mutex_unlock(&n->lock);
         }
     }
@@ -301,9 +302,9 @@ static int h_promote(struct kv_node *n, const uint8_t *req, size_t len)
     pthread_mutex_lock(&n->lock);
     struct nobj *o = kv_smap_get(&n->dram, in->key);
     if (!o) {
-        o = kv_calloc(1, sizeof(*o));
+        o = kv_slab_alloc(&n->objs, sizeof(*o));
         if (!o || kv_smap_put(&n->dram, in->key, o) < 0) {
-            kv_free(o);
+            kv_slab_free(&n->objs, o, sizeof(*o));
             o = NULL;
             rc = KV_ENOMEM;
         }
@@ -826,9 +827,9 @@ static void flush_to_ssd(struct kv_node *n)
 
 static int free_nobj(void *ud, const char *key, void *val)
 {
-    (void)ud;
+    struct kv_node *n = ud;
     (void)key;
-    kv_free(val);
+    kv_slab_free(&n->objs, val, sizeof(struct nobj));
     return 1;
 }
 
@@ -862,6 +863,7 @@ int kv_node_start(const struct kv_node_opts *o, struct kv_node **out)
     pthread_mutex_init(&n->wake_lock, NULL);
     pthread_cond_init(&n->wake_cond, NULL);
     kv_smap_init(&n->dram);
+    kv_slab_init(&n->objs, KV_SLAB_CHUNKS_DEFAULT);
     atomic_init(&n->mounted, false);
     atomic_init(&n->remount, false);
     atomic_init(&n->stopping, false);
@@ -971,6 +973,7 @@ out_meta:
     kv_meta_close(n->meta);
 out_locks:
     kv_smap_fini(&n->dram);
+    kv_slab_fini(&n->objs);
     pthread_mutex_destroy(&n->lock);
     pthread_mutex_destroy(&n->wake_lock);
     pthread_cond_destroy(&n->wake_cond);
@@ -999,8 +1002,9 @@ void kv_node_stop(struct kv_node *n)
     kv_ssd_close(n->ssd);
     kv_meta_close(n->meta);
     kv_rpc_client_destroy(n->mc);
-    kv_smap_each(&n->dram, free_nobj, NULL);
+    kv_smap_each(&n->dram, free_nobj, n);
     kv_smap_fini(&n->dram);
+    kv_slab_fini(&n->objs);
     pthread_mutex_destroy(&n->lock);
     pthread_mutex_destroy(&n->wake_lock);
     pthread_cond_destroy(&n->wake_cond);

@@ -5,7 +5,7 @@
  * A chunk's first 16 bytes link it into the slab's list of chunks; records are carved after it
  * by a bump pointer, any size mixed, and never move. A record's size is not stored: the caller
  * gives it again at free (the master computes it from the record's key length and replica
- * room), which picks the free list.
+ * room, the map from its key), which picks the free list.
  *
  * Invariants:
  *  1. used = the sizes (rounded to 16) of the records handed out from chunks and not freed;

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * obj_slab.h - the master's allocator for its object records (struct mobj): small records of a
- * few sizes, millions of them, read at random by every lookup.
+ * obj_slab.h - the allocator of the store's per-object records: the master's struct mobj, the
+ * node's object table entries (master_map.c) and struct nobj. Small records of a few sizes,
+ * millions of them, read at random by every lookup.
  *
  * Records up to KV_SLAB_MAX bytes are carved from 2 MiB chunks that are 2 MiB-aligned and
  * advised for transparent huge pages (MADV_HUGEPAGE; the system's default here is "madvise"),
