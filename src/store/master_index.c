@@ -36,7 +36,6 @@
  */
 #include <pthread.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "common/alloc.h"
 #include "common/hash.h"
@@ -87,28 +86,17 @@ static size_t home_v(uint64_t v, size_t nb)
     return home_h(kv_oidx_hash(slot_obj(v)->key), nb);
 }
 
-/* Tables from MAP_BYTES up are mappings of their own, so that the one a resize replaces goes
- * back to the system at once (glibc's mmap threshold rises to the size of the first mapped
- * block freed, after which blocks of that size come from the heap and may stay resident). */
-#define MAP_BYTES (64u << 10)
-
-static uint64_t *table_new(size_t slots)
+/* Tables come from the index's arena (table_arena.h): from 64 KiB up they share 2 MiB huge
+ * pages, and a replaced table's memory goes back to the system once its chunk empties (not to
+ * glibc's heap, where blocks of a size it once mapped may stay resident). */
+static uint64_t *table_new(struct kv_oidx *idx, size_t slots)
 {
-    size_t bytes = slots * sizeof(uint64_t);
-    if (bytes < MAP_BYTES)
-        return kv_calloc(slots, sizeof(uint64_t));
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    return kv_tarena_alloc(&idx->tabs, slots);
 }
 
-static void table_free(uint64_t *t, size_t slots)
+static void table_free(struct kv_oidx *idx, uint64_t *t, size_t slots)
 {
-    if (!t)
-        return;
-    if (slots * sizeof(uint64_t) < MAP_BYTES)
-        kv_free(t);
-    else
-        munmap(t, slots * sizeof(uint64_t));
+    kv_tarena_free(&idx->tabs, t, slots);
 }
 
 void kv_oidx_init(struct kv_oidx *idx)
@@ -116,16 +104,18 @@ void kv_oidx_init(struct kv_oidx *idx)
     memset(idx, 0, sizeof(*idx));
     for (size_t i = 0; i < KV_OIDX_SHARDS; i++)
         pthread_mutex_init(&idx->sh[i].lock, NULL);
+    kv_tarena_init(&idx->tabs, KV_SLAB_CHUNKS_DEFAULT);
 }
 
 void kv_oidx_fini(struct kv_oidx *idx)
 {
     for (size_t i = 0; i < KV_OIDX_SHARDS; i++) {
-        table_free(idx->sh[i].slot, idx->sh[i].nb ? idx->sh[i].nb + SPILL : 0);
+        table_free(idx, idx->sh[i].slot, idx->sh[i].nb ? idx->sh[i].nb + SPILL : 0);
         idx->sh[i].slot = NULL;
         idx->sh[i].nb = idx->sh[i].n = 0;
         pthread_mutex_destroy(&idx->sh[i].lock);
     }
+    kv_tarena_fini(&idx->tabs);
     idx->n = 0;
 }
 
@@ -271,10 +261,10 @@ int kv_oidx_peek_batch(struct kv_oidx *idx, const char *const *keys, const uint3
 
 /* Gives s a table of nb home slots or more (nb above s->nb), moving every slot over. On
  * allocation failure the table stays as it is. Caller holds s->lock. */
-static void resize(struct kv_oidx_shard *s, size_t nb)
+static void resize(struct kv_oidx *idx, struct kv_oidx_shard *s, size_t nb)
 {
     for (; nb <= KV_SLOT_MAX; nb = kv_slots_grown(nb)) {
-        uint64_t *t = table_new(nb + SPILL);
+        uint64_t *t = table_new(idx, nb + SPILL);
         if (!t)
             return;
         bool ok = true;
@@ -284,10 +274,10 @@ static void resize(struct kv_oidx_shard *s, size_t nb)
             if (s->slot[i])
                 ok = kv_slots_place(t, nb + SPILL, home_v(s->slot[i], nb), s->slot[i]);
         if (!ok) { /* a run passed the spill slots: larger again */
-            table_free(t, nb + SPILL);
+            table_free(idx, t, nb + SPILL);
             continue;
         }
-        table_free(s->slot, s->nb ? s->nb + SPILL : 0);
+        table_free(idx, s->slot, s->nb ? s->nb + SPILL : 0);
         /* atomic stores: kv_oidx_prefetch_home reads them without any lock */
         __atomic_store_n(&s->slot, t, __ATOMIC_RELAXED);
         __atomic_store_n(&s->nb, nb, __ATOMIC_RELAXED);
@@ -306,7 +296,7 @@ void kv_oidx_reserve(struct kv_oidx *idx, size_t n)
         /* the new table is allocated under the lock: readers of this shard wait for one
          * shard's move (1/256 of the objects), never for the whole index */
         pthread_mutex_lock(&s->lock);
-        resize(s, nb);
+        resize(idx, s, nb);
         pthread_mutex_unlock(&s->lock);
     }
 }
@@ -319,11 +309,11 @@ int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
     struct kv_oidx_shard *s = shard_of(idx, h);
     pthread_mutex_lock(&s->lock);
     if (!s->nb || s->n + 1 > s->nb / 5 * 4) /* a load of at most 4/5 */
-        resize(s, s->nb ? kv_slots_grown(s->nb) : KV_SLOT_MIN);
+        resize(idx, s, s->nb ? kv_slots_grown(s->nb) : KV_SLOT_MIN);
     bool ok = s->nb && kv_slots_place(s->slot, s->nb + SPILL, home_h(h, s->nb), v);
     while (!ok && s->nb && s->nb < KV_SLOT_MAX) { /* the run passed the spill slots */
         size_t nb = s->nb;
-        resize(s, kv_slots_grown(nb));
+        resize(idx, s, kv_slots_grown(nb));
         if (s->nb == nb)
             break; /* no memory to grow */
         ok = kv_slots_place(s->slot, s->nb + SPILL, home_h(h, s->nb), v);

@@ -19,6 +19,7 @@
 #include "store/alloc_seg.h"
 #include "store/master_map.h"
 #include "store/obj_slab.h"
+#include "store/table_arena.h"
 #include "store/rpc.h"
 #include "store/rpc_local.h"
 #include "store/store_int.h"
@@ -121,6 +122,7 @@ struct kv_oidx_shard {
 struct kv_oidx {
     struct kv_oidx_shard sh[KV_OIDX_SHARDS];
     size_t n;
+    struct kv_tarena tabs; /* the shards' tables (table_arena.h) */
 };
 
 void kv_oidx_init(struct kv_oidx *idx);

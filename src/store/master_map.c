@@ -63,6 +63,7 @@ void kv_smap_init(struct kv_smap *m)
 {
     memset(m, 0, sizeof(*m));
     kv_slab_init(&m->ents, KV_SLAB_CHUNKS_DEFAULT);
+    kv_tarena_init(&m->tabs, KV_SLAB_CHUNKS_DEFAULT);
 }
 
 /* The bytes of an entry whose key has klen bytes. */
@@ -83,9 +84,10 @@ void kv_smap_fini(struct kv_smap *m)
         for (size_t i = 0; sh->nb && i < sh->nb + SPILL; i++)
             if (sh->slot[i])
                 ent_free(m, ent_of(sh->slot[i]));
-        kv_free(sh->slot);
+        kv_tarena_free(&m->tabs, sh->slot, sh->nb ? sh->nb + SPILL : 0);
     }
     kv_slab_fini(&m->ents);
+    kv_tarena_fini(&m->tabs);
     memset(m, 0, sizeof(*m));
 }
 
@@ -133,10 +135,10 @@ void kv_smap_prefetch(const struct kv_smap *m, const char *key)
 
 /* Gives sh a table of nb home slots or more, moving every word over (in slot order, so runs
  * keep their order). KV_ENOMEM leaves the table as it was. */
-static int grow(struct kv_smap_shard *sh, size_t nb)
+static int grow(struct kv_smap *m, struct kv_smap_shard *sh, size_t nb)
 {
     for (; nb <= KV_SLOT_MAX; nb = kv_slots_grown(nb)) {
-        uint64_t *t = kv_calloc(nb + SPILL, sizeof(*t));
+        uint64_t *t = kv_tarena_alloc(&m->tabs, nb + SPILL);
         if (!t)
             return KV_ENOMEM;
         bool ok = true;
@@ -144,10 +146,10 @@ static int grow(struct kv_smap_shard *sh, size_t nb)
             if (sh->slot[i])
                 ok = kv_slots_place(t, nb + SPILL, home_v(sh->slot[i], nb), sh->slot[i]);
         if (!ok) { /* a run passed the spill slots: larger again */
-            kv_free(t);
+            kv_tarena_free(&m->tabs, t, nb + SPILL);
             continue;
         }
-        kv_free(sh->slot);
+        kv_tarena_free(&m->tabs, sh->slot, sh->nb ? sh->nb + SPILL : 0);
         sh->slot = t;
         sh->nb = nb;
         return KV_OK;
@@ -160,7 +162,7 @@ int kv_smap_put(struct kv_smap *m, const char *key, void *val)
     uint64_t h = kv_hash64(key, strlen(key));
     struct kv_smap_shard *sh = shard(m, h);
     if (!sh->nb || sh->n + 1 > sh->nb / 5 * 4) { /* a load of at most 4/5 */
-        int rc = grow(sh, sh->nb ? kv_slots_grown(sh->nb) : KV_SLOT_MIN);
+        int rc = grow(m, sh, sh->nb ? kv_slots_grown(sh->nb) : KV_SLOT_MIN);
         if (rc < 0 && !sh->nb)
             return rc; /* else: fuller than 4/5 for now */
     }
@@ -169,7 +171,7 @@ int kv_smap_put(struct kv_smap *m, const char *key, void *val)
     if (found)
         return KV_EEXIST;
     while (i == SIZE_MAX) { /* the run reaches past the spill slots */
-        if (sh->nb >= KV_SLOT_MAX || grow(sh, kv_slots_grown(sh->nb)) < 0)
+        if (sh->nb >= KV_SLOT_MAX || grow(m, sh, kv_slots_grown(sh->nb)) < 0)
             return KV_ENOMEM;
         i = find(sh, key, h, &found);
     }

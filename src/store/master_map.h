@@ -14,6 +14,7 @@
 
 #include "kvstash/err.h"
 #include "store/obj_slab.h"
+#include "store/table_arena.h"
 
 /* KV_SMAP_SHARDS tables, picked by the hash's top bits, each growing on its own: a resize
  * moves 1/256 of the entries (milliseconds at 10M entries under the owner's lock, not the
@@ -29,7 +30,8 @@ struct kv_smap_shard {
 struct kv_smap {
     struct kv_smap_shard sh[KV_SMAP_SHARDS];
     size_t n;
-    struct kv_slab ents; /* the entries {value, key} (obj_slab.h) */
+    struct kv_slab ents;   /* the entries {value, key} (obj_slab.h) */
+    struct kv_tarena tabs; /* the shards' tables (table_arena.h) */
 };
 
 void kv_smap_init(struct kv_smap *m);
