@@ -40,20 +40,19 @@ void kv_slab_fini(struct kv_slab *s)
     memset(s, 0, sizeof(*s));
 }
 
-/* A new KV_SLAB_CHUNK-aligned chunk, or NULL. Maps twice the size and unmaps the ends. */
-static char *chunk_new(void)
+void *kv_map_huge(size_t bytes)
 {
-    size_t sz = KV_SLAB_CHUNK;
-    char *p = mmap(NULL, 2 * sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t al = KV_SLAB_CHUNK;
+    char *p = mmap(NULL, bytes + al, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
-    char *c = (char *)(((uintptr_t)p + sz - 1) & ~(uintptr_t)(sz - 1));
+    char *c = (char *)(((uintptr_t)p + al - 1) & ~(uintptr_t)(al - 1));
     if (c > p)
         munmap(p, (size_t)(c - p));
-    if (c + sz < p + 2 * sz)
-        munmap(c + sz, (size_t)(p + 2 * sz - (c + sz)));
-    /* best effort: without huge pages the chunk still works, in 4 KiB pages */
-    (void)madvise(c, sz, MADV_HUGEPAGE);
+    if (c + bytes < p + bytes + al)
+        munmap(c + bytes, (size_t)(p + bytes + al - (c + bytes)));
+    /* best effort: without huge pages the memory still works, in 4 KiB pages */
+    (void)madvise(c, bytes, MADV_HUGEPAGE);
     return c;
 }
 
@@ -70,7 +69,7 @@ void *kv_slab_alloc(struct kv_slab *s, size_t n)
     } else {
         if (!s->bump || (size_t)(s->end - s->bump) < r) {
             /* the rest of the old chunk (under KV_SLAB_MAX bytes) is left unused */
-            char *ch = chunk_new();
+            char *ch = kv_map_huge(KV_SLAB_CHUNK);
             if (!ch) {
                 pthread_mutex_unlock(&s->lock);
                 KV_LOGW("object records: cannot map a %zu MiB chunk (out of memory?)",

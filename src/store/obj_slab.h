@@ -63,5 +63,8 @@ void *kv_slab_alloc(struct kv_slab *s, size_t n);
 /* Frees p (from kv_slab_alloc with the same n; NULL is ignored). */
 void kv_slab_free(struct kv_slab *s, void *p, size_t n);
 void kv_slab_stats(struct kv_slab *s, struct kv_slab_stats *st);
+/* bytes (a multiple of 4 KiB) of zeroed memory at a KV_SLAB_CHUNK-aligned address, advised for
+ * transparent huge pages (best effort), or NULL; munmap frees it. Also table_arena.c's. */
+void *kv_map_huge(size_t bytes);
 
 #endif

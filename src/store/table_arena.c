@@ -47,30 +47,13 @@ static size_t own_bytes(size_t bytes)
     return (bytes + 4095) & ~(size_t)4095;
 }
 
-/* bytes (a multiple of 4 KiB) at a KV_SLAB_CHUNK-aligned address, advised for huge pages; or
- * NULL */
-static char *map_aligned(size_t bytes)
-{
-    size_t al = KV_SLAB_CHUNK;
-    char *p = mmap(NULL, bytes + al, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return NULL;
-    char *c = (char *)(((uintptr_t)p + al - 1) & ~(uintptr_t)(al - 1));
-    if (c > p)
-        munmap(p, (size_t)(c - p));
-    if (c + bytes < p + bytes + al)
-        munmap(c + bytes, (size_t)(p + bytes + al - (c + bytes)));
-    (void)madvise(c, bytes, MADV_HUGEPAGE); /* best effort */
-    return c;
-}
-
 uint64_t *kv_tarena_alloc(struct kv_tarena *a, size_t slots)
 {
     size_t bytes = slots * sizeof(uint64_t);
     if (!a->chunks || bytes < KV_TARENA_MIN)
         return kv_calloc(slots ? slots : 1, sizeof(uint64_t));
     if (bytes >= OWN) {
-        char *p = map_aligned(own_bytes(bytes));
+        char *p = kv_map_huge(own_bytes(bytes));
         if (!p)
             return NULL;
         pthread_mutex_lock(&a->lock);
@@ -81,7 +64,7 @@ uint64_t *kv_tarena_alloc(struct kv_tarena *a, size_t slots)
     size_t r = (bytes + 63) & ~(size_t)63;
     pthread_mutex_lock(&a->lock);
     if (!a->cur || KV_SLAB_CHUNK - a->cur_used < r) {
-        char *c = map_aligned(KV_SLAB_CHUNK);
+        char *c = kv_map_huge(KV_SLAB_CHUNK);
         if (!c) {
             pthread_mutex_unlock(&a->lock);
             return NULL;
