@@ -37,9 +37,11 @@
 #   --quick    1 s per case, 1 and 4 clients, batches at 4 KiB only, 100k objects for memory,
 #              scale steps 25k,100k,250k, 100k objects for rebuild: a smoke test of the script
 #   --scale    run the scale and rebuild sections only (they need RAM: see their output)
-# Env: KVSTASH_BIN (default: build/kvstash of this repo); KVSTASH_BENCH_KEEP=1 keeps the daemons'
-# logs. Needs redis-server, redis-benchmark, redis-cli, python3. Everything it starts is stopped on exit; ports are chosen free at run
-# time; only 127.0.0.1 is used.
+# Env: KVSTASH_BIN (default: build/kvstash of this repo); KVSTASH_POLL_SPIN_US (default 50)
+# applies to kvstash serve and the kvstash clients alike (0: neither polls before it sleeps, as
+# Redis does not); KVSTASH_BENCH_KEEP=1 keeps the daemons' logs. Needs redis-server,
+# redis-benchmark, redis-cli, python3. Everything it starts is stopped on exit; ports are chosen
+# free at run time; only 127.0.0.1 is used.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${KVSTASH_BIN:-$HERE/../build/kvstash}
@@ -69,7 +71,7 @@ while [ $# -gt 0 ]; do
     --steps) STEPS=$2; shift 2 ;;
     --rebuild-objects) ROBJECTS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
-    -h | --help) sed -n '3,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '3,44p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "store_scale.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -259,6 +261,7 @@ echo "host: $(nproc) cores, $(awk '$1 == "MemTotal:" { printf "%.1f GiB RAM", $2
 echo "$("$BIN" --version 2>/dev/null | head -n 1); $(redis-server --version | awk '{ print $1, $2, $3 }')"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "kvstash: $DURATION s per case, protocol auto (shm on this host) unless noted; Redis: the same number of requests"
+echo "kvstash polls up to ${KVSTASH_POLL_SPIN_US:-50} us for a request or an answer before a thread sleeps (server and client; KVSTASH_POLL_SPIN_US); Redis never polls"
 echo
 
 # ============================== single-key operations =========================================

@@ -42,7 +42,14 @@ struct kv_store_opts {
     const char *cluster;  /* NULL = "default" */
     const char *protocol; /* transfer protocol: "auto" (NULL), "tcp", "shm", "rdma" */
     int timeout_ms;       /* per operation; 0 = default 10000 */
+    /* Microseconds a call keeps polling for the master's answer before its thread sleeps
+     * (at most 10000): 0 = KV_STORE_DEFAULT_POLL_SPIN_US, negative = never. An answer that
+     * comes within it skips the sleep and wake-up (on a VM about as long as the request
+     * itself); a call costs up to this much CPU more. */
+    int poll_spin_us;
 };
+
+#define KV_STORE_DEFAULT_POLL_SPIN_US 50
 
 /* Connects to the master. *out is owned (close with kv_store_close()). KV_EMETA_UNAVAIL /
  * KV_ECONNREFUSED when no master answers within the timeout. */

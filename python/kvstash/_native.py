@@ -57,6 +57,7 @@ class StoreOpts(ctypes.Structure):
         ("cluster", c_char_p),
         ("protocol", c_char_p),
         ("timeout_ms", c_int),
+        ("poll_spin_us", c_int),
     ]
 
 

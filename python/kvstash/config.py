@@ -64,6 +64,8 @@ TABLE = {
     "replicas": (_int(1, 16), 1, "replicas of each saved chunk"),
     "threads": (_int(1, 64), 2, "copy engine worker threads per worker process"),
     "timeout_ms": (_int(1, 3600 * 1000), 10000, "timeout of one store operation"),
+    "poll_spin_us": (_int(-1, 10000), 0, "microseconds a store call polls for the master's "
+                                         "answer before sleeping (0 = default 50, -1 = never)"),
     "kv_layout": (_str, None, "KV layout name used in keys (default: vLLM's, else NHD)"),
     "model": (_str, None, "model name used in keys (default: the engine's model)"),
     "save_sync": (_bool, False, "wait for saves at the end of each forward (default: async)"),
@@ -145,4 +147,5 @@ def open_store(cfg):
                          "in its extra config, KVSTASH_MASTER/KVSTASH_METADATA, or a config file")
     return Store(master=cfg.get("master"), metadata=cfg.get("metadata"),
                  cluster=cfg.get("cluster"), protocol=cfg.get("protocol"),
-                 timeout_ms=cfg.get("timeout_ms") or 0)
+                 timeout_ms=cfg.get("timeout_ms") or 0,
+                 poll_spin_us=cfg.get("poll_spin_us") or 0)

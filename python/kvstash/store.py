@@ -72,15 +72,18 @@ class Store:
     """A connection to a kvstash cluster.
 
     Store(master="127.0.0.1:50051") or Store(metadata="etcd://127.0.0.1:2379"); optional
-    cluster, protocol ("auto", "tcp", "shm", "rdma"), timeout_ms.
+    cluster, protocol ("auto", "tcp", "shm", "rdma"), timeout_ms, poll_spin_us (microseconds a
+    call polls for the master's answer before its thread sleeps: 0 = the library's default, 50;
+    negative = never).
     """
 
-    def __init__(self, master=None, metadata=None, cluster=None, protocol=None, timeout_ms=0):
+    def __init__(self, master=None, metadata=None, cluster=None, protocol=None, timeout_ms=0,
+                 poll_spin_us=0):
         if not master and not metadata:
             raise ValueError("kvstash: Store needs master='HOST:PORT' or metadata='URL'")
         enc = lambda s: s.encode() if isinstance(s, str) else s  # noqa: E731
         self._opts = _native.StoreOpts(enc(master), enc(metadata), enc(cluster), enc(protocol),
-                                       int(timeout_ms))
+                                       int(timeout_ms), int(poll_spin_us))
         h = ctypes.c_uint64()
         check(_native.kv_store_h_open(ctypes.byref(self._opts), ctypes.byref(h)),
               "cannot connect to %s" % (master or metadata))

@@ -38,6 +38,9 @@ static const struct kv_cfg_opt master_opts[] = {
      "seconds after which an unfinished put is reclaimed"},
     {"io-threads", "KVSTASH_IO_THREADS", NULL, KV_CFG_INT, "0", 0, 64, NULL, "N",
      "the master's RPC event loops (0 = one per two CPUs, 1..8)"},
+    {"poll-spin-us", "KVSTASH_POLL_SPIN_US", NULL, KV_CFG_INT, "50", 0, 10000, NULL, "US",
+     "an idle RPC event loop polls this long before it sleeps (0 = never): less latency per "
+     "request, up to this much CPU each time it falls idle"},
     {"lease-ms", "KVSTASH_LEASE_MS", NULL, KV_CFG_INT, "5000", 10, 600000, NULL, "MS",
      "read lease granted by a get: the bytes are not evicted or reused meanwhile"},
     {"node-timeout", "KVSTASH_NODE_TIMEOUT", NULL, KV_CFG_INT, "5", 1, 3600, NULL, "S",
@@ -106,6 +109,7 @@ int kv_cli_master(int argc, char **argv)
         .admin_addr = admin,
         .kv_expire_time_s = (uint32_t)kv_cfg_int(&cfg, "kv-expire-time"),
         .io_threads = (int)kv_cfg_int(&cfg, "io-threads"),
+        .poll_spin_us = (int)kv_cfg_int(&cfg, "poll-spin-us"),
         .cleanup_interval_ms = (uint32_t)kv_cfg_int(&cfg, "cleanup-interval") * 1000u,
         .high_watermark = hw,
         .low_watermark = lw,

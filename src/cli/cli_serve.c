@@ -55,6 +55,9 @@ static const struct kv_cfg_opt serve_opts[] = {
      "shared token transfer and store RPC peers must present"},
     {"io-threads", "KVSTASH_IO_THREADS", NULL, KV_CFG_INT, "0", 0, 64, NULL, "N",
      "the master's RPC event loops (0 = one per two CPUs, 1..8)"},
+    {"poll-spin-us", "KVSTASH_POLL_SPIN_US", NULL, KV_CFG_INT, "50", 0, 10000, NULL, "US",
+     "an idle RPC event loop polls this long before it sleeps (0 = never): less latency per "
+     "request, up to this much CPU each time it falls idle"},
     {"kv-expire-time", "KVSTASH_KV_EXPIRE_TIME", NULL, KV_CFG_INT, "86400", 1, 4e9, NULL, "S",
      "default object TTL in seconds"},
 };
@@ -136,6 +139,7 @@ int kv_cli_serve(int argc, char **argv)
         .admin_addr = admin,
         .kv_expire_time_s = (uint32_t)kv_cfg_int(&cfg, "kv-expire-time"),
         .io_threads = (int)kv_cfg_int(&cfg, "io-threads"),
+        .poll_spin_us = (int)kv_cfg_int(&cfg, "poll-spin-us"),
         .in_process_rpc = true, /* its node calls it directly, not through a socket */
     };
     /* the store RPC (common/auth.h) requires the same token as the transfer engine */

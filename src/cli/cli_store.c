@@ -46,6 +46,7 @@ int kv_cli_store_open(const struct kv_cfg *c, struct kv_store **out)
         .cluster = kv_cfg_str(c, "cluster"),
         .protocol = proto,
         .timeout_ms = (int)kv_cfg_int(c, "timeout"),
+        .poll_spin_us = kv_cfg_int(c, "poll-spin-us") ? (int)kv_cfg_int(c, "poll-spin-us") : -1,
     };
     int rc = kv_store_open(&o, out);
     if (rc < 0) {

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -192,6 +193,62 @@ int kv_net_read_full(int fd, void *p, size_t n, int64_t deadline_ms)
         return kv_err_from_errno(errno);
     }
     return KV_OK;
+}
+
+#define SPIN_MIN_US 4 /* a window halved below this is 0; a grown one starts here */
+
+void kv_spin_init(struct kv_spin *sp, int max_us)
+{
+    sp->max_us = max_us > 0 ? max_us : 0;
+    atomic_init(&sp->win_us, sp->max_us);
+}
+
+int kv_spin_window(struct kv_spin *sp)
+{
+    return atomic_load_explicit(&sp->win_us, memory_order_relaxed);
+}
+
+void kv_spin_learn(struct kv_spin *sp, int64_t waited_us)
+{
+    if (sp->max_us == 0)
+        return;
+    int w = atomic_load_explicit(&sp->win_us, memory_order_relaxed);
+    int nw;
+    if (waited_us <= sp->max_us)
+        nw = w == 0 ? SPIN_MIN_US : (w >= sp->max_us / 2 ? sp->max_us : w * 2);
+    else
+        nw = w / 2 < SPIN_MIN_US ? 0 : w / 2;
+    if (nw != w)
+        atomic_store_explicit(&sp->win_us, nw, memory_order_relaxed);
+}
+
+int kv_net_read_some(int fd, void *p, size_t n, int64_t deadline_ms, int spin_us, size_t *got)
+{
+    *got = 0;
+    if (n == 0)
+        return KV_OK;
+    int64_t spin_until = spin_us > 0 ? kv_now_us() + spin_us : 0;
+    for (;;) {
+        ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
+        if (r > 0) {
+            *got = (size_t)r;
+            return KV_OK;
+        }
+        if (r == 0)
+            return KV_ECONNRESET;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return kv_err_from_errno(errno);
+        if (spin_until && kv_now_us() < spin_until) {
+            sched_yield(); /* a thread that wants this CPU runs first */
+            continue;
+        }
+        spin_until = 0;
+        int rc = wait_fd(fd, POLLIN, deadline_ms);
+        if (rc < 0)
+            return rc;
+    }
 }
 
 int kv_net_free_port(uint16_t *port)

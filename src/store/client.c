@@ -140,6 +140,7 @@ int cli_leader_get(struct kv_store *s, struct leader **out)
         kv_free(l);
         return rc;
     }
+    kv_rpc_client_set_poll_spin(l->rpc, s->poll_spin_us);
     atomic_init(&l->refs, 2); /* s and the caller */
     pthread_mutex_lock(&s->lock);
     if (s->leader) { /* another thread won: use its leader */
@@ -281,6 +282,8 @@ int kv_store_open(const struct kv_store_opts *opts, struct kv_store **out)
     snprintf(s->client_id, sizeof(s->client_id), "%s-%d-%u", host, (int)getpid(),
              atomic_fetch_add(&seq, 1));
     s->timeout_ms = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+    s->poll_spin_us = opts->poll_spin_us == 0 ? KV_STORE_DEFAULT_POLL_SPIN_US
+                                              : KV_MIN(KV_MAX(opts->poll_spin_us, 0), 10000);
     s->inline_max = inline_max;
     s->master = opts->master ? kv_strdup(opts->master) : NULL;
     s->cluster = kv_strdup(opts->cluster ? opts->cluster : "default");

@@ -9,7 +9,9 @@
  *     carrying at most one request: a submit packs the request into a free connection's send
  *     buffer and writes what the socket takes; kv_store_aio_poll waits on all of them with one
  *     epoll set, reads whole response frames and completes their operations. So a thread with
- *     `depth` requests outstanding sleeps once per batch of answers, not once per answer.
+ *     `depth` requests outstanding sleeps once per batch of answers, not once per answer; and
+ *     before it sleeps it polls the set for the context's spin window (kv_spin, net.h; at most
+ *     kv_store_opts.poll_spin_us), yielding the CPU between two polls.
  *   - The requests are the synchronous client's own (client.c): PUT with the value inside
  *     (values up to inline_max), GET and EXISTS of one key. A get's answer names the replicas;
  *     the value is read from the nearest (shm: a memcpy) by the polling thread, then checked
@@ -37,6 +39,7 @@
  */
 #define KV_LOG_COMPONENT "store-aio"
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -86,6 +89,7 @@ struct kv_store_aio {
     struct kv_store_aio_done *ready;
     unsigned nready;
     struct kv_store_aio_stats st;
+    struct kv_spin spin; /* how long a poll asks before it sleeps (kv_store_opts.poll_spin_us) */
 };
 
 static void conn_close(struct kv_store_aio *a, struct aio_conn *c)
@@ -110,6 +114,7 @@ int kv_store_aio_open(struct kv_store *s, unsigned depth, struct kv_store_aio **
         return KV_ENOMEM;
     a->s = s;
     a->depth = depth;
+    kv_spin_init(&a->spin, s->poll_spin_us);
     a->next_id = 1;
     a->epfd = epoll_create1(EPOLL_CLOEXEC);
     a->conns = kv_calloc(depth, sizeof(*a->conns));
@@ -520,7 +525,19 @@ int kv_store_aio_poll(struct kv_store_aio *a, struct kv_store_aio_done *done, si
             if (a->conns[i].op_live && a->conns[i].deadline_ms < first)
                 first = a->conns[i].deadline_ms;
         int wait = n ? 0 : (int)KV_MAX(0, KV_MIN(KV_MIN(first, until) - now, (int64_t)INT32_MAX));
-        int ne = epoll_wait(a->epfd, a->evs, (int)KV_MIN((size_t)a->depth, max - n), wait);
+        int nmax = (int)KV_MIN((size_t)a->depth, max - n);
+        int ne = 0;
+        int win = wait != 0 ? kv_spin_window(&a->spin) : 0;
+        int64_t t0 = wait != 0 && a->spin.max_us ? kv_now_us() : 0;
+        if (win > 0) { /* poll before sleeping (store.h), yielding to threads that want the CPU */
+            int64_t spin_until = t0 + win;
+            while ((ne = epoll_wait(a->epfd, a->evs, nmax, 0)) == 0 && kv_now_us() < spin_until)
+                sched_yield();
+        }
+        if (ne == 0)
+            ne = epoll_wait(a->epfd, a->evs, nmax, wait);
+        if (t0)
+            kv_spin_learn(&a->spin, kv_now_us() - t0);
         if (ne < 0 && errno != EINTR)
             return n ? (int)n : kv_err_from_errno(errno);
         for (int e = 0; e < ne; e++) {

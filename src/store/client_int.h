@@ -34,6 +34,7 @@ struct kv_store {
     char *cluster;
     char *protocol;
     int timeout_ms;
+    int poll_spin_us;     /* an answer is polled for this long before the thread sleeps */
     size_t inline_max;    /* values up to this size go inside the PUT request */
     struct kv_meta *meta; /* NULL only while opening without metadata */
     struct kv_xfer *xfer;

@@ -262,7 +262,8 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
                                     .fast_handler = kv_master_handle_fast,
                                     .ud = m,
                                     .io_threads = io_threads(o->io_threads),
-                                    .workers = KV_RPC_DEF_WORKERS};
+                                    .workers = KV_RPC_DEF_WORKERS,
+                                    .poll_spin_us = o->poll_spin_us};
     rc = kv_rpc_server_start(&so, &m->rpc);
     if (rc < 0) {
         KV_LOGE("cannot listen for RPC on %s: %s", addr, kv_strerror(rc));

@@ -231,6 +231,14 @@ int kv_master_metrics(struct kv_master *m, struct kv_buf *b)
         struct kv_prom_label l = {"op", rpc_ops[o].op};
         kv_prom_hist(&p, &l, 1, rpc_le, s.rpc[o], MST_RPC_NB, s.rpc_sum[o]);
     }
+    uint64_t spins = 0, hits = 0;
+    if (m->rpc)
+        kv_rpc_server_poll_stats(m->rpc, &spins, &hits);
+    kv_prom_one(&p, "kvstash_store_rpc_poll_spins_total", KV_PROM_COUNTER,
+                "Times an RPC event loop polled (--poll-spin-us) before it would sleep.",
+                (double)spins);
+    kv_prom_one(&p, "kvstash_store_rpc_poll_spin_hits_total", KV_PROM_COUNTER,
+                "Polls that found a request, so the loop did not sleep.", (double)hits);
     kv_prom_process(&p);
     kv_free(s.nodes);
     return kv_prom_end(&p);

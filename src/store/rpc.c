@@ -4,7 +4,10 @@
  * event-loop server with a bounded worker pool. Wire format and method table in rpc.h.
  *
  * Client: a call borrows an idle connection from the pool (or connects), writes the request
- * frame and reads the response with one deadline. Any transport or framing error closes the
+ * frame and reads the response with one deadline. The first read of the answer takes whatever
+ * has arrived (a small answer whole, in one system call), after polling the socket for the
+ * client's spin window (kv_spin, net.h: it grows while answers come within poll_spin_us and
+ * shrinks to nothing when they do not). Any transport or framing error closes the
  * connection instead of returning it to the pool, so a desynchronised stream is never reused.
  * A failure on a pooled connection before any response byte arrived is retried once on a fresh
  * connection (the server may have closed an idle connection); the retry may repeat the request,
@@ -22,7 +25,13 @@
  *    (exclusive wake-ups let one loop grab a whole burst) and the inboxes are needed anyway for
  *    connections coming back from workers.
  *  - Sockets are non-blocking and registered once, edge-triggered, for IN|OUT|RDHUP; a leader
- *    therefore always reads or writes until EAGAIN before it waits for the next edge.
+ *    therefore always reads until EAGAIN or a short read (which, epoll(7) says, also means the
+ *    socket was empty: later bytes raise a new edge), and writes until EAGAIN, before it waits
+ *    for the next edge.
+ *  - Before a leader sleeps in epoll_wait it polls epoll for the loop's spin window (at most
+ *    poll_spin_us, learned from the loop's waits as the client's is), yielding the CPU between
+ *    two polls: a request that comes meanwhile is answered without the thread's sleep and
+ *    wake-up.
  *  - A complete request is offered to fast_handler on the leader's thread; if it is NULL or
  *    returns KV_RPC_SLOW the connection goes busy and the request must run on a worker. When a
  *    worker is idle beyond the work already queued, the leader hands the *loop* to it (lead
@@ -66,9 +75,9 @@
  *     the request leaves the loop) and false on the runner (after the write) or on the leader
  *     (taking it from the inbox); the queues' mutexes order the hand-over. A busy connection
  *     has no deadline.
- *  4. Whenever a leader holds a connection and waits, it has seen EAGAIN on the direction it
- *     waits for, or it is told by io_pending / maybe_more / leftover input to look again: no
- *     edge-triggered event is lost.
+ *  4. Whenever a leader holds a connection and waits, it has seen EAGAIN (or a short read) on
+ *     the direction it waits for, or it is told by io_pending / maybe_more / leftover input to
+ *     look again: no edge-triggered event is lost.
  *  5. A receive buffer never holds more than max(SRV_RX_STEP, received) bytes of room beyond
  *     what arrived, nor more than its frame + 1; buffers over SRV_KEEP_BUF are released once
  *     their frame is answered.
@@ -98,6 +107,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -412,7 +422,8 @@ struct kv_rpc_client {
     int idle[POOL_MAX_IDLE];
     int nidle;
     _Atomic uint64_t next_id;
-    char *token; /* presented first on every new connection (AUTH); NULL = none */
+    char *token;         /* presented first on every new connection (AUTH); NULL = none */
+    struct kv_spin spin; /* a call polls for its answer this long before it blocks */
 };
 
 int kv_rpc_client_create(const char *addr, int connect_timeout_ms, struct kv_rpc_client **out)
@@ -451,6 +462,16 @@ int kv_rpc_client_set_token(struct kv_rpc_client *c, const char *token)
     kv_free(c->token);
     c->token = t;
     return KV_OK;
+}
+
+void kv_rpc_client_set_poll_spin(struct kv_rpc_client *c, int us)
+{
+    kv_spin_init(&c->spin, KV_MIN(KV_RPC_MAX_POLL_SPIN_US, us));
+}
+
+int kv_rpc_client_poll_spin(const struct kv_rpc_client *c)
+{
+    return c->spin.max_us;
 }
 
 void kv_rpc_client_destroy(struct kv_rpc_client *c)
@@ -508,43 +529,64 @@ static int write_frame(int fd, const uint8_t hb[KV_RPC_HDR_LEN], const void *p, 
     return rc;
 }
 
-/* One exchange on fd. *got_any tells whether any response byte arrived. */
+/* One exchange on fd. *got_any tells whether any response byte arrived. The answer's first
+ * read takes whatever has arrived, up to the header and FIRST_READ bytes of payload (a small
+ * answer in one system call), after polling for sp's window (kv_net_read_some; sp NULL = no
+ * polling); the wait teaches sp. */
+#define FIRST_READ 4096
 static int exchange(int fd, uint16_t method, uint64_t id, const void *req, size_t len,
-                    int64_t deadline, int *status, struct kv_buf *resp, bool *got_any)
+                    int64_t deadline, struct kv_spin *sp, int *status, struct kv_buf *resp,
+                    bool *got_any)
 {
-    uint8_t hb[KV_RPC_HDR_LEN];
+    uint8_t hb[KV_RPC_HDR_LEN + FIRST_READ];
     struct kv_rpc_hdr h = {KV_RPC_MAGIC, method, 0, (uint32_t)len, 0, id};
     kv_rpc_hdr_encode(&h, hb);
     *got_any = false;
     int rc = write_frame(fd, hb, req, len, deadline);
     if (rc < 0)
         return rc;
-    rc = kv_net_read_full(fd, hb, 1, deadline);
-    if (rc < 0)
-        return rc;
-    *got_any = true;
-    rc = kv_net_read_full(fd, hb + 1, sizeof(hb) - 1, deadline);
-    if (rc < 0)
-        return rc == KV_ECONNRESET ? KV_ECONNRESET : rc;
+    size_t have = 0;
+    int64_t t0 = sp && sp->max_us ? kv_now_us() : 0;
+    while (have < KV_RPC_HDR_LEN) {
+        size_t n;
+        int spin = have || !sp ? 0 : kv_spin_window(sp);
+        rc = kv_net_read_some(fd, hb + have, sizeof(hb) - have, deadline, spin, &n);
+        if (rc < 0)
+            return rc;
+        if (!have && t0)
+            kv_spin_learn(sp, kv_now_us() - t0);
+        *got_any = true;
+        have += n;
+    }
     struct kv_rpc_hdr r;
-    rc = kv_rpc_hdr_decode(hb, sizeof(hb), &r);
+    rc = kv_rpc_hdr_decode(hb, KV_RPC_HDR_LEN, &r);
     if (rc < 0)
         return rc;
     if (!(r.flags & KV_RPC_F_RESPONSE))
         return KV_EPROTO;
     if (r.id != id && r.id != 0)
         return KV_EPROTO;
+    size_t early = have - KV_RPC_HDR_LEN; /* payload bytes the first reads brought */
+    if (early > r.len)
+        return KV_EPROTO; /* bytes past the answer: the stream is not ours to trust */
     struct kv_buf tmp;
     kv_buf_init(&tmp);
     struct kv_buf *dst = resp ? resp : &tmp;
     kv_buf_reset(dst);
-    /* The buffer grows as the payload arrives, by at most max(CLI_RX_STEP, received) at a
+    rc = kv_buf_reserve(dst, early + 1);
+    if (rc < 0) {
+        kv_buf_fini(&tmp);
+        return rc;
+    }
+    memcpy(dst->data, hb + KV_RPC_HDR_LEN, early);
+    dst->len = early;
+    /* The rest grows the buffer as it arrives, by at most max(CLI_RX_STEP, received) at a
      * time: a peer whose header announces 64 MiB and sends nothing costs CLI_RX_STEP. */
-    size_t got = 0;
-    do {
+    size_t got = early;
+    while (got < r.len) {
         size_t chunk = KV_MIN((size_t)r.len - got, KV_MAX((size_t)CLI_RX_STEP, got));
         rc = kv_buf_reserve(dst, chunk + 1);
-        if (rc == KV_OK && chunk)
+        if (rc == KV_OK)
             rc = kv_net_read_full(fd, dst->data + got, chunk, deadline);
         if (rc < 0) {
             kv_buf_reset(dst);
@@ -553,7 +595,7 @@ static int exchange(int fd, uint16_t method, uint64_t id, const void *req, size_
         }
         got += chunk;
         dst->len = got;
-    } while (got < r.len);
+    }
     dst->data[r.len] = '\0';
     kv_buf_fini(&tmp);
     if (r.id == 0) /* the server rejected our framing and closes: treat as protocol error */
@@ -570,8 +612,8 @@ static int client_auth(struct kv_rpc_client *c, int fd, uint64_t id, int64_t dea
     kv_buf_init(&r);
     int status = 0;
     bool got_any;
-    int rc =
-        exchange(fd, KV_RPC_AUTH, id, c->token, strlen(c->token), deadline, &status, &r, &got_any);
+    int rc = exchange(fd, KV_RPC_AUTH, id, c->token, strlen(c->token), deadline, NULL, &status, &r,
+                      &got_any);
     if (rc == KV_OK && status != KV_OK) {
         KV_LOGW_RL(5000, "RPC server %s refused this client's token: %s", c->addr,
                    r.len ? r.data : kv_strerror(status));
@@ -633,7 +675,7 @@ int kv_rpc_call(struct kv_rpc_client *c, uint16_t method, const void *req, size_
                 return rc;
         }
         bool got_any;
-        int rc = exchange(fd, method, id, req, len, deadline, status, resp, &got_any);
+        int rc = exchange(fd, method, id, req, len, deadline, &c->spin, status, resp, &got_any);
         if (rc == KV_OK && *status == KV_EPERM) {
             /* refused: the server closes the connection after this answer */
             KV_LOGW_RL(5000, "RPC %s to %s refused: %.*s", kv_rpc_method_name(method), c->addr,
@@ -765,7 +807,8 @@ struct srv_loop {
     int64_t next_scan;
     bool accept_paused;
     int64_t accept_resume;
-    unsigned next_loop; /* loop 0 only: round-robin target of the next accepted connection */
+    unsigned next_loop;  /* loop 0 only: round-robin target of the next accepted connection */
+    struct kv_spin spin; /* how long the leader polls before it sleeps */
 };
 
 struct kv_rpc_server {
@@ -792,8 +835,10 @@ struct kv_rpc_server {
     int nqueued;
     struct srv_loop *lead_head, *lead_tail; /* loops without a leader, served before requests */
     int nlead;
-    int nidle;   /* threads waiting on wcond */
-    char *token; /* every connection must present it first (AUTH); NULL = none; fixed */
+    int nidle;        /* threads waiting on wcond */
+    char *token;      /* every connection must present it first (AUTH); NULL = none; fixed */
+    int poll_spin_us; /* a loop polls at most this long before it sleeps; 0 = never */
+    atomic_ullong spins, spin_hits; /* polls before a sleep / those that found an event */
 };
 
 static void conn_free(struct srv_conn *c)
@@ -1101,6 +1146,7 @@ static bool conn_dispatch(struct srv_loop *l, struct srv_conn *c)
 /* Loop thread: advances c's state machine until it would block (see the diagram at the top). */
 static void conn_drive(struct srv_loop *l, struct srv_conn *c)
 {
+    bool drained = false; /* a read here came back short: the socket was empty then */
     for (;;) {
         if (c->tx_len) {
             int rc = conn_tx(c);
@@ -1130,12 +1176,15 @@ static void conn_drive(struct srv_loop *l, struct srv_conn *c)
                 return;
             continue;
         }
-        int rc = conn_rx(c);
+        /* A short read emptied the socket (epoll(7)): whatever arrives after it raises a new
+         * edge, so asking again would only cost a system call that says EAGAIN. */
+        int rc = drained ? KV_EAGAIN : conn_rx(c);
         if (rc == KV_EAGAIN) {
             if (c->in.len)
                 timer_arm(l, c);
             return;
         }
+        drained = rc == KV_OK && !c->maybe_more;
         if (rc == KV_ENOMEM) {
             conn_set_fatal(c, c->have_hdr ? c->h.method : 0, c->have_hdr ? c->h.id : 0, KV_ENOMEM);
             continue;
@@ -1281,7 +1330,30 @@ static void loop_scan_deadlines(struct srv_loop *l, int64_t now)
     l->next_scan = now + l->s->scan_ms;
 }
 
-/* Leader: ends an epoll batch (deadline scan, accept resume, frees) and waits for the next. */
+/* Before the loop sleeps: asks epoll without blocking for up to win_us, yielding the CPU to
+ * any thread that wants it between two asks. A request that arrives meanwhile is read at once,
+ * without the sleep and wake-up of the thread, which on a VM (a halted vCPU woken by an
+ * interrupt) cost about as much as the rest of a small request (bench/README.md). true when
+ * events arrived (l->nev > 0). */
+static bool loop_spin(struct srv_loop *l, int win_us)
+{
+    struct kv_rpc_server *s = l->s;
+    int64_t until = kv_now_us() + win_us;
+    atomic_fetch_add_explicit(&s->spins, 1, memory_order_relaxed);
+    do {
+        l->nev = epoll_wait(l->epfd, l->evs, SRV_MAX_EVENTS, 0);
+        if (l->nev > 0) {
+            atomic_fetch_add_explicit(&s->spin_hits, 1, memory_order_relaxed);
+            return true;
+        }
+        sched_yield(); /* a thread that wants this CPU runs first */
+    } while (!atomic_load_explicit(&s->stopping, memory_order_relaxed) && kv_now_us() < until);
+    l->nev = 0;
+    return false;
+}
+
+/* Leader: ends an epoll batch (deadline scan, accept resume, frees) and waits for the next,
+ * polling first for the window the loop's own waits taught it (kv_spin, net.h). */
 static void loop_next_batch(struct srv_loop *l)
 {
     struct kv_rpc_server *s = l->s;
@@ -1306,7 +1378,15 @@ static void loop_next_batch(struct srv_loop *l)
         timeout = timeout < 0 ? t : KV_MIN(timeout, t);
     }
     l->iev = 0;
+    int win = timeout != 0 ? kv_spin_window(&l->spin) : 0;
+    int64_t t0 = l->spin.max_us ? kv_now_us() : 0;
+    if (win > 0 && loop_spin(l, win)) {
+        kv_spin_learn(&l->spin, kv_now_us() - t0);
+        return;
+    }
     l->nev = epoll_wait(l->epfd, l->evs, SRV_MAX_EVENTS, timeout);
+    if (t0)
+        kv_spin_learn(&l->spin, kv_now_us() - t0);
     if (l->nev < 0) {
         if (errno != EINTR) {
             KV_LOGE("RPC loop: epoll_wait: %s", strerror(errno));
@@ -1445,6 +1525,7 @@ static void *worker_main(void *arg)
 static int loop_init(struct kv_rpc_server *s, struct srv_loop *l, bool with_listener)
 {
     l->s = s;
+    kv_spin_init(&l->spin, s->poll_spin_us);
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (l->epfd < 0)
         return kv_err_from_errno(errno);
@@ -1550,6 +1631,7 @@ int kv_rpc_server_start(const struct kv_rpc_server_opts *opts, struct kv_rpc_ser
     s->scan_ms = KV_MAX(10, KV_MIN(1000, s->io_timeout_ms / 10));
     s->nloops = opts->io_threads > 0 ? opts->io_threads : KV_RPC_DEF_IO_THREADS;
     s->nworkers = opts->workers > 0 ? opts->workers : KV_RPC_DEF_WORKERS;
+    s->poll_spin_us = KV_MIN(KV_RPC_MAX_POLL_SPIN_US, KV_MAX(0, opts->poll_spin_us));
     atomic_init(&s->stopping, false);
     atomic_init(&s->nconns, 0);
     int rc = kv_net_listen_tcp(host, port, 1024, &s->lfd, &s->port);
@@ -1588,6 +1670,12 @@ out_free:
     kv_free(s->token);
     kv_free(s);
     return rc;
+}
+
+void kv_rpc_server_poll_stats(struct kv_rpc_server *s, uint64_t *spins, uint64_t *hits)
+{
+    *spins = atomic_load_explicit(&s->spins, memory_order_relaxed);
+    *hits = atomic_load_explicit(&s->spin_hits, memory_order_relaxed);
 }
 
 uint16_t kv_rpc_server_port(const struct kv_rpc_server *s)

@@ -142,6 +142,11 @@ int kv_rpc_client_create(const char *addr, int connect_timeout_ms, struct kv_rpc
  * a client presents kv_auth_token() (KVSTASH_TOKEN). Call before the first call (tests, tools).
  * KV_ENOMEM. */
 int kv_rpc_client_set_token(struct kv_rpc_client *c, const char *token);
+/* Microseconds a call polls for its answer before it blocks (0 = never, the default; at most
+ * KV_RPC_MAX_POLL_SPIN_US): an answer due within that time is read without the thread's sleep
+ * and wake-up. Set before the client is shared. */
+void kv_rpc_client_set_poll_spin(struct kv_rpc_client *c, int us);
+int kv_rpc_client_poll_spin(const struct kv_rpc_client *c);
 /* Closes every pooled connection and frees c. Calls in flight must have returned. NULL no-op. */
 void kv_rpc_client_destroy(struct kv_rpc_client *c);
 /* The address given at creation. Borrowed, valid until destroy. */
@@ -228,7 +233,13 @@ struct kv_rpc_server_opts {
     /* The token every connection must present first (AUTH frame, above); copied. NULL =
      * kv_auth_token() (KVSTASH_TOKEN, or none), "" = none. */
     const char *token;
+    /* Microseconds a loop keeps asking epoll without blocking before it sleeps (0 = never, at
+     * most KV_RPC_MAX_POLL_SPIN_US): a request arriving meanwhile skips the thread's sleep and
+     * wake-up, at the price of up to this much CPU each time the loop falls idle. */
+    int poll_spin_us;
 };
+
+#define KV_RPC_MAX_POLL_SPIN_US 10000
 
 struct kv_rpc_server;
 
@@ -238,6 +249,9 @@ struct kv_rpc_server;
 int kv_rpc_server_start(const struct kv_rpc_server_opts *opts, struct kv_rpc_server **out);
 /* The port actually bound. */
 uint16_t kv_rpc_server_port(const struct kv_rpc_server *s);
+/* Since start: how often a loop polled before it slept (poll_spin_us), and how often that found
+ * an event (the sleeps saved). */
+void kv_rpc_server_poll_stats(struct kv_rpc_server *s, uint64_t *spins, uint64_t *hits);
 /* Stops accepting, waits for running handlers to return (requests still queued for a worker are
  * dropped unanswered), stops the I/O threads, closes every connection, frees s. After it returns
  * neither handler is running nor will be called. Not to be called from a handler. NULL is a

@@ -48,6 +48,7 @@ struct kv_master_opts {
     int leader_ttl_s;               /* leader lease ttl; 0 = 3 */
     bool in_process_rpc;            /* answer RPC clients of this process directly (rpc_local.h) */
     int io_threads;                 /* RPC event loops; 0 = one per two CPUs, 1..8 */
+    int poll_spin_us;               /* an idle RPC loop polls this long first; 0 = never */
 };
 
 struct kv_master;

@@ -6,7 +6,8 @@
  * 1,000 concurrent connections on a fixed number of threads, a blocked worker not delaying a
  * fast_handler answer, no big reservation for a header that announces 64 MiB (a request to the
  * server, or a response to the client), max_conns, stop while handlers run, and the shared
- * token: refusals ("authentication required", "bad token") answered and logged.
+ * token: refusals ("authentication required", "bad token") answered and logged; both ends
+ * polling before they sleep (poll_spin_us).
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -900,6 +901,59 @@ static void test_token(void **state)
     kv_log_set_sink(NULL, NULL);
 }
 
+/* Both ends polling before they sleep (poll_spin_us): answers of every size around the
+ * client's first read (4 KiB of payload) arrive whole and right, slow requests still go to the
+ * workers, the server counts its polls, and stop returns while its loop polls. */
+static void test_poll_spin(void **state)
+{
+    (void)state;
+    struct kv_rpc_server *srv;
+    struct kv_rpc_server_opts o = {.addr = "127.0.0.1:0",
+                                   .handler = handler,
+                                   .fast_handler = fast_handler,
+                                   .io_threads = 1,
+                                   .workers = 2,
+                                   .poll_spin_us = 200};
+    assert_int_equal(kv_rpc_server_start(&o, &srv), KV_OK);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", kv_rpc_server_port(srv));
+    struct kv_rpc_client *c;
+    assert_int_equal(kv_rpc_client_create(addr, 1000, &c), KV_OK);
+    kv_rpc_client_set_poll_spin(c, 200);
+    assert_int_equal(kv_rpc_client_poll_spin(c), 200);
+    size_t sizes[] = {0, 1, 4095, 4096, 4097, 100000};
+    char *big = kv_malloc(100000);
+    for (size_t i = 0; i < 100000; i++)
+        big[i] = (char)(i * 7 + 3);
+    struct kv_buf r;
+    kv_buf_init(&r);
+    int st;
+    for (int round = 0; round < 20; round++)
+        for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+            uint16_t m = k % 2 ? M_ECHO : M_JUNK; /* fast and slow paths */
+            assert_int_equal(kv_rpc_call(c, m, big, sizes[k], 5000, &st, &r), KV_OK);
+            assert_int_equal(st, KV_OK);
+            assert_int_equal(r.len, sizes[k]);
+            if (sizes[k])
+                assert_memory_equal(r.data, big, sizes[k]);
+        }
+    uint64_t spins, hits;
+    kv_rpc_server_poll_stats(srv, &spins, &hits);
+    assert_true(spins > 0); /* the loop fell idle between calls at least once */
+    assert_true(hits <= spins);
+    /* a server that never polls counts nothing */
+    struct kv_rpc_server *srv0;
+    o.poll_spin_us = 0;
+    assert_int_equal(kv_rpc_server_start(&o, &srv0), KV_OK);
+    kv_rpc_server_poll_stats(srv0, &spins, &hits);
+    assert_true(spins == 0 && hits == 0);
+    kv_rpc_server_stop(srv0);
+    kv_buf_fini(&r);
+    kv_free(big);
+    kv_rpc_client_destroy(c);
+    kv_rpc_server_stop(srv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -918,6 +972,7 @@ int main(void)
         cmocka_unit_test(test_stop_while_running),
         cmocka_unit_test(test_client_big_response_header),
         cmocka_unit_test(test_token),
+        cmocka_unit_test(test_poll_spin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
