@@ -216,6 +216,7 @@ int kv_master_start(const struct kv_master_opts *o, struct kv_master **out)
     if (!m->id || !m->cluster || !m->metadata || !m->adv_meta)
         goto out_free;
     m->expire_s = o->kv_expire_time_s ? o->kv_expire_time_s : 86400;
+    m->poll_spin_us = o->poll_spin_us;
     m->cleanup_ms = o->cleanup_interval_ms ? o->cleanup_interval_ms : 3600000;
     m->put_timeout_ms = o->put_timeout_ms ? o->put_timeout_ms : 30000;
     m->lease_ms = o->lease_ms ? o->lease_ms : 5000;

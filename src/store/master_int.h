@@ -226,6 +226,7 @@ struct kv_master {
     uint32_t expire_s, cleanup_ms, put_timeout_ms, lease_ms, node_timeout_ms, evict_ms;
     double high_wm, low_wm;
     int leader_ttl_s;
+    int poll_spin_us; /* its RPC loops, and its calls to nodes, poll this long before sleeping */
     char leader_key[512];
     char epoch_key[512];
     struct kv_meta *meta;

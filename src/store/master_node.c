@@ -281,8 +281,10 @@ int mst_h_mount(struct kv_master *m, const uint8_t *req, size_t len, struct kv_b
     if (!n->id || !n->segment || !n->host_id || !n->rpc_addr)
         goto out_nomem;
     rc = kv_rpc_client_create(in->rpc_addr, 2000, &n->rpc);
-    if (rc == KV_OK)
+    if (rc == KV_OK) {
+        kv_rpc_client_set_poll_spin(n->rpc, m->poll_spin_us); /* NODE_COMMIT answers */
         rc = kv_segalloc_create(in->size, &n->alloc);
+    }
     if (rc < 0) {
         KV_LOGW("MOUNT of node %s rejected: rpc address '%s' or size: %s", in->node_id,
                 in->rpc_addr, kv_strerror(rc));

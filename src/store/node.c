@@ -936,7 +936,8 @@ int kv_node_start(const struct kv_node_opts *o, struct kv_node **out)
                                     .fast_handler = node_handle_fast,
                                     .ud = n,
                                     .io_threads = KV_RPC_DEF_IO_THREADS,
-                                    .workers = KV_RPC_DEF_WORKERS};
+                                    .workers = KV_RPC_DEF_WORKERS,
+                                    .poll_spin_us = o->poll_spin_us};
     rc = kv_rpc_server_start(&so, &n->rpc);
     if (rc < 0) {
         KV_LOGE("cannot listen for RPC on %s: %s", addr, kv_strerror(rc));

@@ -101,6 +101,7 @@ struct kv_node_opts {
     size_t mount_chunk;         /* objects per MOUNT part; 0 = 65536 (~6 MiB frames) */
     bool in_process_rpc;        /* answer RPC clients of this process directly (rpc_local.h):
                                    `serve`, whose master commits every put on this node */
+    int poll_spin_us;           /* an idle RPC loop polls this long first; 0 = never */
 };
 
 struct kv_node;
