@@ -96,6 +96,8 @@ static int dispatch(struct kv_master *m, uint16_t method, const uint8_t *req, si
                    kv_rpc_method_name(method));
         return mst_not_leader(m, resp);
     }
+    if (method == KV_RPC_PUT_START || method == KV_RPC_PUT)
+        kv_slab_reserve(&m->slab); /* a fresh chunk's fault here, not under m->lock */
     int rc;
     switch (method) {
     case KV_RPC_HELLO:

@@ -125,6 +125,11 @@ void *kv_smap_get(const struct kv_smap *m, const char *key)
     return found ? ent_of(sh->slot[i])->val : NULL;
 }
 
+void kv_smap_reserve(struct kv_smap *m)
+{
+    kv_slab_reserve(&m->ents);
+}
+
 void kv_smap_prefetch(const struct kv_smap *m, const char *key)
 {
     uint64_t h = kv_hash64(key, strlen(key));

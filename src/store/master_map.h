@@ -46,6 +46,8 @@ void *kv_smap_del(struct kv_smap *m, const char *key);
 /* Asks the CPU for key's bucket, ahead of a lookup (loops over many keys overlap their cache
  * misses). */
 void kv_smap_prefetch(const struct kv_smap *m, const char *key);
+/* Readies the entries' next chunk outside the caller's lock (kv_slab_reserve). */
+void kv_smap_reserve(struct kv_smap *m);
 /* Calls fn for each entry; fn returns non-zero to remove the entry (after the call). */
 void kv_smap_each(struct kv_smap *m, int (*fn)(void *ud, const char *key, void *val), void *ud);
 

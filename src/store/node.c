@@ -141,6 +141,9 @@ static int h_commit(struct kv_node *n, const Kvstash__ObjectsReq *in, int32_t *s
         else
             memcpy(n->base + x->offset, x->data.data, x->data.len);
     }
+    /* the chunks the new records will come from are faulted in here, not under n->lock */
+    kv_slab_reserve(&n->objs);
+    kv_smap_reserve(&n->dram);
     pthread_mutex_lock(&n->lock);
     for (size_t i = 0; i < in->n_objects; i++) {
         const Kvstash__NodeObject *x = in->objects[i];

@@ -9,7 +9,9 @@
  *
  * Invariants:
  *  1. used = the sizes (rounded to 16) of the records handed out from chunks and not freed;
- *     mapped = KV_SLAB_CHUNK x chunks.
+ *     mapped = KV_SLAB_CHUNK x chunks (the spare included: it is in chunk_list from the start).
+ *  3. spare, when set, is a whole chunk no record came from, faulted in; the next chunk the
+ *     bump pointer needs is the spare when there is one.
  *  2. every record on free[c] is c x 16 bytes, inside a chunk of this slab, and not handed out.
  */
 #include "store/obj_slab.h"
@@ -67,6 +69,11 @@ void *kv_slab_alloc(struct kv_slab *s, size_t n)
     if (p) {
         s->free[c] = *(void **)p;
     } else {
+        if (s->spare && (!s->bump || (size_t)(s->end - s->bump) < r)) {
+            s->bump = s->spare + HEAD; /* already in chunk_list, counted in mapped */
+            s->end = s->spare + KV_SLAB_CHUNK;
+            s->spare = NULL;
+        }
         if (!s->bump || (size_t)(s->end - s->bump) < r) {
             /* the rest of the old chunk (under KV_SLAB_MAX bytes) is left unused */
             char *ch = kv_map_huge(KV_SLAB_CHUNK);
@@ -90,6 +97,33 @@ void *kv_slab_alloc(struct kv_slab *s, size_t n)
     if (reused) /* fresh chunk memory is zero already (and not touched before its use) */
         memset(p, 0, r);
     return p;
+}
+
+void kv_slab_reserve(struct kv_slab *s)
+{
+    if (!s->chunks)
+        return;
+    pthread_mutex_lock(&s->lock);
+    bool go =
+        !s->spare && !s->reserving && (!s->bump || (size_t)(s->end - s->bump) < KV_SLAB_CHUNK / 2);
+    if (go)
+        s->reserving = true;
+    pthread_mutex_unlock(&s->lock);
+    if (!go)
+        return;
+    char *ch = kv_map_huge(KV_SLAB_CHUNK);
+    if (ch) /* fault it in here: one write per 4 KiB page (one huge page: the first does it all) */
+        for (size_t o = 0; o < KV_SLAB_CHUNK; o += 4096)
+            ((volatile char *)ch)[o] = 0;
+    pthread_mutex_lock(&s->lock);
+    s->reserving = false;
+    if (ch) {
+        *(void **)ch = s->chunk_list;
+        s->chunk_list = ch;
+        s->mapped += KV_SLAB_CHUNK;
+        s->spare = ch;
+    }
+    pthread_mutex_unlock(&s->lock);
 }
 
 void kv_slab_free(struct kv_slab *s, void *p, size_t n)

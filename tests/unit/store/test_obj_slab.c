@@ -3,7 +3,8 @@
  * test_obj_slab.c - the master's record allocator (obj_slab.c): records of many sizes filled
  * and checked against a pattern (none overlaps another), zeroed when handed out again, freed
  * records reused by their own size only, the byte counts, records past the largest size and a
- * slab without chunks (kv_calloc), and chunks 2 MiB-aligned.
+ * slab without chunks (kv_calloc), chunks 2 MiB-aligned, and a spare chunk readied ahead
+ * (kv_slab_reserve).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -126,6 +127,61 @@ static void test_chunk_aligned(void **state)
     kv_slab_fini(&s);
 }
 
+/* kv_slab_reserve: a spare chunk readied ahead only once the newest one is half used (or there
+ * is none), at most one at a time, taken by the bump pointer before any new mapping; records
+ * from it are zero and distinct; fini unmaps it with the others (ASan/LSan would say). */
+static void test_reserve(void **state)
+{
+    (void)state;
+    struct kv_slab s;
+    struct kv_slab_stats st;
+    kv_slab_init(&s, true);
+    kv_slab_reserve(&s); /* no chunk yet: the first one is readied */
+    kv_slab_stats(&s, &st);
+    assert_int_equal(st.mapped, KV_SLAB_CHUNK);
+    assert_int_equal(st.used, 0);
+    kv_slab_reserve(&s); /* a spare exists: nothing more */
+    kv_slab_stats(&s, &st);
+    assert_int_equal(st.mapped, KV_SLAB_CHUNK);
+    size_t rec = 512, per = (KV_SLAB_CHUNK - 16) / rec, n = 0;
+    unsigned char **r = calloc(2 * per + 2, sizeof(*r));
+    assert_non_null(r);
+    r[n++] = kv_slab_alloc(&s, rec); /* comes from the spare: no new mapping */
+    kv_slab_stats(&s, &st);
+    assert_int_equal(st.mapped, KV_SLAB_CHUNK);
+    assert_int_equal((uintptr_t)r[0] & (KV_SLAB_CHUNK - 1), 16);
+    kv_slab_reserve(&s); /* the chunk is not half used yet: nothing */
+    kv_slab_stats(&s, &st);
+    assert_int_equal(st.mapped, KV_SLAB_CHUNK);
+    while (n < per / 2 + 1)
+        r[n++] = kv_slab_alloc(&s, rec);
+    kv_slab_reserve(&s); /* past half: the next chunk is readied */
+    kv_slab_stats(&s, &st);
+    assert_int_equal(st.mapped, 2 * KV_SLAB_CHUNK);
+    while (n < per + 1) /* the last one needs the next chunk: the spare, no third mapping */
+        r[n++] = kv_slab_alloc(&s, rec);
+    kv_slab_stats(&s, &st);
+    assert_int_equal(st.mapped, 2 * KV_SLAB_CHUNK);
+    assert_int_equal(st.used, n * rec);
+    for (size_t i = 0; i < n; i++) {
+        for (size_t k = 0; k < rec; k++)
+            assert_int_equal(r[i][k], 0);
+        memset(r[i], (int)(i & 0xff), rec);
+    }
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(r[i][rec - 1], (unsigned char)(i & 0xff));
+    for (size_t i = 0; i < n; i++)
+        kv_slab_free(&s, r[i], rec);
+    free(r);
+    kv_slab_fini(&s);
+
+    kv_slab_init(&s, false); /* without chunks: nothing to ready */
+    kv_slab_reserve(&s);
+    kv_slab_stats(&s, &st);
+    assert_int_equal(st.mapped, 0);
+    kv_slab_fini(&s);
+}
+
 /* past KV_SLAB_MAX, and in a slab without chunks: kv_calloc, nothing counted in the chunks */
 static void test_fallback(void **state)
 {
@@ -157,10 +213,9 @@ static void test_fallback(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_records),
-        cmocka_unit_test(test_sizes_apart),
-        cmocka_unit_test(test_chunk_aligned),
-        cmocka_unit_test(test_fallback),
+        cmocka_unit_test(test_records),       cmocka_unit_test(test_sizes_apart),
+        cmocka_unit_test(test_chunk_aligned), cmocka_unit_test(test_fallback),
+        cmocka_unit_test(test_reserve),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
