@@ -62,7 +62,7 @@ int kv_cli_bench_store(int argc, char **argv);
     {"token", "KVSTASH_TOKEN", NULL, KV_CFG_STR, NULL, 0, 0, NULL, "SECRET",                       \
      "shared token the store's master and nodes require (when they were started with one)"},     \
     {"poll-spin-us", "KVSTASH_POLL_SPIN_US", NULL, KV_CFG_INT, "50", 0, 10000, NULL, "US",         \
-     "poll this long for the master's answer before sleeping (0 = never)"},                        \
+     "poll up to this long for the master's answer before sleeping (0 = never; adapts)"},          \
     {"json", NULL, NULL, KV_CFG_BOOL, "false", 0, 0, NULL, NULL, "machine-readable output"}
 /* clang-format on */
 

@@ -39,8 +39,9 @@ static const struct kv_cfg_opt master_opts[] = {
     {"io-threads", "KVSTASH_IO_THREADS", NULL, KV_CFG_INT, "0", 0, 64, NULL, "N",
      "the master's RPC event loops (0 = one per two CPUs, 1..8)"},
     {"poll-spin-us", "KVSTASH_POLL_SPIN_US", NULL, KV_CFG_INT, "50", 0, 10000, NULL, "US",
-     "an idle RPC event loop polls this long before it sleeps (0 = never): less latency per "
-     "request, up to this much CPU each time it falls idle"},
+     "an idle RPC event loop polls up to this long before it sleeps (0 = never; the window adapts "
+     "to how soon requests come): less latency per request, up to this much CPU each time it "
+     "falls idle"},
     {"lease-ms", "KVSTASH_LEASE_MS", NULL, KV_CFG_INT, "5000", 10, 600000, NULL, "MS",
      "read lease granted by a get: the bytes are not evicted or reused meanwhile"},
     {"node-timeout", "KVSTASH_NODE_TIMEOUT", NULL, KV_CFG_INT, "5", 1, 3600, NULL, "S",

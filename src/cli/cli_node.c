@@ -58,8 +58,9 @@ static const struct kv_cfg_opt node_opts[] = {
     {"admin-addr", "KVSTASH_NODE_ADMIN_ADDR", NULL, KV_CFG_STR, "off", 0, 0, NULL, "H:P",
      "HTTP /health (liveness) and /ready (200 once mounted on the leader) on H:P, or off"},
     {"poll-spin-us", "KVSTASH_POLL_SPIN_US", NULL, KV_CFG_INT, "50", 0, 10000, NULL, "US",
-     "an idle RPC event loop polls this long for the master's next request before it sleeps "
-     "(0 = never): less latency per put, up to this much CPU each time it falls idle"},
+     "an idle RPC event loop polls up to this long for the master's next request before it "
+     "sleeps (0 = never; the window adapts to how soon requests come): less latency per put, up "
+     "to this much CPU each time it falls idle"},
 };
 
 /* The node for the admin server's /ready: NULL until kv_node_start returned (prefaulting a

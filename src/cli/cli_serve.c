@@ -56,8 +56,9 @@ static const struct kv_cfg_opt serve_opts[] = {
     {"io-threads", "KVSTASH_IO_THREADS", NULL, KV_CFG_INT, "0", 0, 64, NULL, "N",
      "the master's RPC event loops (0 = one per two CPUs, 1..8)"},
     {"poll-spin-us", "KVSTASH_POLL_SPIN_US", NULL, KV_CFG_INT, "50", 0, 10000, NULL, "US",
-     "an idle RPC event loop polls this long before it sleeps (0 = never): less latency per "
-     "request, up to this much CPU each time it falls idle"},
+     "an idle RPC event loop polls up to this long before it sleeps (0 = never; the window adapts "
+     "to how soon requests come): less latency per request, up to this much CPU each time it "
+     "falls idle"},
     {"kv-expire-time", "KVSTASH_KV_EXPIRE_TIME", NULL, KV_CFG_INT, "86400", 1, 4e9, NULL, "S",
      "default object TTL in seconds"},
 };

@@ -142,9 +142,10 @@ int kv_rpc_client_create(const char *addr, int connect_timeout_ms, struct kv_rpc
  * a client presents kv_auth_token() (KVSTASH_TOKEN). Call before the first call (tests, tools).
  * KV_ENOMEM. */
 int kv_rpc_client_set_token(struct kv_rpc_client *c, const char *token);
-/* Microseconds a call polls for its answer before it blocks (0 = never, the default; at most
- * KV_RPC_MAX_POLL_SPIN_US): an answer due within that time is read without the thread's sleep
- * and wake-up. Set before the client is shared. */
+/* Microseconds a call polls at most for its answer before it blocks (0 = never, the default;
+ * at most KV_RPC_MAX_POLL_SPIN_US); the window within that adapts to how soon answers come
+ * (kv_spin, net.h). An answer due within it is read without the thread's sleep and wake-up.
+ * Set before the client is shared. */
 void kv_rpc_client_set_poll_spin(struct kv_rpc_client *c, int us);
 int kv_rpc_client_poll_spin(const struct kv_rpc_client *c);
 /* Closes every pooled connection and frees c. Calls in flight must have returned. NULL no-op. */
@@ -233,9 +234,10 @@ struct kv_rpc_server_opts {
     /* The token every connection must present first (AUTH frame, above); copied. NULL =
      * kv_auth_token() (KVSTASH_TOKEN, or none), "" = none. */
     const char *token;
-    /* Microseconds a loop keeps asking epoll without blocking before it sleeps (0 = never, at
-     * most KV_RPC_MAX_POLL_SPIN_US): a request arriving meanwhile skips the thread's sleep and
-     * wake-up, at the price of up to this much CPU each time the loop falls idle. */
+    /* Microseconds a loop keeps asking epoll without blocking, at most, before it sleeps (0 =
+     * never, at most KV_RPC_MAX_POLL_SPIN_US; each loop's window within that adapts to how soon
+     * requests come, kv_spin in net.h): a request arriving meanwhile skips the thread's sleep
+     * and wake-up, at the price of up to this much CPU each time the loop falls idle. */
     int poll_spin_us;
 };
 
