@@ -353,6 +353,7 @@ void kv_master_stop(struct kv_master *m)
     kv_meta_close(m->meta);
     kv_oidx_fini(&m->index);
     kv_slab_fini(&m->slab); /* after kv_master_reset: no object is left */
+    pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->evict_lock);
     pthread_mutex_destroy(&m->wake_lock);
     pthread_cond_destroy(&m->cond);

@@ -10,9 +10,9 @@
  * Invariants:
  *  1. used = the sizes (rounded to 16) of the records handed out from chunks and not freed;
  *     mapped = KV_SLAB_CHUNK x chunks (the spare included: it is in chunk_list from the start).
+ *  2. every record on free[c] is c x 16 bytes, inside a chunk of this slab, and not handed out.
  *  3. spare, when set, is a whole chunk no record came from, faulted in; the next chunk the
  *     bump pointer needs is the spare when there is one.
- *  2. every record on free[c] is c x 16 bytes, inside a chunk of this slab, and not handed out.
  */
 #include "store/obj_slab.h"
 
@@ -69,13 +69,13 @@ void *kv_slab_alloc(struct kv_slab *s, size_t n)
     if (p) {
         s->free[c] = *(void **)p;
     } else {
-        if (s->spare && (!s->bump || (size_t)(s->end - s->bump) < r)) {
+        /* a next chunk: the rest of the old one (under KV_SLAB_MAX bytes) is left unused */
+        bool full = !s->bump || (size_t)(s->end - s->bump) < r;
+        if (full && s->spare) {
             s->bump = s->spare + HEAD; /* already in chunk_list, counted in mapped */
             s->end = s->spare + KV_SLAB_CHUNK;
             s->spare = NULL;
-        }
-        if (!s->bump || (size_t)(s->end - s->bump) < r) {
-            /* the rest of the old chunk (under KV_SLAB_MAX bytes) is left unused */
+        } else if (full) {
             char *ch = kv_map_huge(KV_SLAB_CHUNK);
             if (!ch) {
                 pthread_mutex_unlock(&s->lock);
