@@ -2,15 +2,17 @@
 /*
  * master_index.c - the master's object index: key -> struct mobj, split in KV_OIDX_SHARDS shards
  * by the hash's top bits, each an open-addressing table (linear probing) that grows on its own.
- * A slot is one 64-bit word: the object's address in the low 48 bits and 16 bits of the key's
- * hash above it (the tag). So
+ * A slot is one 64-bit word: the object's address and 20 bits of the key's hash (the tag,
+ * slot_word.h). So
  *  - a lookup reads one run of slots (a cache line or two, its address known from the hash
  *    alone, so it can be prefetched) and follows only the slots whose tag matches: a hit reads
- *    one object, a miss almost never reads one (1 in 65,536 per slot passed). A chained table
+ *    one object, a miss almost never reads one (1 in 16 per slot of its own home passed, 1 in
+ *    2^20 per other slot). A chained table
  *    read every object ahead of the key in its chain, one dependent DRAM miss each that no
  *    prefetch could cover;
- *  - the home slot of an object is its tag scaled to the table's size while a shard has at most
- *    2^16 home slots (16M in all), so growing a shard moves words without reading a single
+ *  - the home slot of an object is its tag's top 16 bits scaled to the table's size while a
+ *    shard has at most 2^16 home slots (16M in all), so growing a shard moves words without
+ *    reading a single
  *    object (a chained table hashed every key again: a DRAM miss per object);
  *  - a table grows by a quarter at a load of 4/5: the index costs 10-12.5 bytes of slots per
  *    object, and the object carries no link. The key's hash is not stored (computed again
@@ -23,7 +25,7 @@
  * Invariants:
  *  1. An object is in at most one slot, in shard (hash >> 24) with hash = kv_oidx_hash(o->key)
  *     (the low 32 bits of kv_hash64), at or after its home slot, with no empty slot between its
- *     home and itself; the slot's tag is bits 8-23 of the hash.
+ *     home and itself; the slot's tag is bits 8-23 of the hash, then bits 0-3 (the check).
  *  2. idx->n is the sum of the shards' n; a shard's n <= 4/5 of its nb (but for an insert whose
  *     resize failed for want of memory); homes are monotonic in the hash's 24 in-shard bits.
  *  3. An each callback that returns non-zero has the object removed after it returned, without
@@ -57,10 +59,11 @@ uint32_t kv_oidx_hash(const char *key)
     return (uint32_t)kv_hash64(key, strlen(key));
 }
 
-/* The slot word's tag: bits 8-23 of the hash (bits 24-31 chose the shard). */
+/* The slot word's tag: bits 8-23 of the hash (bits 24-31 chose the shard), then bits 0-3 (the
+ * check: no home depends on them up to 2^20 home slots a shard). */
 static inline uint64_t tag_of(uint32_t h)
 {
-    return (h >> 8) & 0xffff;
+    return kv_slot_tag_of(h & 0xffffff, h);
 }
 
 /* The home slot of hash h in nb home slots (slot_word.h): the hash's low 24 bits, the tag on
@@ -82,7 +85,7 @@ static inline struct mobj *slot_obj(uint64_t v)
 static size_t home_v(uint64_t v, size_t nb)
 {
     if (nb <= KV_SLOT_TAG_MAX)
-        return kv_slot_home(kv_slot_tag(v) << 8, nb);
+        return kv_slot_home_word(v, nb);
     return home_h(kv_oidx_hash(slot_obj(v)->key), nb);
 }
 
@@ -304,7 +307,7 @@ void kv_oidx_reserve(struct kv_oidx *idx, size_t n)
 int kv_oidx_put_absent(struct kv_oidx *idx, struct mobj *o, uint32_t h)
 {
     if (!kv_slot_addr_ok(o))
-        return KV_ERANGE; /* an address above 2^48: no room for the tag */
+        return KV_ERANGE; /* an address above 2^48 or unaligned: no room for the tag */
     uint64_t v = kv_slot_word(o, tag_of(h));
     struct kv_oidx_shard *s = shard_of(idx, h);
     pthread_mutex_lock(&s->lock);

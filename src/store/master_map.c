@@ -2,8 +2,8 @@
 /*
  * master_map.c - string-keyed hash map (see master_map.h): KV_SMAP_SHARDS tables by the hash's
  * top bits, each an open-addressing table (linear probing) of 64-bit slot words, the design of
- * the master's index (master_index.c): an entry's address in the low 48 bits and 16 bits of the
- * key's hash above it (the tag). An entry is one record, the value pointer and the key, from the
+ * the master's index (master_index.c): an entry's address and 20 bits of the key's hash (the
+ * tag, slot_word.h). An entry is one record, the value pointer and the key, from the
  * map's slab (obj_slab.h: 2 MiB huge-page chunks, no malloc header).
  *  - A lookup reads the run of slots from the key's home and follows only slots whose tag
  *    matches: a hit reads one entry (key and value pointer in one line), a miss almost none.
@@ -50,11 +50,17 @@ static inline size_t home_h(uint64_t h, size_t nb)
     return kv_slot_home(in_shard(h), nb);
 }
 
+/* the slot word's tag: the in-shard bits' top 16, then the hash's low 4 bits (the check) */
+static inline uint64_t tag_of(uint64_t h)
+{
+    return kv_slot_tag_of(in_shard(h), h);
+}
+
 /* the home of the entry in slot word v: from the tag alone up to KV_SLOT_TAG_MAX */
 static size_t home_v(uint64_t v, size_t nb)
 {
     if (nb <= KV_SLOT_TAG_MAX)
-        return kv_slot_home(kv_slot_tag(v) << 8, nb);
+        return kv_slot_home_word(v, nb);
     const char *k = ent_of(v)->key;
     return home_h(kv_hash64(k, strlen(k)), nb);
 }
@@ -103,7 +109,7 @@ static size_t find(const struct kv_smap_shard *sh, const char *key, uint64_t h, 
     *found = false;
     if (!sh->nb)
         return SIZE_MAX;
-    uint64_t t = in_shard(h) >> 8;
+    uint64_t t = tag_of(h);
     for (size_t i = home_h(h, sh->nb), end = sh->nb + SPILL; i < end; i++) {
         uint64_t v = sh->slot[i];
         if (!v)
@@ -186,11 +192,11 @@ int kv_smap_put(struct kv_smap *m, const char *key, void *val)
         return KV_ENOMEM;
     if (!kv_slot_addr_ok(e)) {
         kv_slab_free(&m->ents, e, ent_bytes(klen));
-        return KV_ERANGE; /* an address above 2^48: no room for the tag */
+        return KV_ERANGE; /* an address above 2^48 or unaligned: no room for the tag */
     }
     e->val = val;
     memcpy(e->key, key, klen + 1);
-    sh->slot[i] = kv_slot_word(e, in_shard(h) >> 8);
+    sh->slot[i] = kv_slot_word(e, tag_of(h));
     sh->n++;
     m->n++;
     return KV_OK;

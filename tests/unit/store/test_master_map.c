@@ -19,6 +19,7 @@
 #include "common/alloc.h"
 #include "common/hash.h"
 #include "store/master_map.h"
+#include "store/slot_word.h"
 
 enum { N = 50000 };
 static char keys[N][32];
@@ -95,6 +96,33 @@ static void test_long_run(void **state)
     kv_smap_fini(&m);
 }
 
+/* slot words: the address and the 20-bit tag come back out; the home follows from the word's
+ * top 16 bits alone, whatever the 4 check bits; unaligned or high addresses are refused */
+static void test_slot_word(void **state)
+{
+    (void)state;
+    static _Alignas(16) char obj[64];
+    const uint64_t addrs[] = {(uint64_t)(uintptr_t)obj, 16, UINT64_C(0xfffffffffff0)};
+    for (size_t a = 0; a < sizeof(addrs) / sizeof(addrs[0]); a++) {
+        void *p = (void *)(uintptr_t)addrs[a];
+        assert_true(kv_slot_addr_ok(p));
+        for (uint64_t v24 = 0; v24 < (1u << 24); v24 += 0x10f3f) {
+            for (uint64_t check = 0; check < 16; check++) {
+                uint64_t t = kv_slot_tag_of(v24, check), w = kv_slot_word(p, t);
+                assert_ptr_equal(kv_slot_ptr(w), p);
+                assert_int_equal(kv_slot_tag(w), t);
+                assert_int_equal(t & 0xf, check);
+                for (size_t nb = KV_SLOT_MIN; nb <= KV_SLOT_TAG_MAX; nb = kv_slots_grown(nb))
+                    assert_int_equal(kv_slot_home_word(w, nb), kv_slot_home(v24, nb));
+            }
+        }
+    }
+    assert_false(kv_slot_addr_ok(obj + 8));
+    assert_false(kv_slot_addr_ok((void *)(uintptr_t)(UINT64_C(1) << 48)));
+    /* keys of one home differ in their tags' check bits: 16 values */
+    assert_int_not_equal(kv_slot_tag_of(0x123456, 1), kv_slot_tag_of(0x123456, 2));
+}
+
 static size_t visits[N];
 
 static int each_cb(void *ud, const char *key, void *val)
@@ -149,9 +177,8 @@ static void test_alloc_failure(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_put_get_del),
-        cmocka_unit_test(test_long_run),
-        cmocka_unit_test(test_each),
+        cmocka_unit_test(test_put_get_del),   cmocka_unit_test(test_long_run),
+        cmocka_unit_test(test_slot_word),     cmocka_unit_test(test_each),
         cmocka_unit_test(test_alloc_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
