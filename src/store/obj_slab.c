@@ -21,6 +21,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/util.h"
 
 #define HEAD 16 /* bytes at a chunk's start: the link to the next chunk */
 
@@ -112,9 +113,8 @@ void kv_slab_reserve(struct kv_slab *s)
     if (!go)
         return;
     char *ch = kv_map_huge(KV_SLAB_CHUNK);
-    if (ch) /* fault it in here: one write per 4 KiB page (one huge page: the first does it all) */
-        for (size_t o = 0; o < KV_SLAB_CHUNK; o += 4096)
-            ((volatile char *)ch)[o] = 0;
+    if (ch) /* fault it in here; on failure its use faults it in later, as without a spare */
+        (void)kv_mem_populate(ch, KV_SLAB_CHUNK);
     pthread_mutex_lock(&s->lock);
     s->reserving = false;
     if (ch) {
