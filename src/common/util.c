@@ -263,11 +263,20 @@ int kv_mem_populate(void *addr, size_t len)
         /* no log here (common code): callers see the same result either way */
     }
     /* older kernels: one write per page; the bytes stay as they are (shared memory) */
+    kv_mem_fault_in((void *)a, l);
+    return KV_OK;
+}
+
+void kv_mem_fault_in(void *addr, size_t len)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    size_t page = pg > 0 ? (size_t)pg : 4096;
+    uintptr_t a = (uintptr_t)addr & ~(uintptr_t)(page - 1);
+    size_t l = len + ((uintptr_t)addr - a);
     for (size_t off = 0; off < l; off += page) {
         _Atomic unsigned char *c = (_Atomic unsigned char *)(a + off);
         atomic_fetch_add_explicit(c, 0, memory_order_relaxed);
     }
-    return KV_OK;
 }
 
 void kv_mem_touch(const void *addr, size_t len)

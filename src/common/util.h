@@ -47,6 +47,13 @@ KV_API const char *kv_format_size(uint64_t bytes, char *buf, size_t n);
  * (madvise MADV_POPULATE_WRITE, Linux 5.14+; else one write per page, contents kept). Much
  * cheaper than a page fault per page inside a later memcpy. KV_ENOMEM when memory is short. */
 KV_API int kv_mem_populate(void *addr, size_t len);
+/* Faults [addr, addr+len) in for writing from user space: one atomic add of 0 per page
+ * (contents kept). Slower than kv_mem_populate for a large range, but each fault holds only its
+ * mapping's lock, where MADV_POPULATE_WRITE holds the process's mmap lock for the whole range
+ * and stalls every other thread's mmap/mprotect/munmap meanwhile; and a hypervisor that shadows
+ * the guest's page tables installs its entries too (see kv_mem_touch). For a background thread
+ * readying memory that busy threads will use (store/prefault.h). */
+KV_API void kv_mem_fault_in(void *addr, size_t len);
 /* Reads one byte of every page of [addr, addr+len) from user space (contents untouched, safe
  * beside writers). After kv_mem_populate this makes a hypervisor that shadows the guest's page
  * tables (as on the development VM) install its own entries now: there, the first user access

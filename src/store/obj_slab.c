@@ -22,18 +22,28 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "store/prefault.h"
 
 #define HEAD 16 /* bytes at a chunk's start: the link to the next chunk */
+
+static void ready_job(struct kv_prefault_job *j);
 
 void kv_slab_init(struct kv_slab *s, bool chunks)
 {
     memset(s, 0, sizeof(*s));
     pthread_mutex_init(&s->lock, NULL);
     s->chunks = chunks;
+    s->job.fn = ready_job;
+    if (chunks)
+        kv_prefault_attach();
 }
 
 void kv_slab_fini(struct kv_slab *s)
 {
+    if (s->chunks) { /* a spare being readied lands in chunk_list first */
+        kv_prefault_wait(&s->job);
+        kv_prefault_detach();
+    }
     while (s->chunk_list) {
         void *c = s->chunk_list;
         s->chunk_list = *(void **)c;
@@ -100,6 +110,29 @@ void *kv_slab_alloc(struct kv_slab *s, size_t n)
     return p;
 }
 
+/* Maps the spare chunk and faults it in (2 MiB of zeroing by the kernel), without the lock;
+ * the caller set reserving. */
+static void ready_spare(struct kv_slab *s)
+{
+    char *ch = kv_map_huge(KV_SLAB_CHUNK);
+    if (ch) /* page faults, not MADV_POPULATE_WRITE: that would hold the mmap lock throughout */
+        kv_mem_fault_in(ch, KV_SLAB_CHUNK);
+    pthread_mutex_lock(&s->lock);
+    s->reserving = false;
+    if (ch) {
+        *(void **)ch = s->chunk_list;
+        s->chunk_list = ch;
+        s->mapped += KV_SLAB_CHUNK;
+        s->spare = ch;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void ready_job(struct kv_prefault_job *j)
+{
+    ready_spare((struct kv_slab *)(void *)((char *)j - offsetof(struct kv_slab, job)));
+}
+
 void kv_slab_reserve(struct kv_slab *s)
 {
     if (!s->chunks)
@@ -110,20 +143,14 @@ void kv_slab_reserve(struct kv_slab *s)
     if (go)
         s->reserving = true;
     pthread_mutex_unlock(&s->lock);
-    if (!go)
-        return;
-    char *ch = kv_map_huge(KV_SLAB_CHUNK);
-    if (ch) /* fault it in here; on failure its use faults it in later, as without a spare */
-        (void)kv_mem_populate(ch, KV_SLAB_CHUNK);
-    pthread_mutex_lock(&s->lock);
-    s->reserving = false;
-    if (ch) {
-        *(void **)ch = s->chunk_list;
-        s->chunk_list = ch;
-        s->mapped += KV_SLAB_CHUNK;
-        s->spare = ch;
-    }
-    pthread_mutex_unlock(&s->lock);
+    if (go && !kv_prefault_post(&s->job)) /* no thread: the caller's, as the last resort */
+        ready_spare(s);
+}
+
+void kv_slab_reserve_wait(struct kv_slab *s)
+{
+    if (s->chunks)
+        kv_prefault_wait(&s->job);
 }
 
 void kv_slab_free(struct kv_slab *s, void *p, size_t n)

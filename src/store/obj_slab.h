@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "store/prefault.h"
+
 #define KV_SLAB_MAX 512                 /* bytes: larger records come from kv_calloc */
 #define KV_SLAB_CHUNK ((size_t)2 << 20) /* a chunk: one huge page */
 
@@ -47,6 +49,7 @@ struct kv_slab {
     char *bump, *end;                 /* the rest of the newest chunk */
     char *spare;                      /* a chunk mapped and faulted in ahead (kv_slab_reserve) */
     bool reserving;                   /* a kv_slab_reserve is preparing one */
+    struct kv_prefault_job job;       /* readies the spare on the prefault thread */
     void *chunk_list;                 /* every chunk, linked through its first word */
     uint64_t mapped;                  /* bytes of chunks */
     uint64_t used;                    /* bytes of records handed out from chunks, not freed */
@@ -62,11 +65,14 @@ void kv_slab_init(struct kv_slab *s, bool chunks);
 void kv_slab_fini(struct kv_slab *s);
 /* A zeroed record of n bytes (n > 0), or NULL (no memory). */
 void *kv_slab_alloc(struct kv_slab *s, size_t n);
-/* Once the newest chunk is half used, maps the next one and faults it in (2 MiB of zeroing by
- * the kernel, ~0.1-0.3 ms on a VM) on the calling thread, without the slab's lock: call it
- * before taking the lock the allocations run under (the master's index lock, the node's), so
- * no allocation under that lock waits on the fault. Cheap when there is nothing to do. */
+/* Once the newest chunk is half used, has the next one mapped and faulted in (2 MiB of zeroing
+ * by the kernel, ~0.1-0.3 ms on a VM) by the prefault thread (prefault.h), or, without one, on
+ * the calling thread without the slab's lock: call it before taking the lock the allocations
+ * run under (the master's index lock, the node's), so no allocation waits on the fault. Cheap
+ * when there is nothing to do. */
 void kv_slab_reserve(struct kv_slab *s);
+/* Returns once no spare is being readied by the prefault thread (tests; kv_slab_fini). */
+void kv_slab_reserve_wait(struct kv_slab *s);
 /* Frees p (from kv_slab_alloc with the same n; NULL is ignored). */
 void kv_slab_free(struct kv_slab *s, void *p, size_t n);
 void kv_slab_stats(struct kv_slab *s, struct kv_slab_stats *st);

@@ -137,10 +137,12 @@ static void test_reserve(void **state)
     struct kv_slab_stats st;
     kv_slab_init(&s, true);
     kv_slab_reserve(&s); /* no chunk yet: the first one is readied */
+    kv_slab_reserve_wait(&s);
     kv_slab_stats(&s, &st);
     assert_int_equal(st.mapped, KV_SLAB_CHUNK);
     assert_int_equal(st.used, 0);
     kv_slab_reserve(&s); /* a spare exists: nothing more */
+    kv_slab_reserve_wait(&s);
     kv_slab_stats(&s, &st);
     assert_int_equal(st.mapped, KV_SLAB_CHUNK);
     size_t rec = 512, per = (KV_SLAB_CHUNK - 16) / rec, n = 0;
@@ -151,11 +153,13 @@ static void test_reserve(void **state)
     assert_int_equal(st.mapped, KV_SLAB_CHUNK);
     assert_int_equal((uintptr_t)r[0] & (KV_SLAB_CHUNK - 1), 16);
     kv_slab_reserve(&s); /* the chunk is not half used yet: nothing */
+    kv_slab_reserve_wait(&s);
     kv_slab_stats(&s, &st);
     assert_int_equal(st.mapped, KV_SLAB_CHUNK);
     while (n < per / 2 + 1)
         r[n++] = kv_slab_alloc(&s, rec);
     kv_slab_reserve(&s); /* past half: the next chunk is readied */
+    kv_slab_reserve_wait(&s);
     kv_slab_stats(&s, &st);
     assert_int_equal(st.mapped, 2 * KV_SLAB_CHUNK);
     while (n < per + 1) /* the last one needs the next chunk: the spare, no third mapping */
@@ -177,6 +181,7 @@ static void test_reserve(void **state)
 
     kv_slab_init(&s, false); /* without chunks: nothing to ready */
     kv_slab_reserve(&s);
+    kv_slab_reserve_wait(&s);
     kv_slab_stats(&s, &st);
     assert_int_equal(st.mapped, 0);
     kv_slab_fini(&s);
