@@ -26,8 +26,10 @@ allow_skip_default=()
 #   multi-threaded test process and start engine threads in the child, which TSan does not
 #   support ("starting new threads after multi-threaded fork is not supported"); every other
 #   test of the executable runs, and a failure still fails it.
+# - unit.store.test_prefault_fork: forks while the prefault thread runs and starts one in the
+#   child, the same limit; its only test (the rest of prefault.c runs in test_prefault).
 # shellcheck disable=SC2034 # read through run_ctest's nameref
-allow_skip_tsan=(unit.xfer.test_xfer)
+allow_skip_tsan=(unit.xfer.test_xfer unit.store.test_prefault_fork)
 # The real-trace test reads Mooncake's traces from ../shared/traces, beside the repository, not
 # in it (CI has them there): in a clone without them it cannot run, in any stage.
 if [ ! -d "$top/../shared/traces" ]; then

@@ -26,6 +26,7 @@ static struct {
     bool running, stopping;
     unsigned users;
     struct kv_prefault_job *head, **tail;
+    struct kv_prefault_job *current; /* the job whose fn runs now, or NULL */
 } pf = {.lock = PTHREAD_MUTEX_INITIALIZER,
         .work = PTHREAD_COND_INITIALIZER,
         .done = PTHREAD_COND_INITIALIZER,
@@ -57,9 +58,11 @@ static void *pf_main(void *arg)
             pf.tail = &pf.head;
         j->next = NULL;
         j->running = true;
+        pf.current = j;
         pthread_mutex_unlock(&pf.lock);
         j->fn(j);
         pthread_mutex_lock(&pf.lock);
+        pf.current = NULL;
         j->running = false;
         if (j->again) { /* posted again while fn ran: once more */
             j->again = false;
@@ -74,8 +77,27 @@ static void *pf_main(void *arg)
     return NULL;
 }
 
+/* fork with the lock held by another thread would leave it locked in the child for good */
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&pf.lock);
+}
+
+static void fork_release(void)
+{
+    pthread_mutex_unlock(&pf.lock);
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_handlers(void)
+{
+    (void)pthread_atfork(fork_prepare, fork_release, fork_release);
+}
+
 void kv_prefault_attach(void)
 {
+    pthread_once(&fork_once, fork_handlers);
     pthread_mutex_lock(&pf.lock);
     pf.users++;
     pthread_mutex_unlock(&pf.lock);
@@ -104,7 +126,18 @@ bool kv_prefault_post(struct kv_prefault_job *j)
 {
     pthread_mutex_lock(&pf.lock);
     bool ok = true;
-    if (pf.running && pf.pid != getpid()) { /* a forked child: the thread stayed with its parent */
+    if (pf.running && pf.pid != getpid()) {
+        /* a forked child: the thread stayed with the parent, and the jobs queued or running
+         * there never run here. Not busy any more, so waits on them return (their owners
+         * stay without a spare: they map chunks on demand, as with no thread). */
+        for (struct kv_prefault_job *q = pf.head, *next; q; q = next) {
+            next = q->next;
+            q->busy = q->running = q->again = false;
+            q->next = NULL;
+        }
+        if (pf.current)
+            pf.current->busy = pf.current->running = pf.current->again = false;
+        pf.current = NULL;
         pf.running = pf.stopping = false;
         pf.head = NULL;
         pf.tail = &pf.head;

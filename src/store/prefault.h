@@ -11,7 +11,8 @@
  * it, the thread runs job->fn(job) with no lock held, and kv_prefault_wait waits until it has.
  * The thread starts at the first post after a kv_prefault_attach and stops with the last
  * kv_prefault_detach: every owner attaches in its init and, after waiting for its job, detaches
- * in its fini. A process forked while a job was queued runs its jobs inline (no thread there).
+ * in its fini. A forked child starts a thread of its own at its first post; the jobs its parent
+ * had queued or running are dropped there (not busy: their owners map chunks on demand).
  *
  * Thread-safety: every function may be called from any thread (one mutex).
  */
@@ -33,7 +34,7 @@ void kv_prefault_attach(void);
 /* One user less; the last one stops the thread and joins it (queued jobs run first). */
 void kv_prefault_detach(void);
 /* Queues j unless it is busy already: true when the thread will run (or is running) j->fn;
- * false when there is no thread (none attached, pthread_create failed, a forked child): the
+ * false when there is no thread (none attached, pthread_create failed): the
  * caller runs j->fn itself if it wants the work done. */
 bool kv_prefault_post(struct kv_prefault_job *j);
 /* Returns once j is neither queued nor running. */
