@@ -20,43 +20,7 @@
 
 #include "kv_skip.h"
 #include "store/prefault.h"
-
-struct tjob {
-    struct kv_prefault_job job; /* first: the fn casts back */
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool gate, entered;
-    int runs;
-};
-
-static void tjob_fn(struct kv_prefault_job *j)
-{
-    struct tjob *t = (struct tjob *)(void *)j;
-    pthread_mutex_lock(&t->lock);
-    t->entered = true;
-    pthread_cond_broadcast(&t->cond);
-    while (!t->gate)
-        pthread_cond_wait(&t->cond, &t->lock);
-    t->runs++;
-    pthread_mutex_unlock(&t->lock);
-}
-
-static void tjob_init(struct tjob *t, bool gate)
-{
-    memset(t, 0, sizeof(*t));
-    t->job.fn = tjob_fn;
-    pthread_mutex_init(&t->lock, NULL);
-    pthread_cond_init(&t->cond, NULL);
-    t->gate = gate;
-}
-
-static int tjob_runs(struct tjob *t)
-{
-    pthread_mutex_lock(&t->lock);
-    int r = t->runs;
-    pthread_mutex_unlock(&t->lock);
-    return r;
-}
+#include "prefault_tjob.h"
 
 /* The child's checks: an exit status naming the first that failed (0: all held). */
 static int child(struct tjob *a, struct tjob *b)
@@ -95,10 +59,7 @@ static void test_fork(void **state)
     tjob_init(&b, true);
     kv_prefault_attach();
     assert_true(kv_prefault_post(&a.job));
-    pthread_mutex_lock(&a.lock);
-    while (!a.entered)
-        pthread_cond_wait(&a.cond, &a.lock);
-    pthread_mutex_unlock(&a.lock);
+    tjob_wait_entered(&a);
     assert_true(kv_prefault_post(&b.job)); /* queued behind a */
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -109,15 +70,14 @@ static void test_fork(void **state)
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     /* the parent's jobs: unchanged by the child */
-    pthread_mutex_lock(&a.lock);
-    a.gate = true;
-    pthread_cond_broadcast(&a.cond);
-    pthread_mutex_unlock(&a.lock);
+    tjob_open(&a);
     kv_prefault_wait(&a.job);
     kv_prefault_wait(&b.job);
     assert_int_equal(tjob_runs(&a), 1);
     assert_int_equal(tjob_runs(&b), 1);
     kv_prefault_detach();
+    tjob_fini(&a);
+    tjob_fini(&b);
 }
 
 int main(void)
