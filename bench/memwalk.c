@@ -10,6 +10,7 @@
  *   gcc -O2 -o /tmp/memwalk bench/memwalk.c && for s in 16 128 1024; do
  *     /tmp/memwalk $s 1; /tmp/memwalk $s 0; done
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,11 +27,16 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3 || atol(argv[1]) <= 0) {
-        fprintf(stderr, "usage: memwalk SIZE_MIB 1|0  (1: advise transparent huge pages)\n");
+    char *end = NULL;
+    long mib = argc == 3 ? strtol(argv[1], &end, 10) : 0;
+    bool thp = argc == 3 && strcmp(argv[2], "1") == 0;
+    if (argc != 3 || !end || *end || mib <= 0 || mib > (1L << 20) ||
+        (!thp && strcmp(argv[2], "0") != 0)) {
+        fprintf(stderr, "usage: memwalk SIZE_MIB 1|0  (SIZE_MIB 1..1048576; 1: advise "
+                        "transparent huge pages, 0: advise against them)\n");
         return 2;
     }
-    size_t sz = (size_t)atol(argv[1]) << 20, lines = sz / 64, n = 4000000, al = 2 << 20;
+    size_t sz = (size_t)mib << 20, lines = sz / 64, n = 4000000, al = 2 << 20;
     char *m = mmap(NULL, sz + al, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     uint64_t *at = malloc(n * 8), x = 88172645463325252u, sum = 0, cur = 0;
     if (m == MAP_FAILED || !at) {
@@ -38,7 +44,7 @@ int main(int argc, char **argv)
         return 1;
     }
     char *p = (char *)(((uintptr_t)m + al - 1) & ~(uintptr_t)(al - 1));
-    madvise(p, sz, atoi(argv[2]) ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    madvise(p, sz, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
     for (size_t i = 0; i < lines; i++) /* each line points at another, pseudo-randomly */
         *(uint64_t *)(p + i * 64) = (i * 2654435761u + 12345) % lines * 64;
     for (size_t i = 0; i < n; i++, x ^= x << 13, x ^= x >> 7, x ^= x << 17)
