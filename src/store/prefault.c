@@ -8,7 +8,8 @@
  *     is set only on the running one (posted while its fn ran: it runs once more);
  *  2. running: a thread exists (started in this process, pid); stopping: the last user is
  *     joining it, and nothing more is queued;
- *  3. the queue is empty whenever no thread runs.
+ *  3. the queue is empty whenever no thread runs;
+ *  4. current is the job whose fn the thread runs now, or NULL.
  */
 #include "store/prefault.h"
 
@@ -26,7 +27,7 @@ static struct {
     bool running, stopping;
     unsigned users;
     struct kv_prefault_job *head, **tail;
-    struct kv_prefault_job *current; /* the job whose fn runs now, or NULL */
+    struct kv_prefault_job *current; /* the job whose fn runs now, or NULL (invariant 4) */
 } pf = {.lock = PTHREAD_MUTEX_INITIALIZER,
         .work = PTHREAD_COND_INITIALIZER,
         .done = PTHREAD_COND_INITIALIZER,
@@ -57,13 +58,11 @@ static void *pf_main(void *arg)
         if (!pf.head)
             pf.tail = &pf.head;
         j->next = NULL;
-        j->running = true;
         pf.current = j;
         pthread_mutex_unlock(&pf.lock);
         j->fn(j);
         pthread_mutex_lock(&pf.lock);
         pf.current = NULL;
-        j->running = false;
         if (j->again) { /* posted again while fn ran: once more */
             j->again = false;
             *pf.tail = j;
@@ -132,25 +131,23 @@ bool kv_prefault_post(struct kv_prefault_job *j)
          * stay without a spare: they map chunks on demand, as with no thread). */
         for (struct kv_prefault_job *q = pf.head, *next; q; q = next) {
             next = q->next;
-            q->busy = q->running = q->again = false;
+            q->busy = q->again = false;
             q->next = NULL;
         }
         if (pf.current)
-            pf.current->busy = pf.current->running = pf.current->again = false;
+            pf.current->busy = pf.current->again = false;
         pf.current = NULL;
         pf.running = pf.stopping = false;
         pf.head = NULL;
         pf.tail = &pf.head;
     }
-    if (!pf.running && !pf.stopping && pf.users) {
-        pf.head = NULL;
-        pf.tail = &pf.head;
+    if (!pf.running && !pf.stopping && pf.users) { /* the queue is empty (invariant 3) */
         pf.pid = getpid();
         pf.running = pthread_create(&pf.thread, NULL, pf_main, NULL) == 0;
     }
     if (j->busy) { /* queued already, or running: then once more after it (invariant 1) */
         ok = ours();
-        if (ok && j->running)
+        if (ok && j == pf.current)
             j->again = true;
     } else if (!ours() || pf.stopping) {
         ok = false;

@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * prefault.h - one background thread per process that readies the store's next 2 MiB chunks
- * (obj_slab.c, table_arena.c) before they are needed: it maps a chunk and faults it in, which
+ * prefault.h - one background thread per process that readies the store's next 2 MiB record
+ * chunks (obj_slab.c) before they are needed: it maps a chunk and faults it in, which
  * is the kernel zeroing 2 MiB (~0.1-0.3 ms on a VM, a quarter of the master's I/O thread during
  * a fill of 1-byte objects when that thread did it itself), while the I/O thread goes on with
  * requests. The allocators still map and fault a chunk themselves when no spare is ready (a
  * burst faster than the thread, no thread at all): the thread saves time, never correctness.
  *
- * A job is a struct kv_prefault_job inside its owner (a slab, an arena): kv_prefault_post queues
+ * A job is a struct kv_prefault_job inside its owner (a slab): kv_prefault_post queues
  * it, the thread runs job->fn(job) with no lock held, and kv_prefault_wait waits until it has.
  * The thread starts at the first post after a kv_prefault_attach and stops with the last
  * kv_prefault_detach: every owner attaches in its init and, after waiting for its job, detaches
@@ -24,7 +24,6 @@
 struct kv_prefault_job {
     void (*fn)(struct kv_prefault_job *j); /* runs on the thread, no lock held */
     bool busy;                             /* queued or running (the module's lock) */
-    bool running;                          /* its fn runs now */
     bool again;                            /* posted while running: run once more */
     struct kv_prefault_job *next;          /* in the queue */
 };
